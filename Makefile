@@ -1,0 +1,58 @@
+# Literate: every target installs what it needs itself (apt packages as root, a .venv, pinned pip packages).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# The PyTorch build: the CPU wheel by default. On a GPU cluster pick the CUDA build, e.g.
+#   make setup TORCH="torch==2.13.0" TORCH_INDEX="--index-url <your CUDA wheel index>"
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
+APT_PACKAGES ?= fonts-dejavu-core
+PYTEST_ARGS ?=
+STAMP := $(VENV)/.literate-setup
+
+.PHONY: setup apt test lint format demo clean bench
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml Makefile
+	@$(MAKE) --no-print-directory apt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(TORCH_INDEX) "$(TORCH)"
+	$(PIP) install -q -r requirements.txt
+	@touch $(STAMP)
+
+# Debian/Ubuntu packages; installed only when missing, and only when we are root.
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "apt-get install:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else echo "missing Debian packages:$$missing (run 'sudo make apt')"; exit 1; fi; \
+	fi
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: setup
+	$(PY) -m benchmarks.processor
+	$(PY) -m benchmarks.train_step
+
+demo: setup
+	@echo "make demo arrives with the end-to-end issue (data builders -> two training stages -> evaluation)."
+	@echo "Until then: 'make test' exercises the model, image processor, tokenizer and Hugging Face interop."
+	@exit 1
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,227 @@
+"""KOSMOS-2.5 assembled: vision encoder → L2-normalised features → resampler → decoder, with the
+target-only language-model loss, KV-cached generation and a FLOPs estimate.
+
+Parameter names equal Hugging Face's `Kosmos2_5ForConditionalGeneration`, so a state dict moves between
+the two unchanged (`model/hf.py`). This module never imports deepspeed: parallelism lives in `train/`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.config import ModelConfig
+from model.decoder import KVCache, TextAttention, TextTransformer
+from model.vision import RMSNorm, VisionModel
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class KosmosOutput:
+    """`loss` is the mean cross-entropy over target tokens; `logits` covers every position unless the
+    caller asked for `compute_logits=False` (training: logits are then made only where labels are)."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    num_target_tokens: int = 0
+
+
+class ImageToTextProjection(nn.Module):
+    """Resampler: learned latent queries attend over `[projected image features; queries]`."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.text.embed_dim
+        self.dense = nn.Linear(cfg.vision.hidden_size, d)
+        self.latent_query = nn.Parameter(torch.randn(cfg.latent_query_num, d))
+        self.x_attn = TextAttention(d, cfg.text.attention_heads, cfg.text.attention_dropout)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        h = self.dense(features)
+        q = self.latent_query.unsqueeze(0).expand(h.shape[0], -1, -1)
+        # No mask, as in the reference: padding patches are attended too (see DESIGN.md).
+        return self.x_attn(q, kv_input=torch.cat([h, q], dim=1))
+
+
+class TextForCausalLM(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.model = TextTransformer(cfg.text)
+        self.lm_head = nn.Linear(cfg.text.embed_dim, cfg.text.vocab_size, bias=False)
+        self.lm_head.weight = self.model.embed_tokens.weight  # tied
+
+
+class Kosmos25(nn.Module):
+    """The multimodal literate model. Call it with Hugging Face's keyword inputs."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.vision_model = VisionModel(cfg.vision)
+        self.image_to_text_projection = ImageToTextProjection(cfg)
+        self.text_model = TextForCausalLM(cfg)
+        self.reset_parameters()
+        self.set_activation_checkpointing(cfg.activation_checkpointing)
+        if cfg.compile:
+            for layer in [*self.vision_model.encoder.layer, *self.text_model.model.layers]:
+                layer.compile()
+
+    # ------------------------------------------------------------------ setup
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        std = self.config.init_std
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=std)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, std=std)
+                if m.padding_idx is not None:
+                    m.weight[m.padding_idx].zero_()
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, RMSNorm):
+                nn.init.ones_(m.weight)
+        nn.init.normal_(self.image_to_text_projection.latent_query, std=1.0)
+        # Sub-LN initialisation (Magneto / torchscale): scale the value, output and FFN projections.
+        gain = math.sqrt(math.log(2 * self.config.text.layers))
+        for block in self.text_model.model.layers:
+            for lin in (block.self_attn.v_proj, block.self_attn.out_proj, block.ffn.fc1, block.ffn.fc2):
+                lin.weight.mul_(gain)
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        self.vision_model.activation_checkpointing = enabled
+        self.text_model.model.activation_checkpointing = enabled
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ---------------------------------------------------------------- forward
+    def encode_image(self, flattened_patches: torch.Tensor) -> torch.Tensor:
+        """Patches `(B, P, 2+p*p*3)` → image embeddings `(B, latent_query_num, embed_dim)`."""
+        expected = self.config.vision.patch_embed_hidden_size + 2
+        if flattened_patches.shape[-1] != expected:
+            raise ValueError(f"flattened_patches rows have {flattened_patches.shape[-1]} values; this model takes {expected}")
+        features = F.normalize(self.vision_model(flattened_patches), dim=-1)
+        return self.image_to_text_projection(features)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        flattened_patches: torch.Tensor | None = None,
+        image_embeds_position_mask: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+        compute_logits: bool = True,
+        width: torch.Tensor | None = None,  # accepted for Hugging Face compatibility; unused
+        height: torch.Tensor | None = None,  # accepted for Hugging Face compatibility; unused
+    ) -> KosmosOutput:
+        """`labels` follow the Hugging Face convention: aligned with `input_ids`, shifted inside, -100 ignored."""
+        if image_embeds is None and flattened_patches is not None:
+            image_embeds = self.encode_image(flattened_patches)
+        hidden = self.text_model.model(
+            input_ids,
+            image_embeds=image_embeds,
+            image_embeds_position_mask=image_embeds_position_mask,
+            attention_mask=attention_mask,
+        )
+        out = KosmosOutput(image_embeds=image_embeds)
+        if labels is not None:
+            targets = labels[:, 1:]
+            keep = targets != IGNORE_INDEX
+            out.num_target_tokens = int(keep.sum())
+            # Only target positions reach the vocabulary projection: prompt and image slots never need logits.
+            logits = self.text_model.lm_head(hidden[:, :-1][keep]).float()
+            loss = F.cross_entropy(logits, targets[keep], reduction="sum")
+            out.loss = loss / max(out.num_target_tokens, 1)
+        if compute_logits:
+            out.logits = self.text_model.lm_head(hidden)
+        return out
+
+    # ------------------------------------------------------------- generation
+    @torch.no_grad()
+    def generate(
+        self,
+        flattened_patches: torch.Tensor,
+        input_ids: torch.Tensor,
+        image_embeds_position_mask: torch.Tensor,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        eos_token_id: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Continue each prompt. Greedy when `temperature == 0`, else temperature (and nucleus) sampling.
+
+        Returns the new tokens `(B, <= max_new_tokens)`; a row that has produced `eos_token_id` is padded
+        with the pad id afterwards.
+        """
+        text = self.config.text
+        eos = text.eos_token_id if eos_token_id is None else eos_token_id
+        image_embeds = self.encode_image(flattened_patches)
+        b, t = input_ids.shape
+        cache = KVCache(
+            text.layers, b, text.attention_heads, t + max_new_tokens, text.embed_dim // text.attention_heads, image_embeds
+        )
+        model = self.text_model.model
+        hidden = model(input_ids, image_embeds, image_embeds_position_mask, cache=cache)
+        done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
+        out: list[torch.Tensor] = []
+        for _ in range(max_new_tokens):
+            logits = self.text_model.lm_head(hidden[:, -1]).float()
+            tok = _pick(logits, temperature, top_p, generator)
+            tok = torch.where(done, torch.full_like(tok, text.pad_token_id), tok)
+            out.append(tok)
+            done |= tok == eos
+            if bool(done.all()):
+                break
+            hidden = model(tok[:, None], cache=cache)
+        return torch.stack(out, dim=1) if out else input_ids.new_zeros((b, 0))
+
+    # ------------------------------------------------------------------ FLOPs
+    def estimate_flops(self, num_patches: int | None = None, text_len: int = 1024, target_len: int | None = None) -> float:
+        """Training FLOPs (forward + backward = 3x forward) of one sample.
+
+        `text_len` counts every decoder position, image slots included; `target_len` the positions that
+        get logits (default: those after the image slots). Matmuls count 2 FLOPs per multiply-add; attention
+        scores and weighted sums are counted in full (no causal discount), as MFU conventions do.
+        """
+        c, v, t = self.config, self.config.vision, self.config.text
+        p = c.max_patches if num_patches is None else num_patches
+        q = c.latent_query_num
+        target = max(text_len - q - 3, 0) if target_len is None else target_len
+        inner = v.num_attention_heads * v.head_dim
+        d = t.embed_dim
+        vision = p * (v.patch_embed_hidden_size * v.hidden_size) + v.num_hidden_layers * (
+            p * (4 * v.hidden_size * inner + 3 * v.hidden_size * v.intermediate_size) + 2 * p * p * inner
+        )
+        resampler = p * v.hidden_size * d + (p + q) * 2 * d * d + q * 2 * d * d + 2 * q * (p + q) * d
+        decoder = t.layers * (text_len * (4 * d * d + 2 * d * t.ffn_dim) + 2 * text_len * text_len * d)
+        head = target * d * t.vocab_size
+        return 3 * 2 * float(vision + resampler + decoder + head)
+
+
+def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, idx = probs.sort(dim=-1, descending=True)
+        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+        drop = sorted_p.cumsum(dim=-1) - sorted_p > top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def build_model(cfg: ModelConfig) -> Kosmos25:
+    return Kosmos25(cfg)

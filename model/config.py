@@ -159,3 +159,11 @@ def get_config(preset: str, **overrides: Any) -> ModelConfig:
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; choose from {sorted(PRESETS)}")
     return ModelConfig.from_dict(_merge(PRESETS[preset]().to_dict(), overrides))
+
+
+def config_from_dict(d: dict[str, Any]) -> ModelConfig:
+    """A Hydra `model:` node (`preset` plus overrides) → config."""
+    d = {k: v for k, v in dict(d).items() if not (isinstance(v, dict) and not v)}
+    if "preset" not in d:
+        raise ValueError("model config needs a 'preset' (one of " + ", ".join(sorted(PRESETS)) + ")")
+    return get_config(d.pop("preset"), **d)

@@ -1,0 +1,37 @@
+"""Shared fixtures: a small trained tokenizer and a tiny random Hugging Face model, made once per session."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import transformers
+
+from data_pipeline.synthetic import WORDS
+from model.tokenizer import Tokenizer, train_tokenizer
+
+UNICODE_LINES = ["Café naïve résumé über", "東京都 中文 日本語のテキスト", "emoji 😀🚀 ok", "Ελληνικά русский"]
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tmp_path_factory) -> Tokenizer:
+    rng = random.Random(0)
+    texts = [" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(2000)] + UNICODE_LINES
+    return train_tokenizer(texts, tmp_path_factory.mktemp("tok"), vocab_size=1200, coord_bins=256)
+
+
+@pytest.fixture(scope="session")
+def hf_tiny_dir(tmp_path_factory):
+    """A tiny random `Kosmos2_5ForConditionalGeneration` written by `save_pretrained`."""
+    torch.manual_seed(0)
+    cfg = transformers.Kosmos2_5Config(
+        text_config=dict(vocab_size=300, embed_dim=32, layers=2, ffn_dim=64, attention_heads=4, max_position_embeddings=512),
+        vision_config=dict(hidden_size=32, intermediate_size=48, head_dim=8, num_hidden_layers=2, num_attention_heads=4,
+                           max_num_patches=64),
+        latent_query_num=8,
+    )
+    model = transformers.Kosmos2_5ForConditionalGeneration(cfg).eval()
+    path = tmp_path_factory.mktemp("hf_tiny")
+    model.save_pretrained(path)
+    return path

@@ -43,8 +43,12 @@ def run(max_patches: int, repeats: int) -> dict:
             times[name] += time.perf_counter() - t
     n = repeats * len(pages)
     rate = {k: n / v for k, v in times.items()}
-    return {"ours_images_per_s": rate["ours"], "hf_images_per_s": rate["hf"], "ratio": rate["ours"] / rate["hf"],
-            "max_abs_diff": worst}
+    return {
+        "ours_images_per_s": rate["ours"],
+        "hf_images_per_s": rate["hf"],
+        "ratio": rate["ours"] / rate["hf"],
+        "max_abs_diff": worst,
+    }
 
 
 def main() -> None:

@@ -12,11 +12,52 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 FONT_DIRS = ("/usr/share/fonts/truetype/dejavu", "/usr/share/fonts/truetype")
-WORDS = (
-    "the model reads a page image and writes its text lines with bounding boxes or the page as markdown "
-    "document layout table figure section abstract results training data scale tokens vision encoder "
-    "resampler decoder invoice total amount date number page column header footer paragraph"
-).split()
+WORDS = [
+    "the",
+    "model",
+    "reads",
+    "a",
+    "page",
+    "image",
+    "and",
+    "writes",
+    "its",
+    "text",
+    "lines",
+    "with",
+    "bounding",
+    "boxes",
+    "or",
+    "the",
+    "page",
+    "as",
+    "markdown",
+    "document",
+    "layout",
+    "table",
+    "figure",
+    "section",
+    "abstract",
+    "results",
+    "training",
+    "data",
+    "scale",
+    "tokens",
+    "vision",
+    "encoder",
+    "resampler",
+    "decoder",
+    "invoice",
+    "total",
+    "amount",
+    "date",
+    "number",
+    "page",
+    "column",
+    "header",
+    "footer",
+    "paragraph",
+]
 
 
 @lru_cache(maxsize=64)
@@ -52,7 +93,9 @@ def render_text_page(
     while y + size * 1.2 < height - margin:
         if texts is not None and i >= len(texts):
             break
-        text = texts[i] if texts is not None else " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 9)))
+        text = (
+            texts[i] if texts is not None else " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 9)))
+        )
         i += 1
         x = margin + rng.randint(0, max(0, width // 10))
         while text and draw.textlength(text, font=font) > width - x - margin:

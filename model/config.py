@@ -74,8 +74,13 @@ class ModelConfig:
         """Fail early, with the field's name, on shapes the model cannot be built with."""
         t, v = self.text, self.vision
         if t.embed_dim % t.attention_heads:
-            raise ValueError(f"text.embed_dim={t.embed_dim} is not divisible by text.attention_heads={t.attention_heads}")
-        if v.patch_embed_hidden_size % 3 or int((v.patch_embed_hidden_size // 3) ** 0.5) ** 2 * 3 != v.patch_embed_hidden_size:
+            raise ValueError(
+                f"text.embed_dim={t.embed_dim} is not divisible by text.attention_heads={t.attention_heads}"
+            )
+        if (
+            v.patch_embed_hidden_size % 3
+            or int((v.patch_embed_hidden_size // 3) ** 0.5) ** 2 * 3 != v.patch_embed_hidden_size
+        ):
             raise ValueError(f"vision.patch_embed_hidden_size={v.patch_embed_hidden_size} is not 3 * p * p")
         if self.max_patches > v.max_num_patches:
             raise ValueError(
@@ -110,11 +115,20 @@ def _tiny() -> ModelConfig:
     return ModelConfig(
         name="tiny",
         vision=VisionConfig(
-            hidden_size=64, intermediate_size=128, head_dim=16, num_hidden_layers=2, num_attention_heads=4,
+            hidden_size=64,
+            intermediate_size=128,
+            head_dim=16,
+            num_hidden_layers=2,
+            num_attention_heads=4,
             max_num_patches=256,
         ),
         text=TextConfig(
-            vocab_size=4096, max_position_embeddings=1024, embed_dim=128, layers=2, ffn_dim=512, attention_heads=4,
+            vocab_size=4096,
+            max_position_embeddings=1024,
+            embed_dim=128,
+            layers=2,
+            ffn_dim=512,
+            attention_heads=4,
         ),
         latent_query_num=64,
         max_patches=256,
@@ -126,11 +140,20 @@ def _small() -> ModelConfig:
     return ModelConfig(
         name="small",
         vision=VisionConfig(
-            hidden_size=384, intermediate_size=1024, head_dim=64, num_hidden_layers=6, num_attention_heads=6,
+            hidden_size=384,
+            intermediate_size=1024,
+            head_dim=64,
+            num_hidden_layers=6,
+            num_attention_heads=6,
             max_num_patches=1024,
         ),
         text=TextConfig(
-            vocab_size=32000, max_position_embeddings=2048, embed_dim=512, layers=8, ffn_dim=2048, attention_heads=8,
+            vocab_size=32000,
+            max_position_embeddings=2048,
+            embed_dim=512,
+            layers=8,
+            ffn_dim=2048,
+            attention_heads=8,
         ),
         latent_query_num=512,
         max_patches=1024,
@@ -162,7 +185,11 @@ def get_config(preset: str, **overrides: Any) -> ModelConfig:
 
 
 def config_from_dict(d: dict[str, Any]) -> ModelConfig:
-    """A Hydra `model:` node (`preset` plus overrides) → config."""
+    """A Hydra `model:` node (`preset` plus overrides) or a plain dict → config."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(d, DictConfig):
+        d = OmegaConf.to_container(d, resolve=True)
     d = {k: v for k, v in dict(d).items() if not (isinstance(v, dict) and not v)}
     if "preset" not in d:
         raise ValueError("model config needs a 'preset' (one of " + ", ".join(sorted(PRESETS)) + ")")

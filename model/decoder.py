@@ -19,7 +19,9 @@ from model.config import TextConfig
 class KVCache:
     """Keys and values of every decoder layer, preallocated to `max_len` and filled in place."""
 
-    def __init__(self, num_layers: int, batch: int, heads: int, max_len: int, head_dim: int, like: torch.Tensor):
+    def __init__(
+        self, num_layers: int, batch: int, heads: int, max_len: int, head_dim: int, like: torch.Tensor
+    ):
         shape = (batch, heads, max_len, head_dim)
         self.k = [like.new_zeros(shape) for _ in range(num_layers)]
         self.v = [like.new_zeros(shape) for _ in range(num_layers)]
@@ -65,7 +67,12 @@ class TextAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer_idx, k, v)
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            is_causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0,
         )
         return self.out_proj(y.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
 
@@ -100,7 +107,11 @@ class TextBlock(nn.Module):
         self, x: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: bool, cache: KVCache | None = None
     ) -> torch.Tensor:
         h = self.self_attn(
-            self.self_attn_layer_norm(x), attn_mask=attn_mask, is_causal=is_causal, cache=cache, layer_idx=self.layer_idx
+            self.self_attn_layer_norm(x),
+            attn_mask=attn_mask,
+            is_causal=is_causal,
+            cache=cache,
+            layer_idx=self.layer_idx,
         )
         x = x + self.dropout(h)
         return x + self.ffn(self.final_layer_norm(x))
@@ -129,7 +140,9 @@ class TextTransformer(nn.Module):
         self.position_offset = cfg.pad_token_id + 1
         self.register_buffer(
             "position_table",
-            sinusoidal_table(cfg.max_position_embeddings + self.position_offset, cfg.embed_dim, cfg.pad_token_id),
+            sinusoidal_table(
+                cfg.max_position_embeddings + self.position_offset, cfg.embed_dim, cfg.pad_token_id
+            ),
             persistent=False,
         )
         self.segment_emb = nn.Embedding(2, cfg.embed_dim)

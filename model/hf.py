@@ -25,11 +25,21 @@ _TEXT_KEYS = [f for f in TextConfig.__dataclass_fields__]
 def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
     """Our config as Hugging Face's `Kosmos2_5Config` dict (extra fields kept under `literate`)."""
     text = {k: getattr(cfg.text, k) for k in _TEXT_KEYS}
-    text.update(model_type="kosmos_2_5_text_model", activation_function="gelu", layerdrop=0.0,
-                init_std=cfg.init_std, tie_word_embeddings=True, use_cache=True)
+    text.update(
+        model_type="kosmos_2_5_text_model",
+        activation_function="gelu",
+        layerdrop=0.0,
+        init_std=cfg.init_std,
+        tie_word_embeddings=True,
+        use_cache=True,
+    )
     vision = {k: getattr(cfg.vision, k) for k in _VISION_KEYS}
-    vision.update(model_type="kosmos_2_5_vision_model", dense_act_fn="gelu_new", initializer_range=cfg.init_std,
-                  initializer_factor=1.0)
+    vision.update(
+        model_type="kosmos_2_5_vision_model",
+        dense_act_fn="gelu_new",
+        initializer_range=cfg.init_std,
+        initializer_factor=1.0,
+    )
     return {
         "architectures": ["Kosmos2_5ForConditionalGeneration"],
         "model_type": "kosmos-2.5",
@@ -91,7 +101,9 @@ def load_hf(path: str | Path, dtype: torch.dtype | None = None, **overrides: Any
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k != TIED]
     if missing or unexpected:
-        raise ValueError(f"{path}: weights do not match the config: missing {missing[:8]}, unexpected {unexpected[:8]}")
+        raise ValueError(
+            f"{path}: weights do not match the config: missing {missing[:8]}, unexpected {unexpected[:8]}"
+        )
     if dtype is not None:
         model.to(dtype)
     return model.eval()

@@ -109,7 +109,9 @@ class Kosmos25(nn.Module):
         """Patches `(B, P, 2+p*p*3)` → image embeddings `(B, latent_query_num, embed_dim)`."""
         expected = self.config.vision.patch_embed_hidden_size + 2
         if flattened_patches.shape[-1] != expected:
-            raise ValueError(f"flattened_patches rows have {flattened_patches.shape[-1]} values; this model takes {expected}")
+            raise ValueError(
+                f"flattened_patches rows have {flattened_patches.shape[-1]} values; this model takes {expected}"
+            )
         features = F.normalize(self.vision_model(flattened_patches), dim=-1)
         return self.image_to_text_projection(features)
 
@@ -170,7 +172,12 @@ class Kosmos25(nn.Module):
         image_embeds = self.encode_image(flattened_patches)
         b, t = input_ids.shape
         cache = KVCache(
-            text.layers, b, text.attention_heads, t + max_new_tokens, text.embed_dim // text.attention_heads, image_embeds
+            text.layers,
+            b,
+            text.attention_heads,
+            t + max_new_tokens,
+            text.embed_dim // text.attention_heads,
+            image_embeds,
         )
         model = self.text_model.model
         hidden = model(input_ids, image_embeds, image_embeds_position_mask, cache=cache)
@@ -188,7 +195,9 @@ class Kosmos25(nn.Module):
         return torch.stack(out, dim=1) if out else input_ids.new_zeros((b, 0))
 
     # ------------------------------------------------------------------ FLOPs
-    def estimate_flops(self, num_patches: int | None = None, text_len: int = 1024, target_len: int | None = None) -> float:
+    def estimate_flops(
+        self, num_patches: int | None = None, text_len: int = 1024, target_len: int | None = None
+    ) -> float:
         """Training FLOPs (forward + backward = 3x forward) of one sample.
 
         `text_len` counts every decoder position, image slots included; `target_len` the positions that
@@ -210,7 +219,9 @@ class Kosmos25(nn.Module):
         return 3 * 2 * float(vision + resampler + decoder + head)
 
 
-def _pick(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
+def _pick(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+) -> torch.Tensor:
     if temperature <= 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits / temperature, dim=-1)

@@ -44,7 +44,9 @@ class ImageProcessor:
     uint8 array, or a path; anything else, an empty image or an unreadable file raises `ValueError`
     naming the input."""
 
-    def __init__(self, max_patches: int = 4096, patch_size: int = 16, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
+    def __init__(
+        self, max_patches: int = 4096, patch_size: int = 16, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    ):
         if max_patches < 1 or patch_size < 1:
             raise ValueError(f"max_patches ({max_patches}) and patch_size ({patch_size}) must be positive")
         self.max_patches = max_patches
@@ -71,18 +73,24 @@ class ImageProcessor:
             if image.ndim == 2:
                 image = np.repeat(image[:, :, None], 3, axis=2)
             if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
-                raise ValueError(f"{name}: expected an (H, W, 3) uint8 array, got {image.shape} {image.dtype}")
+                raise ValueError(
+                    f"{name}: expected an (H, W, 3) uint8 array, got {image.shape} {image.dtype}"
+                )
             if image.shape[2] == 4:
                 image = np.asarray(_to_rgb(Image.fromarray(image, "RGBA")))
         else:
-            raise ValueError(f"{name}: expected a PIL image, an (H, W, 3) uint8 array or a path, got {type(image).__name__}")
+            raise ValueError(
+                f"{name}: expected a PIL image, an (H, W, 3) uint8 array or a path, got {type(image).__name__}"
+            )
         arr = np.ascontiguousarray(image) if isinstance(image, np.ndarray) else np.asarray(image)
         h, w = arr.shape[:2]
         if h * w == 0:
             raise ValueError(f"{name} is empty ({w}x{h})")
         if h * w > self.max_image_pixels:
             scale = math.sqrt(self.max_image_pixels / (h * w))
-            small = Image.fromarray(arr).resize((max(1, int(w * scale)), max(1, int(h * scale))), Image.Resampling.BOX)
+            small = Image.fromarray(arr).resize(
+                (max(1, int(w * scale)), max(1, int(h * scale))), Image.Resampling.BOX
+            )
             arr = np.asarray(small)
         return arr
 
@@ -91,8 +99,11 @@ class ImageProcessor:
         """Patch rows and columns for an image: the largest aspect-preserving grid within max_patches."""
         p = self.patch_size
         scale = math.sqrt(self.max_patches * (p / height) * (p / width))
-        rows = max(min(math.floor(scale * height / p), self.max_patches), 1)
-        cols = max(min(math.floor(scale * width / p), self.max_patches), 1)
+        # Ids are 1-based and the row/column tables hold max_patches entries, so one side of max_patches
+        # patches would index past them (the reference crashes there); only a >= max_patches:1 strip differs.
+        side = max(self.max_patches - 1, 1)
+        rows = max(min(math.floor(scale * height / p), side), 1)
+        cols = max(min(math.floor(scale * width / p), side), 1)
         return rows, cols
 
     def __call__(self, image: Image.Image | np.ndarray | str | Path) -> ProcessedImage:
@@ -103,7 +114,9 @@ class ImageProcessor:
         mean, std = _mean_std(arr)
         # float32 in (H, W, C) order: the resize then runs on a channels-last tensor without a transpose copy.
         x = torch.from_numpy(arr.astype(np.float32)).permute(2, 0, 1).unsqueeze(0)
-        x = F.interpolate(x, size=(rows * p, cols * p), mode="bilinear", align_corners=False, antialias=True)[0]
+        x = F.interpolate(x, size=(rows * p, cols * p), mode="bilinear", align_corners=False, antialias=True)[
+            0
+        ]
         x = (x - mean) / std
         patches = x.view(3, rows, p, cols, p).permute(1, 3, 2, 4, 0).reshape(rows * cols, p * p * 3)
         out = torch.zeros(self.max_patches, 2 + p * p * 3)

@@ -65,7 +65,13 @@ class TaskFormat:
             raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
         t = self.tok
         n = self.num_image_tokens
-        ids = [t.bos_id, t.token_id("<image>"), *([t.bos_id] * n), t.token_id("</image>"), t.token_id(f"<{task}>")]
+        ids = [
+            t.bos_id,
+            t.token_id("<image>"),
+            *([t.bos_id] * n),
+            t.token_id("</image>"),
+            t.token_id(f"<{task}>"),
+        ]
         mask = [0, -1, *([1] * n), -1, 0]
         return ids, mask
 
@@ -77,7 +83,9 @@ class TaskFormat:
         }
 
     # ---------------------------------------------------------------- encode
-    def to_resized(self, bbox, image_size: tuple[int, int], resized_size: tuple[int, int], index: int = 0) -> list[int]:
+    def to_resized(
+        self, bbox, image_size: tuple[int, int], resized_size: tuple[int, int], index: int = 0
+    ) -> list[int]:
         """A box in stored-image pixels → clamped integer pixels of the resized image."""
         w, h = image_size
         rw, rh = resized_size
@@ -96,7 +104,9 @@ class TaskFormat:
             for v, scale in ((x0, rw / w), (y0, rh / h), (x1, rw / w), (y1, rh / h))
         ]
 
-    def encode_layout(self, lines: list[dict], image_size: tuple[int, int], resized_size: tuple[int, int]) -> EncodedSample:
+    def encode_layout(
+        self, lines: list[dict], image_size: tuple[int, int], resized_size: tuple[int, int]
+    ) -> EncodedSample:
         """`lines` as in `layout.json` (`{"text", "bbox"}` in pixels of the `image_size` image)."""
         t = self.tok
         target: list[int] = []
@@ -107,7 +117,7 @@ class TaskFormat:
                 continue
             x0, y0, x1, y1 = self.to_resized(line.get("bbox", ()), image_size, resized_size, i)
             target += [self.bbox_id, t.x_ids[x0], t.y_ids[y0], t.x_ids[x1], t.y_ids[y1], self.ebbox_id]
-            target += t.encode(text) + [self.newline_id]
+            target += [*t.encode(text), self.newline_id]
             cuts.append(len(target))
         return self._assemble("ocr", target, cuts)
 
@@ -148,7 +158,12 @@ class TaskFormat:
             # A coordinate was rounded down: the centre of its resized pixel is the closest estimate.
             box = [(x0 + 0.5) * w / rw, (y0 + 0.5) * h / rh, (x1 + 0.5) * w / rw, (y1 + 0.5) * h / rh]
             limits = (w, h, w, h)
-            out.append({"text": m.group(5).rstrip("\n"), "bbox": [min(v, lim) for v, lim in zip(box, limits, strict=True)]})
+            out.append(
+                {
+                    "text": m.group(5).rstrip("\n"),
+                    "bbox": [min(v, lim) for v, lim in zip(box, limits, strict=True)],
+                }
+            )
         return out
 
 

@@ -28,7 +28,12 @@ META_FILE = "tokenizer.json"
 
 def special_symbols(coord_bins: int) -> list[str]:
     """All user-defined symbols, in id order after the four control ids."""
-    return [*TASK_SYMBOLS, *(f"<x_{i}>" for i in range(coord_bins)), *(f"<y_{i}>" for i in range(coord_bins)), "\n"]
+    return [
+        *TASK_SYMBOLS,
+        *(f"<x_{i}>" for i in range(coord_bins)),
+        *(f"<y_{i}>" for i in range(coord_bins)),
+        "\n",
+    ]
 
 
 class Tokenizer:
@@ -39,17 +44,26 @@ class Tokenizer:
         model_file = path / MODEL_FILE if path.is_dir() else path
         meta_file = model_file.with_name(META_FILE)
         if not model_file.exists():
-            raise FileNotFoundError(f"{model_file}: no sentencepiece model (train one with `python -m model.tokenizer`)")
+            raise FileNotFoundError(
+                f"{model_file}: no sentencepiece model (train one with `python -m model.tokenizer`)"
+            )
         self.path = model_file.parent
         self.sp = spm.SentencePieceProcessor(model_file=str(model_file))
         meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
-        self.coord_bins = int(meta.get("coord_bins", sum(1 for i in range(self.sp.get_piece_size())
-                                                          if self.sp.id_to_piece(i).startswith("<x_"))))
+        self.coord_bins = int(
+            meta.get(
+                "coord_bins",
+                sum(1 for i in range(self.sp.get_piece_size()) if self.sp.id_to_piece(i).startswith("<x_")),
+            )
+        )
         for sym in special_symbols(self.coord_bins):
             if self.sp.piece_to_id(sym) == self.sp.unk_id():
                 raise ValueError(f"{model_file}: special symbol {sym!r} is missing from the vocabulary")
         self.bos_id, self.eos_id, self.pad_id, self.unk_id = (
-            self.sp.bos_id(), self.sp.eos_id(), self.sp.pad_id(), self.sp.unk_id()
+            self.sp.bos_id(),
+            self.sp.eos_id(),
+            self.sp.pad_id(),
+            self.sp.unk_id(),
         )
         self.x_ids = [self.sp.piece_to_id(f"<x_{i}>") for i in range(self.coord_bins)]
         self.y_ids = [self.sp.piece_to_id(f"<y_{i}>") for i in range(self.coord_bins)]
@@ -127,8 +141,14 @@ def train_tokenizer(
             model_type=model_type,
             byte_fallback=True,
             user_defined_symbols=symbols,
-            bos_id=0, pad_id=1, eos_id=2, unk_id=3,
-            bos_piece="<s>", pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
+            bos_id=0,
+            pad_id=1,
+            eos_id=2,
+            unk_id=3,
+            bos_piece="<s>",
+            pad_piece="<pad>",
+            eos_piece="</s>",
+            unk_piece="<unk>",
             normalization_rule_name="identity",
             remove_extra_whitespaces=False,
             add_dummy_prefix=False,
@@ -145,13 +165,19 @@ def train_tokenizer(
     except RuntimeError as e:
         raise ValueError(f"sentencepiece training failed: {e}") from e
     (out / MODEL_FILE).write_bytes(model.getvalue())
-    (out / META_FILE).write_text(json.dumps({"coord_bins": coord_bins, "vocab_size_requested": vocab_size}, indent=2))
+    (out / META_FILE).write_text(
+        json.dumps({"coord_bins": coord_bins, "vocab_size_requested": vocab_size}, indent=2)
+    )
     return Tokenizer(out)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m model.tokenizer", description="Train the Literate tokenizer.")
-    ap.add_argument("--input", nargs="+", required=True, help="text files, folders, globs or webdataset shards")
+    ap = argparse.ArgumentParser(
+        prog="python -m model.tokenizer", description="Train the Literate tokenizer."
+    )
+    ap.add_argument(
+        "--input", nargs="+", required=True, help="text files, folders, globs or webdataset shards"
+    )
     ap.add_argument("--out", required=True, help="output folder (tokenizer.model + tokenizer.json)")
     ap.add_argument("--vocab-size", type=int, default=65536)
     ap.add_argument("--coord-bins", type=int, default=4096, help="L: <x_0>..<x_{L-1}> and <y_0>..<y_{L-1}>")
@@ -159,8 +185,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-lines", type=int, default=5_000_000, help="sample at most this many lines")
     args = ap.parse_args(argv)
     try:
-        tok = train_tokenizer(iter_texts(args.input), args.out, args.vocab_size, args.coord_bins, args.model_type,
-                              args.max_lines)
+        tok = train_tokenizer(
+            iter_texts(args.input),
+            args.out,
+            args.vocab_size,
+            args.coord_bins,
+            args.model_type,
+            args.max_lines,
+        )
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -56,7 +56,10 @@ class VisionAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         b, n, _ = x.shape
-        q, k, v = (proj(x).view(b, n, -1, self.head_dim).transpose(1, 2) for proj in (self.query, self.key, self.value))
+        q, k, v = (
+            proj(x).view(b, n, -1, self.head_dim).transpose(1, 2)
+            for proj in (self.query, self.key, self.value)
+        )
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=key_mask, dropout_p=self.dropout if self.training else 0.0
         )
@@ -109,7 +112,9 @@ class VisionModel(nn.Module):
     def forward(self, flattened_patches: torch.Tensor) -> torch.Tensor:
         """`(B, P, 2 + p*p*3)` patches → `(B, P, hidden)` features. Padding patches are masked as keys."""
         if flattened_patches.dim() != 3:
-            raise ValueError(f"flattened_patches must be (batch, patches, 2 + p*p*3); got {tuple(flattened_patches.shape)}")
+            raise ValueError(
+                f"flattened_patches must be (batch, patches, 2 + p*p*3); got {tuple(flattened_patches.shape)}"
+            )
         # An all-zero row is padding (ids start at 1), exactly the rule Hugging Face applies.
         key_mask = (flattened_patches.sum(dim=-1) != 0)[:, None, None, :]
         x = self.embeddings(flattened_patches)

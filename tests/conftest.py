@@ -11,7 +11,12 @@ import transformers
 from data_pipeline.synthetic import WORDS
 from model.tokenizer import Tokenizer, train_tokenizer
 
-UNICODE_LINES = ["Café naïve résumé über", "東京都 中文 日本語のテキスト", "emoji 😀🚀 ok", "Ελληνικά русский"]
+UNICODE_LINES = [
+    "Café naïve résumé über",
+    "東京都 中文 日本語のテキスト",
+    "emoji 😀🚀 ok",
+    "Ελληνικά русский",
+]
 
 
 @pytest.fixture(scope="session")
@@ -26,9 +31,17 @@ def hf_tiny_dir(tmp_path_factory):
     """A tiny random `Kosmos2_5ForConditionalGeneration` written by `save_pretrained`."""
     torch.manual_seed(0)
     cfg = transformers.Kosmos2_5Config(
-        text_config=dict(vocab_size=300, embed_dim=32, layers=2, ffn_dim=64, attention_heads=4, max_position_embeddings=512),
-        vision_config=dict(hidden_size=32, intermediate_size=48, head_dim=8, num_hidden_layers=2, num_attention_heads=4,
-                           max_num_patches=64),
+        text_config=dict(
+            vocab_size=300, embed_dim=32, layers=2, ffn_dim=64, attention_heads=4, max_position_embeddings=512
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=48,
+            head_dim=8,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_num_patches=64,
+        ),
         latent_query_num=8,
     )
     model = transformers.Kosmos2_5ForConditionalGeneration(cfg).eval()

@@ -31,8 +31,12 @@ def _batch(num_slots: int, max_patches: int, vocab: int) -> dict[str, torch.Tens
     attention = torch.ones_like(ids)
     attention[1, -4:] = 0
     ids[1, -4:] = 1  # pad
-    return {"flattened_patches": images["flattened_patches"], "input_ids": ids, "attention_mask": attention,
-            "image_embeds_position_mask": slots}
+    return {
+        "flattened_patches": images["flattened_patches"],
+        "input_ids": ids,
+        "attention_mask": attention,
+        "image_embeds_position_mask": slots,
+    }
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor, attention: torch.Tensor) -> float:

@@ -12,8 +12,14 @@ from data_pipeline.synthetic import render_text_page
 from model.processor import ImageProcessor
 
 # tall, wide, square, tiny, huge (about 45 megapixels), and a letter page
-SIZES = {"tall": (600, 2400), "wide": (2400, 500), "square": (1000, 1000), "tiny": (12, 9),
-         "huge": (5800, 7800), "letter": (850, 1100)}
+SIZES = {
+    "tall": (600, 2400),
+    "wide": (2400, 500),
+    "square": (1000, 1000),
+    "tiny": (12, 9),
+    "huge": (5800, 7800),
+    "letter": (850, 1100),
+}
 
 
 @pytest.mark.parametrize("max_patches", [256, 4096])

@@ -1,0 +1,189 @@
+"""The model on its own: loss on targets only, generation with a KV cache, checkpointing, FLOPs, presets."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from model.config import config_from_dict, get_config
+from model.kosmos import IGNORE_INDEX, Kosmos25
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _inputs(cfg, batch=2, text=20, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    p, q = cfg.max_patches, cfg.latent_query_num
+    patches = torch.zeros(batch, p, cfg.vision.patch_embed_hidden_size + 2)
+    n = p - 7  # a few padding rows, as the processor leaves
+    patches[:, :n, 0] = torch.arange(n) // 16 + 1
+    patches[:, :n, 1] = torch.arange(n) % 16 + 1
+    patches[:, :n, 2:] = torch.randn(batch, n, cfg.vision.patch_embed_hidden_size, generator=g)
+    ids = torch.randint(10, cfg.text.vocab_size, (batch, q + 3 + text), generator=g)
+    ids[:, 0] = 0
+    ids[:, 2 : 2 + q] = 0
+    mask = torch.zeros_like(ids)
+    mask[:, 1], mask[:, 2 : 2 + q], mask[:, 2 + q] = -1, 1, -1
+    labels = ids.clone()
+    labels[:, : q + 3] = IGNORE_INDEX
+    return {
+        "flattened_patches": patches,
+        "input_ids": ids,
+        "image_embeds_position_mask": mask,
+        "labels": labels,
+    }
+
+
+@pytest.fixture
+def tiny():
+    torch.manual_seed(0)
+    return Kosmos25(get_config("tiny", text={"dropout": 0.0})).eval()
+
+
+def test_loss_is_the_target_only_cross_entropy(tiny):
+    batch = _inputs(tiny.config)
+    out = tiny(**batch)
+    # Reference: full logits, Hugging Face's shift, mean over labelled positions.
+    logits = out.logits[:, :-1].reshape(-1, out.logits.shape[-1])
+    want = F.cross_entropy(logits, batch["labels"][:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
+    assert torch.allclose(out.loss, want, atol=1e-5)
+    assert out.num_target_tokens == 2 * 20
+    # Prompt and image-slot tokens carry no loss: changing them changes nothing but the context.
+    no_logits = tiny(**batch, compute_logits=False)
+    assert no_logits.logits is None and torch.allclose(no_logits.loss, out.loss)
+
+
+def test_gradients_reach_the_vision_encoder(tiny):
+    tiny.train()
+    out = tiny(**_inputs(tiny.config), compute_logits=False)
+    out.loss.backward()
+    assert tiny.vision_model.embeddings.patch_projection.weight.grad.abs().sum() > 0
+    assert tiny.image_to_text_projection.latent_query.grad.abs().sum() > 0
+    # The tied head and embedding are one tensor.
+    assert tiny.text_model.lm_head.weight is tiny.text_model.model.embed_tokens.weight
+
+
+def test_the_image_changes_the_prediction(tiny):
+    a = _inputs(tiny.config, seed=0)
+    b = dict(a, flattened_patches=_inputs(tiny.config, seed=1)["flattened_patches"])
+    with torch.no_grad():
+        assert not torch.allclose(tiny(**a).logits, tiny(**b).logits)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    cfg = get_config("tiny", text={"dropout": 0.0})
+    plain, ckpt = Kosmos25(cfg).train(), Kosmos25(cfg).train()
+    ckpt.load_state_dict(plain.state_dict())
+    ckpt.set_activation_checkpointing(True)
+    batch = _inputs(cfg)
+    for m in (plain, ckpt):
+        m(**batch, compute_logits=False).loss.backward()
+    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters(), strict=True):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6), name
+
+
+def test_kv_cached_greedy_generation_equals_recomputing(tiny):
+    batch = _inputs(tiny.config, text=0)
+    prompt = {k: batch[k] for k in ("flattened_patches", "input_ids", "image_embeds_position_mask")}
+    new = tiny.generate(**prompt, max_new_tokens=12, eos_token_id=-1)
+    assert new.shape == (2, 12)
+    ids, mask = prompt["input_ids"], prompt["image_embeds_position_mask"]
+    with torch.no_grad():
+        for _ in range(12):
+            logits = tiny(ids, prompt["flattened_patches"], mask).logits[:, -1]
+            ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
+            mask = torch.cat([mask, torch.zeros_like(mask[:, :1])], dim=1)
+    assert torch.equal(new, ids[:, -12:])
+
+
+def test_sampling_is_seeded_and_stops_at_eos(tiny):
+    batch = _inputs(tiny.config, text=0)
+    prompt = {k: batch[k] for k in ("flattened_patches", "input_ids", "image_embeds_position_mask")}
+    runs = [
+        tiny.generate(
+            **prompt,
+            max_new_tokens=8,
+            temperature=1.0,
+            eos_token_id=-1,
+            generator=torch.Generator().manual_seed(7),
+        )
+        for _ in range(2)
+    ]
+    assert torch.equal(runs[0], runs[1])
+    greedy = tiny.generate(**prompt, max_new_tokens=8, eos_token_id=-1)
+    # A nucleus this small keeps only the top token: sampling becomes greedy.
+    assert torch.equal(
+        tiny.generate(**prompt, max_new_tokens=8, temperature=1.0, top_p=1e-9, eos_token_id=-1), greedy
+    )
+    # Stop at the first greedy token of row 0: row 0 ends, the other row is padded after its own stop.
+    stop = int(greedy[0, 0])
+    out = tiny.generate(**prompt, max_new_tokens=8, eos_token_id=stop)
+    assert out[0, 0] == stop
+    assert (out[0, 1:] == tiny.config.text.pad_token_id).all()
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_estimate_flops_matches_a_flop_counter(preset):
+    cfg = get_config(preset)
+    model = Kosmos25(cfg)
+    batch = _inputs(cfg, batch=1, text=64)
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+        model(**batch, compute_logits=False).loss.backward()
+    estimate = model.estimate_flops(cfg.max_patches, batch["input_ids"].shape[1], 64)
+    assert abs(estimate / counter.get_total_flops() - 1) < 0.05
+
+
+def test_presets_sizes():
+    with torch.device("meta"):
+        full = Kosmos25(get_config("kosmos-2.5"))
+        small = Kosmos25(get_config("small"))
+    assert 1.3e9 < full.num_parameters() < 1.4e9  # the paper's 1.3B (1.37B with embeddings)
+    assert 50e6 < small.num_parameters() < 150e6
+    cfg = get_config("small")
+    assert (cfg.max_patches, cfg.latent_query_num, cfg.text.vocab_size) == (1024, 512, 32000)
+
+
+def test_bad_configs_fail_with_the_field_name():
+    with pytest.raises(ValueError, match="unknown model preset"):
+        get_config("huge")
+    with pytest.raises(ValueError, match="text.embed_dim"):
+        get_config("tiny", text={"embed_dim": 130})
+    with pytest.raises(ValueError, match="unknown model config field: text.layerz"):
+        get_config("tiny", text={"layerz": 3})
+    with pytest.raises(ValueError, match="max_patches"):
+        get_config("tiny", max_patches=100000)
+
+
+def test_wrong_patch_width_is_a_clear_error(tiny):
+    batch = _inputs(tiny.config)
+    batch["flattened_patches"] = batch["flattened_patches"][..., :100]
+    with pytest.raises(ValueError, match="flattened_patches rows have 100 values"):
+        tiny(**batch)
+
+
+def test_hydra_configs_compose_into_model_configs():
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        for preset in ("tiny", "small", "kosmos-2.5"):
+            cfg = compose("pretrain", overrides=[f"model={preset}", "stage=mixed", "+model.text.layers=3"])
+            model_cfg = config_from_dict(cfg.model)
+            assert model_cfg.name == preset and model_cfg.text.layers == 3
+            assert cfg.stage.steps == 140000 and cfg.optim.lr == 2e-4
+
+
+def test_model_package_never_imports_deepspeed():
+    for path in (ROOT / "model").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            )
+            assert not any(n.split(".")[0] == "deepspeed" for n in names), path

@@ -1,7 +1,9 @@
 """The text decoder: sinusoidal positions + segment embedding, pre-LN blocks with a sub-LN feed-forward,
 tied and scaled embeddings, and a preallocated KV cache for generation.
 
-Attribute names match Hugging Face's `Kosmos2_5TextForCausalLM` so weights map 1:1.
+Attribute names match Hugging Face's `Kosmos2_5TextForCausalLM` so weights map 1:1. Sub-LN sits inside
+the feed-forward (before fc2) only: the released checkpoint, and so the reference port, has no LayerNorm
+inside attention, and we follow the weights.
 """
 
 from __future__ import annotations

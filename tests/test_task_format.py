@@ -154,3 +154,36 @@ def test_trainer_cli_on_files_and_a_missing_tokenizer(tmp_path):
     assert r.returncode == 2 and "vocab_size=100" in r.stderr
     with pytest.raises(FileNotFoundError, match="no sentencepiece model"):
         Tokenizer(tmp_path / "nowhere")
+
+
+def test_tokenizer_trains_from_webdataset_shards(tmp_path):
+    import io
+    import json
+    import tarfile
+
+    from model.tokenizer import iter_texts, train_tokenizer
+
+    shard = tmp_path / "shard-00000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for i in range(200):
+            for ext, payload in (
+                (
+                    "layout.json",
+                    json.dumps(
+                        {
+                            "width": 10,
+                            "height": 10,
+                            "lines": [{"text": f"ocr line {i} ünï", "bbox": [0, 0, 5, 5]}],
+                        }
+                    ),
+                ),
+                ("md", f"# heading {i}\n\nmarkdown body {i}"),
+            ):
+                data = payload.encode()
+                info = tarfile.TarInfo(f"pdf_doc{i}_00000.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    texts = list(iter_texts([tmp_path]))
+    assert "ocr line 7 ünï" in texts and "# heading 7" in texts and "markdown body 7" in texts
+    tok = train_tokenizer(texts, tmp_path / "tok", vocab_size=800, coord_bins=32)
+    assert tok.decode(tok.encode("ocr line 7 ünï")) == "ocr line 7 ünï"

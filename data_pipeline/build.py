@@ -1,0 +1,171 @@
+"""Build webdataset shards from documents.
+
+    python -m data_pipeline.build source=<pdf|scan|powerpoint|arxiv> input=<dir, glob or list file> output=<dir> \
+        [workers=N] [executor=local|ray] [docs_per_shard=16] [task_index=i task_count=n] [manifest_only=true]
+
+Writes `shard-NNNNN.tar` + `shard-NNNNN.json` per task, `plan.json`, and `manifest.json`. Exit status 0 when
+the error rate (failed pages / pages seen) is within `max_error_rate`, 1 above it or when tasks failed,
+2 for a bad configuration (reported before any work starts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from collections import Counter
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from data_pipeline.core import list_inputs, plan_tasks, write_manifest
+from data_pipeline.executors import EXECUTORS
+from data_pipeline.sources import get_source
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def validate(cfg: DictConfig):
+    """Everything that can be checked before work starts; returns the source module."""
+    try:
+        source = get_source(cfg.source.name)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    if cfg.executor not in EXECUTORS:
+        raise ConfigError(f"executor={cfg.executor!r}: choose from {', '.join(EXECUTORS)}")
+    if cfg.image.format not in ("png", "jpg", "webp"):
+        raise ConfigError(f"image.format={cfg.image.format!r}: choose png, jpg or webp")
+    if int(cfg.docs_per_shard) < 1 or int(cfg.workers) < 1 or int(cfg.image.max_side) < 16:
+        raise ConfigError("docs_per_shard and workers must be >= 1 and image.max_side >= 16")
+    if (cfg.task_index is None) != (cfg.task_count is None):
+        raise ConfigError("task_index and task_count go together")
+    if cfg.task_count is not None and not 0 <= int(cfg.task_index) < int(cfg.task_count):
+        raise ConfigError(f"task_index={cfg.task_index} is not in [0, task_count={cfg.task_count})")
+    langs = cfg.filters.languages
+    if not (langs == "all" or OmegaConf.is_list(langs)):
+        raise ConfigError(f"filters.languages={langs!r}: a list of ISO codes or 'all'")
+    for tool in getattr(source, "REQUIRED_TOOLS", ()):
+        if shutil.which(tool) is None:
+            raise ConfigError(
+                f"source={cfg.source.name} needs `{tool}` on PATH (see the Makefile's APT_PACKAGES)"
+            )
+    if hasattr(source, "check_config"):
+        try:
+            source.check_config(cfg.source)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK):
+        raise ConfigError(f"output={out} is not writable")
+    return source
+
+
+def _plan(cfg: DictConfig, source) -> tuple[list, int]:
+    """Tasks from the inputs; `plan.json` pins them so a rerun over changed inputs is refused, not mixed."""
+    docs = list_inputs(str(cfg.input), tuple(source.EXTENSIONS))
+    tasks = plan_tasks(docs, int(cfg.docs_per_shard))
+    digest = hashlib.sha256("\n".join(d.path for d in docs).encode()).hexdigest()
+    plan = {
+        "source": cfg.source.name,
+        "input": str(cfg.input),
+        "documents": len(docs),
+        "tasks": len(tasks),
+        "docs_per_shard": int(cfg.docs_per_shard),
+        "inputs_sha256": digest,
+    }
+    path = Path(cfg.output) / "plan.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if {k: old.get(k) for k in plan} != plan:
+            raise ConfigError(
+                f"{path} was written for other inputs or settings ({old.get('documents')} documents, "
+                f"{old.get('tasks')} tasks, docs_per_shard={old.get('docs_per_shard')}): use a new output folder"
+            )
+    else:
+        path.write_text(json.dumps(plan, indent=1))
+    return tasks, len(docs)
+
+
+def summarize(results: list[dict], failed: list[int], n_docs: int) -> dict:
+    errors, skips = Counter(), Counter()
+    pages = samples = 0
+    for r in results:
+        errors.update(r["errors"])
+        skips.update(r["skips"])
+        pages += r["pages"]
+        samples += r["samples"]
+    n_err = sum(errors.values())
+    return {
+        "documents": n_docs,
+        "tasks_done": len(results),
+        "tasks_skipped": sum(bool(r.get("skipped")) for r in results),
+        "tasks_failed": failed,
+        "pages": pages,
+        "samples": samples,
+        "errors": dict(errors),
+        "skips": dict(skips),
+        "error_rate": n_err / pages if pages else 0.0,
+        "error_examples": [e for r in results for e in r.get("error_examples", [])][:10],
+    }
+
+
+def run(cfg: DictConfig) -> int:
+    if cfg.workers is None:
+        cfg.workers = os.cpu_count() or 1
+    OmegaConf.resolve(cfg)
+    try:
+        source = validate(cfg)
+        tasks, n_docs = _plan(cfg, source)
+    except (ConfigError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(cfg.output)
+    n_tasks = len(tasks)
+    if cfg.task_count is not None:
+        tasks = tasks[int(cfg.task_index) :: int(cfg.task_count)]
+    summary = None
+    if not cfg.manifest_only:
+        results, failed = EXECUTORS[cfg.executor](tasks, cfg, int(cfg.workers))
+        summary = summarize(results, failed, n_docs)
+        print(json.dumps(summary, indent=1))
+    if cfg.task_count is None or cfg.manifest_only:
+        if cfg.dedup:
+            from data_pipeline.dedup import deduplicate
+
+            deduplicate(out, n_tasks, workers=int(cfg.workers))
+        manifest = write_manifest(out, cfg.source.name, n_tasks)
+        print(
+            f"manifest: {out / 'manifest.json'}: {manifest['finished']}/{n_tasks} shards, "
+            f"{manifest['totals']['samples']} samples, {manifest.get('dropped', 0)} near-duplicates dropped"
+        )
+    if summary is None:
+        return 0
+    if summary["tasks_failed"]:
+        print(f"error: tasks {summary['tasks_failed']} failed; rerun to retry them", file=sys.stderr)
+        return 1
+    if summary["error_rate"] > float(cfg.max_error_rate):
+        print(
+            f"error: error rate {summary['error_rate']:.4f} exceeds max_error_rate={cfg.max_error_rate}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="build", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    code = run(cfg)
+    if code:
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""Inputs → deterministic tasks → one shard per task. `run_task` is the function every executor runs.
+
+A task is a fixed slice of the sorted input list, so task i always means the same documents and writes
+shard i; a rerun skips tasks whose shard JSON exists and rebuilds the rest.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from data_pipeline.filters import SampleFilter
+from data_pipeline.schema import DocumentError, Sample, Skip, encode_sample
+from data_pipeline.sources import get_source
+from data_pipeline.writer import ShardStats, ShardWriter, is_finished, read_stats
+
+LIST_SUFFIXES = (".txt", ".lst", ".list")
+
+
+@dataclass(frozen=True)
+class Document:
+    path: str
+    doc_id: str
+
+
+@dataclass(frozen=True)
+class Task:
+    index: int
+    docs: tuple[Document, ...]
+
+
+def list_inputs(spec: str, extensions: tuple[str, ...]) -> list[Document]:
+    """A folder (searched recursively for `extensions`), a glob, a list file (one path per line) or one
+    file → documents sorted by path, each with an id relative to the input's root."""
+    p = Path(spec)
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in extensions)
+        root = p
+    elif p.is_file() and p.suffix.lower() in LIST_SUFFIXES and p.suffix.lower() not in extensions:
+        files = [
+            Path(line.strip())
+            for line in p.read_text().splitlines()
+            if line.strip() and not line.startswith("#")
+        ]
+        files = sorted(files)
+        root = Path(os.path.commonpath([str(f.parent.resolve()) for f in files])) if files else p.parent
+        files = [f.resolve() for f in files]
+    elif p.is_file():
+        files, root = [p], p.parent
+    else:
+        files = sorted(Path(f) for f in glob.glob(spec, recursive=True) if Path(f).is_file())
+        prefix = spec.split("*")[0].split("?")[0].split("[")[0]
+        root = Path(prefix) if prefix.endswith("/") else Path(prefix).parent
+    if not files:
+        raise ValueError(f"input {spec!r}: no files found (extensions {', '.join(extensions)})")
+    docs = []
+    for f in files:
+        try:
+            rel = f.relative_to(root)
+        except ValueError:
+            rel = Path(str(f).lstrip("/"))
+        docs.append(Document(str(f), str(rel.with_suffix(""))))
+    return docs
+
+
+def plan_tasks(docs: list[Document], docs_per_shard: int) -> list[Task]:
+    return [
+        Task(i // docs_per_shard, tuple(docs[i : i + docs_per_shard]))
+        for i in range(0, len(docs), docs_per_shard)
+    ]
+
+
+class DocTimeout(Exception):
+    pass
+
+
+# While a sample is being written the time-out waits: a tar member cut in half would corrupt the shard.
+_alarm = {"writing": False, "expired": False}
+
+
+@contextmanager
+def time_limit(seconds: float):
+    """Raise `DocTimeout` in this thread after `seconds` (main thread only: elsewhere no limit applies;
+    external tools carry their own subprocess time-outs)."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum, frame):
+        if _alarm["writing"]:
+            _alarm["expired"] = True
+            return
+        raise DocTimeout(f"over {seconds}s")
+
+    old = signal.signal(signal.SIGALRM, _raise)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        _alarm["expired"] = False
+
+
+def _write(writer: ShardWriter, members: dict) -> None:
+    _alarm["writing"] = True
+    try:
+        writer.write(members)
+    finally:
+        _alarm["writing"] = False
+    if _alarm["expired"]:
+        raise DocTimeout("time limit reached while writing")
+
+
+def _count(stats: ShardStats, skip: Skip, path: str) -> None:
+    (stats.errors if skip.error else stats.skips)[skip.reason] += skip.pages
+    stats.pages += skip.pages
+    if skip.error and len(stats.error_examples) < 20:
+        stats.error_examples.append(f"{path}: {skip.reason}: {skip.detail}"[:500])
+
+
+def build_document(doc: Document, source, cfg) -> Iterator[Sample | Skip]:
+    """The source's builder with whole-document failures turned into counted `Skip`s."""
+    try:
+        yield from source.build(Path(doc.path), doc.doc_id, cfg.source)
+    except DocumentError as e:
+        yield Skip(e.reason, pages=e.pages, detail=e.detail, error=e.reason not in POLICY_REASONS)
+    except DocTimeout as e:
+        yield Skip("doc_timeout", detail=str(e), error=True)
+    except MemoryError:
+        yield Skip("out_of_memory", error=True)
+    except Exception as e:  # a builder bug or an unforeseen file: counted with its type, never fatal
+        yield Skip(f"exception_{type(e).__name__}", detail=traceback.format_exc(limit=3)[-400:], error=True)
+
+
+# Reasons that are decisions about the data, not failures: they do not count against the error cap.
+POLICY_REASONS = {"too_many_pages", "no_pages"}
+
+
+def run_task(task: Task, cfg, progress=None) -> dict:
+    """Build shard `task.index` unless finished; returns its stats as a dict (with `"skipped": True` when
+    the shard was already there). `progress`, when given, is a queue receiving per-document counts."""
+    out = Path(cfg.output)
+    if is_finished(out, task.index):
+        stats = read_stats(out, task.index).to_dict()
+        if progress is not None:
+            progress.put((len(task.docs), stats["pages"], stats["samples"], sum(stats["errors"].values())))
+        return {**stats, "skipped": True}
+    source = get_source(cfg.source.name)
+    keep = SampleFilter(cfg.filters)
+    img = cfg.image
+    with ShardWriter(out, task.index) as writer:
+        stats = writer.stats
+        for doc in task.docs:
+            before = (stats.pages, stats.samples, sum(stats.errors.values()))
+            try:
+                with time_limit(float(cfg.source.doc_timeout)):
+                    for item in build_document(doc, source, cfg):
+                        if isinstance(item, Skip):
+                            _count(stats, item, doc.path)
+                            continue
+                        stats.pages += 1
+                        reason = keep(item)
+                        if reason is not None:
+                            stats.skips[reason] += 1
+                            continue
+                        _write(writer, encode_sample(item, img.format, img.quality, img.max_side))
+            except DocTimeout as e:
+                _count(stats, Skip("doc_timeout", detail=str(e), error=True), doc.path)
+            stats.docs += 1
+            if progress is not None:
+                now = (stats.pages, stats.samples, sum(stats.errors.values()))
+                progress.put((1, *(a - b for a, b in zip(now, before, strict=True))))
+    return stats.to_dict()
+
+
+def write_manifest(out: Path, source: str, n_tasks: int) -> dict:
+    """`manifest.json`: every finished shard with its sample count (wids shard-index format) and totals."""
+    shards, totals = [], ShardStats(shard="total")
+    for i in range(n_tasks):
+        if not is_finished(out, i):
+            continue
+        s = read_stats(out, i)
+        shards.append({"url": s.shard, "nsamples": s.samples})
+        for k in ("docs", "pages", "samples", "bytes"):
+            setattr(totals, k, getattr(totals, k) + getattr(s, k))
+        totals.seconds += s.seconds
+        totals.errors.update(s.errors)
+        totals.skips.update(s.skips)
+    manifest = {
+        "__kind__": "wids-shard-index-v1",
+        "wids_version": 1,
+        "name": source,
+        "source": source,
+        "shardlist": shards,
+        "tasks": n_tasks,
+        "finished": len(shards),
+        "totals": {k: v for k, v in totals.to_dict().items() if k not in ("shard", "error_examples")},
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    dedup = out / "dedup" / "drop.json"
+    if dedup.exists():
+        manifest["drop_list"] = str(dedup.relative_to(out))
+        manifest["dropped"] = json.loads(dedup.read_text())["count"]
+    tmp = out / "manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, out / "manifest.json")
+    return manifest

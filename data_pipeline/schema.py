@@ -1,0 +1,130 @@
+"""The sample contract (DESIGN.md): keys, the page image, `layout.json`, `md`, `meta.json`.
+
+Builders yield `Sample`s (or `Skip`s); `encode_sample` turns one into the members of a webdataset tar.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+BUILDER_VERSION = "0.1.0"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_\-/]")
+
+
+@dataclass
+class Sample:
+    """One page: its image and a layout (`lines`), a markdown (`md`), or both."""
+
+    source: str
+    doc_id: str
+    page: int
+    image: Image.Image
+    origin: str
+    lines: list[dict] | None = None  # [{"text", "bbox": [x0, y0, x1, y1]}] in pixels of `image`
+    md: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return make_key(self.source, self.doc_id, self.page)
+
+    def text(self) -> str:
+        """The page's text, for filters: layout lines joined, else the markdown."""
+        if self.lines is not None:
+            return "\n".join(line["text"] for line in self.lines)
+        return self.md or ""
+
+
+@dataclass
+class Skip:
+    """A page (or a whole document when `page` is None) that is counted but not written."""
+
+    reason: str
+    pages: int = 1
+    detail: str = ""
+    error: bool = False  # True: a failure that counts against the error cap; False: a policy skip
+
+
+class DocumentError(Exception):
+    """A document that cannot be built at all; `reason` is the counted kind."""
+
+    def __init__(self, reason: str, detail: str = "", pages: int = 1):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason, self.detail, self.pages = reason, detail, pages
+
+
+def make_key(source: str, doc_id: str, page: int) -> str:
+    """`{source}/{doc_id}/{page:05d}` made safe for tar and webdataset: no `.` anywhere, no `..`, no leading
+    `/`. When sanitising changes the doc id, a short hash of the original keeps distinct ids distinct."""
+    safe = _UNSAFE.sub("_", doc_id).strip("/")
+    safe = re.sub(r"/+", "/", safe)
+    if safe != doc_id:
+        safe = f"{safe}_{hashlib.sha1(doc_id.encode()).hexdigest()[:8]}"
+    return f"{_UNSAFE.sub('_', source)}/{safe}/{page:05d}"
+
+
+def clean_lines(lines: list[dict], width: int, height: int) -> list[dict]:
+    """Clamp boxes into the image and drop lines with no text or no area left."""
+    out = []
+    for line in lines:
+        text = " ".join(str(line["text"]).split())
+        if not text:
+            continue
+        x0, y0, x1, y1 = line["bbox"]
+        x0, x1 = max(0.0, min(x0, x1)), min(float(width), max(x0, x1))
+        y0, y1 = max(0.0, min(y0, y1)), min(float(height), max(y0, y1))
+        if x1 - x0 < 1e-3 or y1 - y0 < 1e-3:
+            continue
+        out.append({"text": text, "bbox": [round(x0, 2), round(y0, 2), round(x1, 2), round(y1, 2)]})
+    return out
+
+
+def encode_sample(
+    sample: Sample, image_format: str = "png", quality: int = 90, max_side: int = 2048
+) -> dict[str, Any]:
+    """The tar members of a sample. The image's long side is capped at `max_side` (boxes scaled along)."""
+    img = sample.image.convert("RGB") if sample.image.mode != "RGB" else sample.image
+    scale = min(1.0, max_side / max(img.size))
+    if scale < 1.0:
+        img = img.resize(
+            (max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.LANCZOS
+        )
+    buf = io.BytesIO()
+    fmt = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}[image_format]
+    img.save(buf, fmt, **({} if fmt == "PNG" else {"quality": quality}))
+    members: dict[str, Any] = {"__key__": sample.key, image_format: buf.getvalue()}
+    if sample.lines is not None:
+        sx, sy = img.width / sample.image.width, img.height / sample.image.height
+        scaled = [
+            {
+                "text": ln["text"],
+                "bbox": [ln["bbox"][0] * sx, ln["bbox"][1] * sy, ln["bbox"][2] * sx, ln["bbox"][3] * sy],
+            }
+            for ln in sample.lines
+        ]
+        layout = {
+            "width": img.width,
+            "height": img.height,
+            "lines": clean_lines(scaled, img.width, img.height),
+        }
+        members["layout.json"] = json.dumps(layout, ensure_ascii=False).encode()
+    if sample.md is not None:
+        members["md"] = sample.md.encode()
+    meta = {
+        "source": sample.source,
+        "doc_id": sample.doc_id,
+        "page": sample.page,
+        "origin": sample.origin,
+        "builder_version": BUILDER_VERSION,
+        "lang": sample.meta.get("lang"),
+        **{k: v for k, v in sample.meta.items() if k != "lang"},
+    }
+    members["meta.json"] = json.dumps(meta, ensure_ascii=False).encode()
+    return members

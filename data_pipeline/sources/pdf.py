@@ -1,0 +1,40 @@
+"""`pdf`: general PDFs → layout samples (PyMuPDF render + text lines; OCR for pages without a text layer
+when `ocr_fallback` is on)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from data_pipeline.render.ocr import tesseract_lines
+from data_pipeline.render.pdf import iter_pdf_pages
+from data_pipeline.schema import Sample, Skip, clean_lines
+
+EXTENSIONS = (".pdf",)
+
+
+def pdf_samples(path: Path, doc_id: str, cfg, source: str) -> Iterator[Sample | Skip]:
+    """Layout samples of a PDF's pages; shared by every source that ends in a PDF."""
+    for item in iter_pdf_pages(path, cfg):
+        if isinstance(item, Skip):
+            yield item
+            continue
+        index, image, lines = item
+        lines = clean_lines(lines, image.width, image.height)
+        meta = {}
+        if not lines:
+            if not cfg.get("ocr_fallback", False):
+                yield Skip("no_text_layer", detail=f"{path} page {index}")
+                continue
+            lines = clean_lines(
+                tesseract_lines(image, cfg.ocr_lang, cfg.ocr_timeout), image.width, image.height
+            )
+            meta["ocr"] = "tesseract"
+            if not lines:
+                yield Skip("no_text_found", detail=f"{path} page {index}")
+                continue
+        yield Sample(source, doc_id, index, image, str(path), lines=lines, meta=meta)
+
+
+def build(path: Path, doc_id: str, cfg) -> Iterator[Sample | Skip]:
+    yield from pdf_samples(path, doc_id, cfg, "pdf")

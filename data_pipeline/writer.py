@@ -1,0 +1,91 @@
+"""One shard writer: a webdataset tar written under a temporary name, renamed when complete, and its stats
+JSON written last. A shard is finished iff its JSON exists; a tar without one is rebuilt."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import webdataset as wds
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}"
+
+
+@dataclass
+class ShardStats:
+    shard: str
+    docs: int = 0
+    pages: int = 0  # pages seen (samples + skips + errors)
+    samples: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    errors: Counter = field(default_factory=Counter)  # reason -> pages
+    skips: Counter = field(default_factory=Counter)  # reason -> pages
+    error_examples: list = field(default_factory=list)  # a few "file: reason: detail" lines
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["errors"], d["skips"] = dict(self.errors), dict(self.skips)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ShardStats:
+        d = dict(d)
+        d["errors"], d["skips"] = Counter(d.get("errors", {})), Counter(d.get("skips", {}))
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+def is_finished(out_dir: Path, index: int) -> bool:
+    return (out_dir / f"{shard_name(index)}.json").exists()
+
+
+def read_stats(out_dir: Path, index: int) -> ShardStats:
+    return ShardStats.from_dict(json.loads((out_dir / f"{shard_name(index)}.json").read_text()))
+
+
+class ShardWriter:
+    """`with ShardWriter(out_dir, i) as w: w.write(members)`; on a clean exit the shard is finished."""
+
+    def __init__(self, out_dir: str | Path, index: int):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.name = shard_name(index)
+        self.tar_path = self.out_dir / f"{self.name}.tar"
+        self.json_path = self.out_dir / f"{self.name}.json"
+        self._tmp = self.out_dir / f".{self.name}.tar.{os.getpid()}.tmp"
+        self.stats = ShardStats(shard=f"{self.name}.tar")
+        self._t0 = time.perf_counter()
+        self._keys: set[str] = set()
+
+    def __enter__(self) -> ShardWriter:
+        self._stream = open(self._tmp, "wb")
+        self._tar = wds.TarWriter(self._stream, encoder=False)
+        return self
+
+    def write(self, members: dict[str, Any]) -> None:
+        key = members["__key__"]
+        if key in self._keys:
+            raise ValueError(f"duplicate key {key} in {self.name}")
+        self._keys.add(key)
+        self._tar.write(members)
+        self.stats.samples += 1
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._tar.close()
+        self._stream.close()
+        if exc_type is not None:
+            self._tmp.unlink(missing_ok=True)
+            return
+        self.stats.bytes = self._tmp.stat().st_size
+        self.stats.seconds = round(time.perf_counter() - self._t0, 3)
+        os.replace(self._tmp, self.tar_path)
+        tmp_json = self.json_path.with_suffix(".json.tmp")
+        tmp_json.write_text(json.dumps(self.stats.to_dict(), indent=1))
+        os.replace(tmp_json, self.json_path)  # last: this marks the shard finished

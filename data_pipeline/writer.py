@@ -59,6 +59,8 @@ class ShardWriter:
         self.name = shard_name(index)
         self.tar_path = self.out_dir / f"{self.name}.tar"
         self.json_path = self.out_dir / f"{self.name}.json"
+        for stale in self.out_dir.glob(f".{self.name}.tar.*.tmp"):  # left by a killed run of this task
+            stale.unlink(missing_ok=True)
         self._tmp = self.out_dir / f".{self.name}.tar.{os.getpid()}.tmp"
         self.stats = ShardStats(shard=f"{self.name}.tar")
         self._t0 = time.perf_counter()

@@ -1,0 +1,318 @@
+"""The build CLI and the `pdf` source on PDFs the tests write: schema, fidelity, resumability, executors,
+bad input, filters, dedup and inspect."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pymupdf
+import pytest
+import webdataset as wds
+
+from data_pipeline.demo_corpus import make_pdf
+
+BUILD = [sys.executable, "-m", "data_pipeline.build"]
+
+
+def build(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    r = subprocess.run([*BUILD, *args], capture_output=True, text=True, timeout=600)
+    if check and r.returncode != 0:
+        raise AssertionError(f"build failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+def summary(r: subprocess.CompletedProcess) -> dict:
+    text = r.stdout
+    return json.loads(text[text.index("{") : text.rindex("}") + 1])
+
+
+def read_shards(out: Path) -> dict[str, dict]:
+    manifest = json.loads((out / "manifest.json").read_text())
+    samples = {}
+    for shard in manifest["shardlist"]:
+        for s in wds.WebDataset(str(out / shard["url"]), shardshuffle=False, empty_check=False):
+            samples[s["__key__"]] = s
+    return samples
+
+
+@pytest.fixture(scope="module")
+def pdf_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("pdfs")
+    for i in range(3):
+        make_pdf(d / "sub" / f"doc.{i}.pdf", seed=i)  # a dot in the name: keys must not keep it
+    return d
+
+
+@pytest.fixture(scope="module")
+def built(pdf_dir, tmp_path_factory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("out")
+    r = build(
+        "source=pdf",
+        f"input={pdf_dir}",
+        f"output={out}",
+        "workers=2",
+        "docs_per_shard=2",
+        "filters.languages=all",
+    )
+    return out, summary(r)
+
+
+def test_pdf_build_follows_the_schema(built):
+    out, s = built
+    assert (
+        s["pages"] == 12 and s["samples"] == 9 and s["skips"] == {"no_text_layer": 3} and s["error_rate"] == 0
+    )
+    samples = read_shards(out)
+    assert len(samples) == 9
+    for key, sample in samples.items():
+        assert "." not in key and not key.startswith("/") and key.startswith("pdf/sub/doc_")
+        layout, meta = json.loads(sample["layout.json"]), json.loads(sample["meta.json"])
+        assert {"source", "doc_id", "page", "origin", "builder_version", "lang"} <= set(meta)
+        assert max(layout["width"], layout["height"]) <= 2048
+        for line in layout["lines"]:
+            x0, y0, x1, y1 = line["bbox"]
+            assert 0 <= x0 < x1 <= layout["width"] and 0 <= y0 < y1 <= layout["height"]
+        # The lines carry exactly PyMuPDF's own text of the page, in its order.
+        page = pymupdf.open(meta["origin"])[meta["page"]]
+        assert " ".join(" ".join(ln["text"] for ln in layout["lines"]).split()) == " ".join(
+            page.get_text().split()
+        )
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (
+        manifest["__kind__"] == "wids-shard-index-v1"
+        and sum(x["nsamples"] for x in manifest["shardlist"]) == 9
+    )
+    for shard in manifest["shardlist"]:
+        stats = json.loads((out / shard["url"]).with_suffix(".json").read_text())
+        assert stats["samples"] == shard["nsamples"] and stats["bytes"] > 0
+
+
+def test_rotated_page_is_upright_and_unicode_survives(built):
+    out, _ = built
+    samples = read_shards(out)
+    rotated = next(json.loads(s["layout.json"]) for k, s in samples.items() if k.endswith("00001"))
+    assert rotated["width"] > rotated["height"]  # landscape, as displayed
+    assert all(
+        ln["bbox"][2] - ln["bbox"][0] > 3 * (ln["bbox"][3] - ln["bbox"][1]) for ln in rotated["lines"]
+    )  # horizontal lines
+    unicode_page = next(json.loads(s["layout.json"]) for k, s in samples.items() if k.endswith("00002"))
+    texts = [ln["text"] for ln in unicode_page["lines"]]
+    assert "Café, naïve, résumé, Zürich" in texts and "Русский текст" in texts and "中文文本和日本語" in texts
+
+
+def test_rerun_of_a_finished_build_does_no_work(built, pdf_dir):
+    out, _ = built
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*")}
+    s = summary(
+        build(
+            "source=pdf",
+            f"input={pdf_dir}",
+            f"output={out}",
+            "workers=2",
+            "docs_per_shard=2",
+            "filters.languages=all",
+        )
+    )
+    assert s["tasks_skipped"] == s["tasks_done"] == 2
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*")} == before
+
+
+def test_ocr_fallback_reads_pages_without_text(pdf_dir, tmp_path):
+    one = tmp_path / "in"
+    one.mkdir()
+    (one / "a.pdf").write_bytes((pdf_dir / "sub" / "doc.0.pdf").read_bytes())
+    s = summary(
+        build(
+            "source=pdf",
+            f"input={one}",
+            f"output={tmp_path / 'out'}",
+            "workers=1",
+            "source.ocr_fallback=true",
+            "filters.languages=all",
+        )
+    )
+    assert s["samples"] == 4 and "no_text_layer" not in s["skips"]
+    ocr = json.loads(read_shards(tmp_path / "out")["pdf/a/00003"]["meta.json"])
+    assert ocr["ocr"] == "tesseract"
+
+
+def _bad_inputs(d: Path) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    make_pdf(d / "good.pdf", seed=5)
+    (d / "corrupt.pdf").write_bytes(b"%PDF-1.7\n" + os.urandom(2000))
+    (d / "empty.pdf").write_bytes(b"")
+    doc = pymupdf.open()
+    doc.new_page().insert_text((72, 72), "secret text of an encrypted file")
+    doc.save(d / "encrypted.pdf", encryption=pymupdf.PDF_ENCRYPT_AES_256, owner_pw="o", user_pw="u")
+    doc = pymupdf.open()
+    for _ in range(5):
+        doc.new_page().insert_text((72, 72), "one of many pages of text")
+    doc.save(d / "long.pdf")
+    doc = pymupdf.open()
+    doc.new_page(width=14400, height=14400).insert_text(
+        (72, 72), "a poster far too large to render", fontsize=40
+    )
+    doc.new_page().insert_text((72, 72), "a normal page after the poster page")
+    doc.save(d / "poster.pdf")
+
+
+def test_bad_documents_are_counted_and_the_rest_completes(tmp_path):
+    _bad_inputs(tmp_path / "in")
+    r = build(
+        "source=pdf",
+        f"input={tmp_path / 'in'}",
+        f"output={tmp_path / 'out'}",
+        "workers=2",
+        "docs_per_shard=2",
+        "source.max_pages_per_doc=4",
+        "filters.languages=all",
+        check=False,
+    )
+    s = summary(r)
+    assert r.returncode == 1 and "exceeds max_error_rate" in r.stderr  # errors are far above 1 in 250 here
+    assert s["errors"] == {"corrupt_pdf": 1, "empty_file": 1, "encrypted": 1}
+    assert (
+        s["skips"]["too_many_pages"] == 5
+        and s["skips"]["pixel_cap"] == 1
+        and s["skips"]["no_text_layer"] == 1
+    )
+    assert (
+        s["samples"] == 3 + 1 and not s["tasks_failed"]
+    )  # good.pdf's three text pages + the poster's normal page
+    assert any("corrupt.pdf" in e for e in s["error_examples"])
+
+
+def test_time_limit_is_counted_not_fatal(pdf_dir, tmp_path):
+    r = build(
+        "source=pdf",
+        f"input={pdf_dir}",
+        f"output={tmp_path / 'out'}",
+        "workers=1",
+        "source.doc_timeout=0.01",
+        check=False,
+    )
+    s = summary(r)
+    assert s["errors"].get("doc_timeout") == 3 and not s["tasks_failed"]
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["finished"] == 1
+
+
+def test_bad_config_fails_before_any_work(pdf_dir, tmp_path):
+    for args, message in [
+        (["source=pdf", "input=/nonexistent/*.pdf"], "no files found"),
+        (["source=pdf", f"input={pdf_dir}", "image.format=bmp"], "image.format"),
+        (["source=pdf", f"input={pdf_dir}", "executor=spark"], "executor"),
+        (["source=pdf", f"input={pdf_dir}", "task_index=3", "task_count=2"], "task_index"),
+    ]:
+        out = tmp_path / "out"
+        r = build(*args, f"output={out}", check=False)
+        assert r.returncode == 2 and message in r.stderr, (args, r.stderr)
+        assert not list(out.glob("shard-*"))
+
+
+def test_sigkill_then_rerun_gives_the_uninterrupted_samples(tmp_path):
+    src = tmp_path / "in"
+    for i in range(10):
+        make_pdf(src / f"d{i:02d}.pdf", seed=10 + i)
+    args = [
+        "source=pdf",
+        f"input={src}",
+        "workers=1",
+        "docs_per_shard=1",
+        "filters.languages=all",
+        "dedup=false",
+    ]
+    reference = tmp_path / "ref"
+    build(*args, f"output={reference}")
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [*BUILD, *args, f"output={out}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 120
+    while len(list(out.glob("shard-*.json"))) < 4 and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(list(out.glob("shard-*.json")))
+    assert 4 <= done_before < 10
+    s = summary(build(*args, f"output={out}"))
+    assert s["tasks_skipped"] >= done_before
+    assert (
+        not list(out.glob(".*.tmp"))
+        and len(list(out.glob("*.tar"))) == len(list(out.glob("shard-*.json"))) == 10
+    )
+    got, want = read_shards(out), read_shards(reference)
+    assert sorted(got) == sorted(want)
+    for key in want:
+        assert got[key]["layout.json"] == want[key]["layout.json"] and got[key]["png"] == want[key]["png"]
+
+
+def test_ray_executor_writes_the_same_samples_as_local(pdf_dir, built, tmp_path):
+    local, _ = built
+    out = tmp_path / "ray"
+    build(
+        "source=pdf",
+        f"input={pdf_dir}",
+        f"output={out}",
+        "workers=2",
+        "docs_per_shard=2",
+        "filters.languages=all",
+        "executor=ray",
+    )
+    got, want = read_shards(out), read_shards(local)
+    assert sorted(got) == sorted(want)
+    assert all(got[k]["layout.json"] == want[k]["layout.json"] for k in want)
+
+
+def test_language_filter_and_dedup(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    doc = pymupdf.open()
+    doc.new_page().insert_text(
+        (72, 72), "Ceci est une page écrite en français, avec des phrases complètes et longues.", fontsize=9
+    )
+    doc.save(src / "fr.pdf")
+    make_pdf(src / "a.pdf", seed=1)
+    (src / "copy.pdf").write_bytes((src / "a.pdf").read_bytes())  # the same document under another name
+    out = tmp_path / "out"
+    s = summary(build("source=pdf", f"input={src}", f"output={out}", "workers=1", "filters.languages=[en]"))
+    assert s["skips"]["language"] >= 1
+    drop = json.loads((out / "dedup" / "drop.json").read_text())
+    copies = sorted(k for k in read_shards(out) if k.startswith("pdf/copy/"))
+    assert copies and drop["keys"] == copies  # every page of the copy goes; a/ sorts first and stays
+    assert json.loads((out / "manifest.json").read_text())["dropped"] == len(copies)
+
+
+def test_inspect_draws_samples_and_reports_a_corrupt_shard(built, tmp_path):
+    out, _ = built
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "data_pipeline.inspect",
+            str(out / "shard-00000.tar"),
+            "--out",
+            str(tmp_path / "png"),
+            "--n",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0 and len(list((tmp_path / "png").glob("*.png"))) == 2
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes((out / "shard-00000.tar").read_bytes()[:5000] + b"\x00garbage" * 100)
+    r = subprocess.run(
+        [sys.executable, "-m", "data_pipeline.inspect", str(bad), "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 1 and "bad.tar: corrupt shard" in r.stderr

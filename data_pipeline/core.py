@@ -122,7 +122,8 @@ def _write(writer: ShardWriter, members: dict) -> None:
 
 
 def _count(stats: ShardStats, skip: Skip, path: str) -> None:
-    (stats.errors if skip.error else stats.skips)[skip.reason] += skip.pages
+    # pages=0: a part of a page was dropped (its markdown, say); the reason is counted, the page is not.
+    (stats.errors if skip.error else stats.skips)[skip.reason] += max(skip.pages, 1)
     stats.pages += skip.pages
     if skip.error and len(stats.error_examples) < 20:
         stats.error_examples.append(f"{path}: {skip.reason}: {skip.detail}"[:500])

@@ -47,7 +47,7 @@ class Skip:
     """A page (or a whole document when `page` is None) that is counted but not written."""
 
     reason: str
-    pages: int = 1
+    pages: int = 1  # pages it stands for; 0 = part of a page that is still written (e.g. its markdown)
     detail: str = ""
     error: bool = False  # True: a failure that counts against the error cap; False: a policy skip
 

@@ -1,0 +1,212 @@
+"""HTML → markdown: headings, paragraphs, nested lists, code blocks, tables as markdown tables, links as
+their text, math as `$…$` / `$$…$$` (from MathML `alttext`, which LaTeXML and MathJax keep). Non-content
+elements (scripts, styles, navigation, page headers/footers, hidden elements) are dropped."""
+
+from __future__ import annotations
+
+import re
+
+import lxml.html
+from lxml import etree
+
+DROP_TAGS = {
+    "script",
+    "style",
+    "noscript",
+    "nav",
+    "head",
+    "template",
+    "svg",
+    "button",
+    "form",
+    "iframe",
+    "object",
+}
+DROP_CLASSES = ("ltx_page_footer", "ltx_page_header", "ltx_page_logo", "ltx_role_footer")
+BLOCK_TAGS = {
+    "p",
+    "div",
+    "section",
+    "article",
+    "main",
+    "figure",
+    "figcaption",
+    "header",
+    "footer",
+    "aside",
+    "address",
+    "dl",
+    "dt",
+    "dd",
+    "center",
+    "body",
+    "html",
+}
+_SPACES = re.compile(r"[ \t\r\f\v\n]+")
+
+
+def _classes(el) -> str:
+    return el.get("class") or ""
+
+
+def _hidden(el) -> bool:
+    style = (el.get("style") or "").replace(" ", "").lower()
+    return (
+        el.get("hidden") is not None
+        or el.get("aria-hidden") == "true"
+        or "display:none" in style
+        or "visibility:hidden" in style
+    )
+
+
+def _math(el) -> tuple[str, bool]:
+    annotation = [
+        a for a in el.iter("{*}annotation", "annotation") if a.get("encoding") == "application/x-tex"
+    ]
+    tex = el.get("alttext") or (
+        annotation[0].text if annotation and annotation[0].text else " ".join(el.itertext())
+    )
+    return " ".join(tex.split()), el.get("display") == "block"
+
+
+class _Converter:
+    def __init__(self):
+        self.blocks: list[str] = []
+
+    def inline(self, el) -> str:
+        """Inline content of `el` as one string, white space collapsed (newlines only from `<br>`)."""
+        text = self._inline(el)
+        return "\n".join(_SPACES.sub(" ", line).strip() for line in text.split("\n")).strip()
+
+    def _inline(self, el) -> str:
+        parts: list[str] = [el.text or ""]
+        for child in el:
+            if not isinstance(child.tag, str) or child.tag in DROP_TAGS or _hidden(child):
+                parts.append(child.tail or "")
+                continue
+            tag = child.tag.lower()
+            if tag == "math" or tag.endswith("}math"):
+                tex, block = _math(child)
+                parts.append(f"$${tex}$$" if block else f"${tex}$")
+            elif tag == "br":
+                parts.append("\n")
+            elif tag == "code":
+                parts.append(f"`{''.join(child.itertext())}`")
+            elif tag in ("em", "i"):
+                inner = self.inline(child)
+                parts.append(f" *{inner}* " if inner else "")
+            elif tag in ("strong", "b"):
+                inner = self.inline(child)
+                parts.append(f" **{inner}** " if inner else "")
+            elif tag == "img":
+                parts.append(child.get("alt") or "")
+            else:
+                parts.append(self._inline(child))
+            parts.append(child.tail or "")
+        return "".join(parts)
+
+    def emit(self, text: str) -> None:
+        if text.strip():
+            self.blocks.append(text.strip("\n"))
+
+    def table(self, el) -> None:
+        rows = []
+        for tr in el.iter("tr"):
+            cells = [
+                self.inline(c).replace("\n", " ").replace("|", "\\|")
+                for c in tr
+                if isinstance(c.tag, str) and c.tag in ("td", "th")
+            ]
+            if cells:
+                rows.append(cells)
+        if not rows:
+            return
+        width = max(len(r) for r in rows)
+        rows = [r + [""] * (width - len(r)) for r in rows]
+        lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * width] + [
+            "| " + " | ".join(r) + " |" for r in rows[1:]
+        ]
+        self.emit("\n".join(lines))
+
+    def listing(self, el, depth: int = 0) -> list[str]:
+        out = []
+        ordered = el.tag == "ol"
+        n = 0
+        for li in el:
+            if not isinstance(li.tag, str) or li.tag != "li" or _hidden(li):
+                continue
+            n += 1
+            nested = [c for c in li if isinstance(c.tag, str) and c.tag in ("ul", "ol")]
+            for c in nested:
+                li.remove(c)
+            marker = f"{n}." if ordered else "-"
+            text = self.inline(li).replace("\n", " ")
+            # LaTeXML puts the item marker (•, 1.) in a tag span: drop a leading copy of it.
+            text = re.sub(r"^(?:[•◦▪‣∙·-]|\d+[.)])\s+", "", text)
+            out.append(f"{'  ' * depth}{marker} {text}")
+            for c in nested:
+                out.extend(self.listing(c, depth + 1))
+        return out
+
+    def walk(self, el) -> None:
+        if not isinstance(el.tag, str):
+            return
+        tag = el.tag.lower().split("}")[-1]
+        if tag in DROP_TAGS or _hidden(el) or any(c in _classes(el) for c in DROP_CLASSES):
+            return
+        if tag in ("h1", "h2", "h3", "h4", "h5", "h6"):
+            self.emit("#" * int(tag[1]) + " " + self.inline(el).replace("\n", " "))
+        elif tag == "p":
+            self.emit(self.inline(el))
+        elif tag in ("ul", "ol"):
+            self.emit("\n".join(self.listing(el)))
+        elif tag == "pre":
+            code = "".join(el.itertext()).strip("\n")
+            self.emit(f"```\n{code}\n```")
+        elif tag == "table":
+            if "ltx_equation" in _classes(el):  # LaTeXML lays display equations out as tables
+                maths = [_math(m)[0] for m in el.iter("{*}math", "math")]
+                self.emit("\n".join(f"$${m}$$" for m in maths))
+            else:
+                self.table(el)
+        elif tag == "math":
+            tex, _ = _math(el)
+            self.emit(f"$${tex}$$")
+        elif tag == "blockquote":
+            inner = _Converter()
+            for child in el:
+                inner.walk(child)
+            self.emit("\n".join("> " + line for b in inner.blocks for line in b.split("\n")))
+        elif tag in BLOCK_TAGS and not _has_blocks(el):
+            self.emit(self.inline(el))
+        elif tag in BLOCK_TAGS or (tag == "span" and _has_blocks(el)):
+            if el.text and el.text.strip():
+                self.emit(_SPACES.sub(" ", el.text).strip())
+            for child in el:
+                self.walk(child)
+                if child.tail and child.tail.strip():
+                    self.emit(_SPACES.sub(" ", child.tail).strip())
+        else:
+            self.emit(self.inline(el))
+
+
+_BLOCKISH = BLOCK_TAGS | {"p", "table", "ul", "ol", "pre", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote"}
+
+
+def _has_blocks(el) -> bool:
+    return any(isinstance(c.tag, str) and c.tag in _BLOCKISH for c in el.iterdescendants())
+
+
+def html_to_markdown(html: str | bytes) -> str:
+    """Markdown of an HTML document's content (body)."""
+    doc = lxml.html.document_fromstring(html)
+    body = doc.find("body") if doc.find("body") is not None else doc
+    conv = _Converter()
+    conv.walk(body)
+    return "\n\n".join(conv.blocks) + "\n"
+
+
+def element_to_markdown(el: etree._Element) -> str:
+    conv = _Converter()
+    conv.walk(el)
+    return "\n\n".join(conv.blocks) + "\n"

@@ -7,6 +7,7 @@ Tests and the demo make their documents here; nothing is downloaded.
 
 from __future__ import annotations
 
+import math
 import random
 import sys
 from pathlib import Path
@@ -85,16 +86,19 @@ def make_scan(
     blur: float = 0.6,
 ) -> list[list[dict]]:
     """A multi-page TIFF of text pages degraded like a scan (noise, blur, slight rotation); returns each
-    page's known lines with boxes (rotation is small, so the unrotated boxes stay a fair reference)."""
+    page's known lines, boxes turned with the page (the axis-aligned box of the rotated line)."""
     rng = random.Random(seed)
     frames, truth = [], []
     for p in range(pages):
         img, lines = render_text_page(
             1275, 1650, seed=seed * 100 + p, font_size=30, texts=_sentences(rng, 22, 6)
         )
-        img = img.rotate(
-            rng.uniform(-rotation, rotation), resample=Image.Resampling.BICUBIC, fillcolor=(255, 255, 255)
-        )
+        angle = rng.uniform(-rotation, rotation)
+        img = img.rotate(angle, resample=Image.Resampling.BICUBIC, fillcolor=(255, 255, 255))
+        lines = [
+            {"text": ln["text"], "bbox": _rotate_box(ln["bbox"], angle, img.width / 2, img.height / 2)}
+            for ln in lines
+        ]
         img = img.filter(ImageFilter.GaussianBlur(blur))
         arr = np.asarray(img.convert("L"), dtype=np.float32)
         arr = arr + np.random.default_rng(seed * 100 + p).normal(0, noise, arr.shape)
@@ -104,6 +108,16 @@ def make_scan(
     path.parent.mkdir(parents=True, exist_ok=True)
     frames[0].save(path, save_all=True, append_images=frames[1:], compression="tiff_deflate", dpi=(150, 150))
     return truth
+
+
+def _rotate_box(box: list[float], degrees: float, cx: float, cy: float) -> list[float]:
+    """The axis-aligned box of `box` turned counter-clockwise about (cx, cy), as `Image.rotate` turns pixels."""
+    t = math.radians(degrees)
+    xs, ys = [], []
+    for x, y in ((box[0], box[1]), (box[2], box[1]), (box[0], box[3]), (box[2], box[3])):
+        xs.append(cx + (x - cx) * math.cos(t) + (y - cy) * math.sin(t))
+        ys.append(cy - (x - cx) * math.sin(t) + (y - cy) * math.cos(t))
+    return [min(xs), min(ys), max(xs), max(ys)]
 
 
 def make_pptx(path: str | Path, seed: int = 0) -> Path:

@@ -1,0 +1,186 @@
+"""The scan, PowerPoint and arXiv sources on documents the tests make, through the real build CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tarfile
+
+import pymupdf
+import pytest
+
+from data_pipeline.align import markdown_words, token_recall, words
+from data_pipeline.demo_corpus import make_latex_paper, make_pptx, make_scan
+from data_pipeline.render.html_markdown import html_to_markdown
+from tests.test_build_pdf import build, read_shards, summary
+from train.scoring import match_lines, word_prf
+
+
+def test_scan_ocr_reads_degraded_pages(tmp_path):
+    truth = make_scan(
+        tmp_path / "in" / "box" / "scan.tiff", seed=7, pages=2, rotation=2.0, noise=15.0, blur=0.8
+    )
+    s = summary(build("source=scan", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}", "workers=2"))
+    assert s["samples"] == 2 and s["error_rate"] == 0
+    for key, sample in read_shards(tmp_path / "out").items():
+        layout, meta = json.loads(sample["layout.json"]), json.loads(sample["meta.json"])
+        ref = truth[meta["page"]]
+        _, _, f1 = word_prf(layout["lines"], ref)
+        matches = match_lines(layout["lines"], ref)
+        assert f1 >= 0.9, key
+        assert len(matches) >= 0.9 * len(ref) and all(iou >= 0.5 for _, _, iou in matches), key
+        assert meta["ocr"] == "tesseract"
+
+
+def test_scan_uses_azure_read_results_when_present(tmp_path):
+    src = tmp_path / "in"
+    make_scan(src / "a.png", seed=1, pages=1)
+    result = {
+        "status": "succeeded",
+        "analyzeResult": {
+            "version": "3.2.0",
+            "readResults": [
+                {
+                    "page": 1,
+                    "angle": 0,
+                    "width": 8.5,
+                    "height": 11.0,
+                    "unit": "inch",
+                    "lines": [
+                        {"text": "Total amount due", "boundingBox": [1.0, 1.0, 4.0, 1.0, 4.0, 1.5, 1.0, 1.5]},
+                        {"text": "Thank you", "boundingBox": [1.0, 2.0, 3.0, 2.0, 3.0, 2.4, 1.0, 2.4]},
+                    ],
+                }
+            ],
+        },
+    }
+    (src / "a.json").write_text(json.dumps(result))
+    build(
+        "source=scan",
+        f"input={src}",
+        f"output={tmp_path / 'out'}",
+        "workers=1",
+        "filters.min_chars=5",
+        "filters.languages=all",
+    )
+    (sample,) = read_shards(tmp_path / "out").values()
+    layout = json.loads(sample["layout.json"])
+    assert [ln["text"] for ln in layout["lines"]] == ["Total amount due", "Thank you"]
+    assert layout["lines"][0]["bbox"] == pytest.approx(
+        [150, 150, 600, 225], abs=1
+    )  # 1275 px / 8.5 in = 150 px/in
+    assert json.loads(sample["meta.json"])["ocr"] == "azure-read-v3"
+
+
+def test_scan_pixel_cap_and_corrupt_images_are_counted(tmp_path):
+    src = tmp_path / "in"
+    make_scan(src / "ok.tiff", seed=2, pages=1)
+    (src / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 100)
+    s = summary(build("source=scan", f"input={src}", f"output={tmp_path / 'out'}", "workers=1", check=False))
+    assert s["errors"] == {"corrupt_image": 1} and s["samples"] == 1
+    s = summary(
+        build(
+            "source=scan",
+            f"input={src}",
+            f"output={tmp_path / 'out2'}",
+            "workers=1",
+            "source.max_page_pixels=1000000",
+            check=False,
+        )
+    )
+    assert s["errors"]["pixel_cap"] == 1 and s["samples"] == 0
+
+
+def test_powerpoint_layout_and_slide_markdown(tmp_path):
+    make_pptx(tmp_path / "in" / "deck.pptx", seed=0)
+    s = summary(
+        build(
+            "source=powerpoint",
+            f"input={tmp_path / 'in'}",
+            f"output={tmp_path / 'out'}",
+            "workers=1",
+            "source.markdown=true",
+        )
+    )
+    assert s["samples"] == 3
+    samples = read_shards(tmp_path / "out")
+    md = [samples[f"powerpoint/deck/{i:05d}"]["md"].decode() for i in range(3)]
+    assert md[0].startswith("# Quarterly review 0")
+    assert md[1].startswith("# Key results") and "\n  - " in md[1]  # level-1 bullets nest
+    assert "| Region | Sales | Growth |\n|---|---|---|" in md[2]
+    layout = json.loads(samples["powerpoint/deck/00002"]["layout.json"])
+    assert {"Region", "Sales", "Growth"} <= {ln["text"] for ln in layout["lines"]}
+
+
+def test_powerpoint_conversion_time_out_is_counted_and_killed(tmp_path):
+    make_pptx(tmp_path / "in" / "deck.pptx", seed=1)
+    r = build(
+        "source=powerpoint",
+        f"input={tmp_path / 'in'}",
+        f"output={tmp_path / 'out'}",
+        "workers=1",
+        "source.convert_timeout=0.05",
+        check=False,
+    )
+    assert summary(r)["errors"] == {"convert_timeout": 1}
+    left = subprocess.run(["pgrep", "-f", "literate-lo-"], capture_output=True, text=True).stdout.split()
+    assert not left, "LibreOffice was left running"
+
+
+@pytest.fixture(scope="module")
+def arxiv_pair(tmp_path_factory):
+    """A compiled LaTeX paper: `paper.pdf` beside `paper.tar.gz`, as arXiv's bulk data ships them."""
+    root = tmp_path_factory.mktemp("arxiv")
+    src = make_latex_paper(root / "work", seed=3, paragraphs=5)
+    for _ in range(2):
+        subprocess.run(
+            ["pdflatex", "-interaction=nonstopmode", "main.tex"], cwd=src, capture_output=True, check=True
+        )
+    inp = root / "in"
+    inp.mkdir()
+    shutil.copy(src / "main.pdf", inp / "paper.pdf")
+    with tarfile.open(inp / "paper.tar.gz", "w:gz") as tar:
+        tar.add(src / "main.tex", arcname="main.tex")
+    return inp
+
+
+def test_arxiv_markdown_per_page(arxiv_pair, tmp_path):
+    s = summary(build("source=arxiv", f"input={arxiv_pair}", f"output={tmp_path / 'out'}", "workers=1"))
+    pdf = pymupdf.open(arxiv_pair / "paper.pdf")
+    assert pdf.page_count >= 3 and s["samples"] == pdf.page_count and "md_alignment" not in s["skips"]
+    samples = read_shards(tmp_path / "out")
+    all_md = ""
+    for i, page in enumerate(pdf):
+        md = samples[f"arxiv/paper/{i:05d}"]["md"].decode()
+        all_md += md
+        text = page.get_text()
+        for heading in re.findall(r"^\d+(?:\.\d+)?\s+[A-Z][a-z]+$", text, re.MULTILINE):
+            assert any(line.startswith("#") and heading.split()[-1] in line for line in md.splitlines()), (
+                i,
+                heading,
+            )
+        assert token_recall(words(text), markdown_words(md)) >= 0.9, i
+    assert (
+        "| Model | Score | Pages |" in all_md
+        and "$$E=\\sum_{i=1}^{n}" in all_md
+        and "- First point" in all_md
+    )
+
+
+def test_html_to_markdown_keeps_structure_and_drops_chrome():
+    html = """<html><head><style>p{}</style><script>x()</script></head><body>
+    <nav>Home | About</nav><h1>Title</h1><p>Some <em>emphasis</em>, a <a href="/x">link</a> and <code>code()</code>.</p>
+    <ul><li>one<ol><li>nested</li></ol></li><li>two</li></ul>
+    <pre>def f():\n    return 1</pre>
+    <table><tr><th>A</th><th>B</th></tr><tr><td>1</td><td>x|y</td></tr></table>
+    <p style="display: none">hidden text</p><div hidden>also hidden</div>
+    <p>Inline <math alttext="a^2"><mi>a</mi></math> and display</p><math display="block" alttext="\\frac{1}{2}"></math>
+    </body></html>"""
+    md = html_to_markdown(html)
+    assert md == (
+        "# Title\n\nSome *emphasis* , a link and `code()`.\n\n- one\n  1. nested\n- two\n\n"
+        "```\ndef f():\n    return 1\n```\n\n| A | B |\n|---|---|\n| 1 | x\\|y |\n\n"
+        "Inline $a^2$ and display\n\n$$\\frac{1}{2}$$\n"
+    )

@@ -174,7 +174,9 @@ def run_task(task: Task, cfg, progress=None) -> dict:
                         if reason is not None:
                             stats.skips[reason] += 1
                             continue
-                        _write(writer, encode_sample(item, img.format, img.quality, img.max_side))
+                        _write(
+                            writer, encode_sample(item, img.format, img.quality, img.max_side, img.png_level)
+                        )
             except DocTimeout as e:
                 _count(stats, Skip("doc_timeout", detail=str(e), error=True), doc.path)
             stats.docs += 1

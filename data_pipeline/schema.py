@@ -87,10 +87,11 @@ def clean_lines(lines: list[dict], width: int, height: int) -> list[dict]:
 
 
 def encode_sample(
-    sample: Sample, image_format: str = "png", quality: int = 90, max_side: int = 2048
+    sample: Sample, image_format: str = "png", quality: int = 90, max_side: int = 2048, png_level: int = 1
 ) -> dict[str, Any]:
-    """The tar members of a sample. The image's long side is capped at `max_side` (boxes scaled along)."""
-    img = sample.image.convert("RGB") if sample.image.mode != "RGB" else sample.image
+    """The tar members of a sample. The image's long side is capped at `max_side` (boxes scaled along);
+    grey pages stay 8-bit grey. PNG uses zlib level `png_level` (1: ~2x faster than 6, ~10% larger)."""
+    img = sample.image if sample.image.mode in ("RGB", "L") else sample.image.convert("RGB")
     scale = min(1.0, max_side / max(img.size))
     if scale < 1.0:
         img = img.resize(
@@ -98,7 +99,7 @@ def encode_sample(
         )
     buf = io.BytesIO()
     fmt = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}[image_format]
-    img.save(buf, fmt, **({} if fmt == "PNG" else {"quality": quality}))
+    img.save(buf, fmt, **({"compress_level": png_level} if fmt == "PNG" else {"quality": quality}))
     members: dict[str, Any] = {"__key__": sample.key, image_format: buf.getvalue()}
     if sample.lines is not None:
         sx, sy = img.width / sample.image.width, img.height / sample.image.height

@@ -316,3 +316,37 @@ def test_inspect_draws_samples_and_reports_a_corrupt_shard(built, tmp_path):
         text=True,
     )
     assert r.returncode == 1 and "bad.tar: corrupt shard" in r.stderr
+
+
+def test_slurm_array_script_builds_the_same_shards(pdf_dir, built, tmp_path):
+    """launch/slurm_build.sh as two array tasks and a finalizing job (run directly, as sbatch would)."""
+    local, _ = built
+    out = tmp_path / "slurm"
+    env = {
+        **os.environ,
+        "SOURCE": "pdf",
+        "INPUT": str(pdf_dir),
+        "OUTPUT": str(out),
+        "ARRAY": "2",
+        "WORKERS": "1",
+        "PY": sys.executable,
+    }
+    extra = ["docs_per_shard=2", "filters.languages=all"]
+    for i in range(2):
+        r = subprocess.run(
+            ["bash", "launch/slurm_build.sh", *extra],
+            env={**env, "SLURM_ARRAY_TASK_ID": str(i)},
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert not (out / "manifest.json").exists()  # array tasks leave the manifest to the final job
+    r = subprocess.run(
+        ["bash", "launch/slurm_build.sh", *extra],
+        env={**env, "FINALIZE": "1"},
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    got, want = read_shards(out), read_shards(local)
+    assert sorted(got) == sorted(want) and all(got[k]["layout.json"] == want[k]["layout.json"] for k in want)

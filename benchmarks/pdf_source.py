@@ -1,0 +1,155 @@
+"""`source=pdf` throughput against raw PyMuPDF on the same pages, same run.
+
+    python -m benchmarks.pdf_source [--input <dir|glob|list>] [--max-docs 20] [--check]
+
+Reference: in one process, PyMuPDF renders every page at the builder's resolution (`dpi` capped to the long
+side) and extracts `get_text("dict")`: the least any PDF builder must do. Ours: the builder's task function
+on the same documents in one process (render, lines, filters, image encoding, tar writing), then the
+build CLI with every core. Prints pages/s, the ratio, and the core-hours the paper's 187M general-document
+pages would take at our one-worker rate. `--check` also measures fidelity: the share of pages whose joined
+line texts equal PyMuPDF's plain text (white space normalised) and whether every box lies inside its image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pymupdf
+from omegaconf import OmegaConf
+
+from data_pipeline.core import Task, list_inputs, run_task
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+PAPER_PAGES = 187_000_000
+
+
+def _config(output: Path, image_format: str = "png"):
+    cfg = OmegaConf.load(CONFIG_DIR / "build.yaml")
+    cfg.source = OmegaConf.load(CONFIG_DIR / "source" / "pdf.yaml")
+    cfg.input, cfg.output, cfg.workers = "unused", str(output), 1
+    cfg.filters.languages = "all"
+    cfg.image.format = image_format
+    del cfg["defaults"], cfg["hydra"]
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+def raw_pymupdf(paths: list[str], dpi: float, max_side: int) -> tuple[int, float]:
+    pages, t = 0, time.perf_counter()
+    for path in paths:
+        with pymupdf.open(path) as doc:
+            for page in doc:
+                zoom = min(dpi / 72, max_side / max(page.rect.width, page.rect.height))
+                page.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), alpha=False)
+                page.get_text("dict", flags=pymupdf.TEXTFLAGS_TEXT)
+                pages += 1
+    return pages, time.perf_counter() - t
+
+
+def check(out: Path) -> tuple[int, int, int]:
+    import io
+
+    import webdataset as wds
+    from PIL import Image
+
+    n = equal = inside = 0
+    for shard in json.loads((out / "manifest.json").read_text())["shardlist"]:
+        for s in wds.WebDataset(str(out / shard["url"]), shardshuffle=False, empty_check=False):
+            meta, layout = json.loads(s["meta.json"]), json.loads(s["layout.json"])
+            with pymupdf.open(meta["origin"]) as doc:
+                want = " ".join(doc[meta["page"]].get_text().split())
+            got = " ".join(" ".join(ln["text"] for ln in layout["lines"]).split())
+            w, h = Image.open(io.BytesIO(next(s[k] for k in ("png", "jpg", "webp") if k in s))).size
+            n += 1
+            equal += got == want
+            inside += all(
+                0 <= b[0] < b[2] <= w and 0 <= b[1] < b[3] <= h
+                for b in (ln["bbox"] for ln in layout["lines"])
+            )
+    return n, equal, inside
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--input",
+        default=None,
+        help="PDFs to use (default: those under /usr/share/doc, else the demo corpus)",
+    )
+    ap.add_argument("--max-docs", type=int, default=20)
+    ap.add_argument("--check", action="store_true")
+    ap.add_argument("--image-format", default="png", choices=["png", "jpg", "webp"])
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if args.input is None:
+            found = sorted(glob.glob("/usr/share/doc/**/*.pdf", recursive=True))
+            if not found:
+                from data_pipeline.demo_corpus import make_pdf
+
+                found = [str(make_pdf(tmp / "pdf" / f"d{i}.pdf", seed=i)) for i in range(args.max_docs)]
+            (tmp / "list.txt").write_text("\n".join(found[: args.max_docs]))
+            args.input = str(tmp / "list.txt")
+        docs = list_inputs(args.input, (".pdf",))[: args.max_docs]
+        cfg = _config(tmp / "ours", args.image_format)
+        raw_pages, raw_s = raw_pymupdf([d.path for d in docs], cfg.source.dpi, cfg.source.max_side)
+        t = time.perf_counter()
+        stats = run_task(Task(0, tuple(docs)), cfg)
+        ours_s = time.perf_counter() - t
+        (tmp / "list2.txt").write_text("\n".join(d.path for d in docs))
+        workers = os.cpu_count() or 1
+        t = time.perf_counter()
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "data_pipeline.build",
+                "source=pdf",
+                f"input={tmp / 'list2.txt'}",
+                f"output={tmp / 'all'}",
+                f"workers={workers}",
+                "docs_per_shard=1",
+                "filters.languages=all",
+                f"image.format={args.image_format}",
+                "dedup=false",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        all_s = time.perf_counter() - t
+        all_pages = sum(json.loads(p.read_text())["pages"] for p in (tmp / "all").glob("shard-*.json"))
+        raw_rate, ours_rate, all_rate = raw_pages / raw_s, stats["pages"] / ours_s, all_pages / all_s
+        print(
+            f"{len(docs)} documents, {raw_pages} pages, dpi={cfg.source.dpi}, max_side={cfg.source.max_side}, "
+            f"image={cfg.image.format}"
+        )
+        print(f"raw PyMuPDF (render + get_text)   {raw_rate:7.2f} pages/s")
+        print(
+            f"source=pdf, one worker            {ours_rate:7.2f} pages/s   ratio {ours_rate / raw_rate:.2f}"
+        )
+        print(f"source=pdf, {workers} workers (CLI)       {all_rate:7.2f} pages/s   (start-up included)")
+        print(
+            f"paper's {PAPER_PAGES / 1e6:.0f}M general-document pages at one-worker speed: "
+            f"{PAPER_PAGES / ours_rate / 3600:,.0f} core-hours"
+        )
+        if args.check:
+            from data_pipeline.core import write_manifest
+
+            write_manifest(tmp / "ours", "pdf", 1)
+            n, equal, inside = check(tmp / "ours")
+            print(
+                f"fidelity: {equal}/{n} pages with text equal to PyMuPDF's ({equal / max(n, 1):.2%}), "
+                f"{inside}/{n} with every box inside the image; errors {stats['errors']}, skips {stats['skips']}"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -46,12 +46,13 @@ def list_inputs(spec: str, extensions: tuple[str, ...]) -> list[Document]:
         files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in extensions)
         root = p
     elif p.is_file() and p.suffix.lower() in LIST_SUFFIXES and p.suffix.lower() not in extensions:
-        files = [
-            Path(line.strip())
-            for line in p.read_text().splitlines()
-            if line.strip() and not line.startswith("#")
+        entries = [
+            line.strip() for line in p.read_text().splitlines() if line.strip() and not line.startswith("#")
         ]
-        files = sorted(files)
+        urls = [e for e in entries if _is_url(e)]
+        if urls:  # a URL list: one document per URL, its id the URL without the scheme
+            return [Document(u, u.split("://", 1)[1]) for u in sorted(set(urls))]
+        files = sorted(Path(e) for e in entries)
         root = Path(os.path.commonpath([str(f.parent.resolve()) for f in files])) if files else p.parent
         files = [f.resolve() for f in files]
     elif p.is_file():
@@ -70,6 +71,10 @@ def list_inputs(spec: str, extensions: tuple[str, ...]) -> list[Document]:
             rel = Path(str(f).lstrip("/"))
         docs.append(Document(str(f), str(rel.with_suffix(""))))
     return docs
+
+
+def _is_url(s: str) -> bool:
+    return s.startswith(("http://", "https://"))
 
 
 def plan_tasks(docs: list[Document], docs_per_shard: int) -> list[Task]:
@@ -132,7 +137,7 @@ def _count(stats: ShardStats, skip: Skip, path: str) -> None:
 def build_document(doc: Document, source, cfg) -> Iterator[Sample | Skip]:
     """The source's builder with whole-document failures turned into counted `Skip`s."""
     try:
-        yield from source.build(Path(doc.path), doc.doc_id, cfg.source)
+        yield from source.build(doc.path if _is_url(doc.path) else Path(doc.path), doc.doc_id, cfg.source)
     except DocumentError as e:
         yield Skip(e.reason, pages=e.pages, detail=e.detail, error=e.reason not in POLICY_REASONS)
     except DocTimeout as e:

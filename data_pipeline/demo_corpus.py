@@ -215,3 +215,103 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def make_docx(path: str | Path, seed: int = 0, sections: int = 5) -> Path:
+    """A DOCX of three or more pages: headings, paragraphs, bulleted and numbered lists, and a table."""
+    from docx import Document
+
+    rng = random.Random(seed)
+    doc = Document()
+    doc.add_heading(f"Project report {seed}", level=0)
+    for s in range(sections):
+        doc.add_heading(f"Section {s + 1}: {rng.choice(WORDS).capitalize()} {rng.choice(WORDS)}", level=1)
+        for _ in range(3):
+            doc.add_paragraph(" ".join(_sentences(rng, 6, 12)))
+        for _ in range(3):
+            doc.add_paragraph(_sentences(rng, 1, 6)[0], style="List Bullet")
+        if s % 2 == 0:
+            for _ in range(2):
+                doc.add_paragraph(_sentences(rng, 1, 5)[0], style="List Number")
+        if s == 1:
+            table = doc.add_table(rows=4, cols=3)
+            table.style = "Table Grid"
+            for r in range(4):
+                for c in range(3):
+                    table.cell(r, c).text = (
+                        ["Item", "Count", "Note"][c]
+                        if r == 0
+                        else f"{rng.choice(WORDS)} {rng.randint(1, 99)}"
+                    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc.save(path)
+    return path
+
+
+WEB_PAGE = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>Demo page %(seed)d</title>
+<link rel="stylesheet" href="https://cdn.example.com/site.css">
+<script src="https://cdn.example.com/app.js"></script>
+<style>@font-face { font-family: Remote; src: url(https://fonts.example.com/remote.woff2); }
+body { font-family: Remote, "DejaVu Sans", sans-serif; margin: 24px; } .cols { display: flex; gap: 48px; }
+.cols > div { flex: 1; } .hidden { display: none; } .ghost { opacity: 0; } .clip { height: 20px; overflow: hidden; }
+table { border-collapse: collapse; } td, th { border: 1px solid #999; padding: 4px 10px; }</style></head>
+<body><nav><a href="/">Home</a> | <a href="/docs">Docs</a></nav>
+<h1>%(title)s</h1>
+<div class="cols"><div><h2>Left column</h2><p>%(left)s</p></div><div><h2>Right column</h2><p>%(right)s</p></div></div>
+<h2>Numbers</h2><table><tr><th>Name</th><th>Value</th></tr>%(rows)s</table>
+<h2>Code</h2><pre>def total(items):
+    return sum(item.amount for item in items)</pre>
+<ul><li>%(item1)s</li><li>%(item2)s<ul><li>%(item3)s</li></ul></li></ul>
+<p class="hidden">this hidden paragraph must not appear</p><p class="ghost">this transparent paragraph must not appear</p>
+<div class="clip">clipped first line<br>clipped second line never shows</div>
+<img src="https://cdn.example.com/logo.png" alt="">
+<footer>Footer of demo page %(seed)d</footer></body></html>
+"""
+
+
+def make_web_page(path: str | Path, seed: int = 0) -> Path:
+    """An HTML page with two columns, a table, code, a nested list, hidden, transparent and clipped text,
+    and external resources (a stylesheet, a script, a font, an image) that offline rendering must block."""
+    rng = random.Random(seed)
+    rows = "".join(f"<tr><td>{rng.choice(WORDS)}</td><td>{rng.randint(1, 999)}</td></tr>" for _ in range(4))
+    html = WEB_PAGE % {
+        "seed": seed,
+        "title": f"Demo page {seed} about {rng.choice(WORDS)}",
+        "left": " ".join(_sentences(rng, 4, 10)),
+        "right": " ".join(_sentences(rng, 4, 10)),
+        "rows": rows,
+        "item1": _sentences(rng, 1, 5)[0],
+        "item2": _sentences(rng, 1, 5)[0],
+        "item3": _sentences(rng, 1, 5)[0],
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(html, encoding="utf-8")
+    return path
+
+
+def make_readme(path: str | Path, seed: int = 0) -> Path:
+    """A README.md with headings, paragraphs, lists, a code block and a table, long enough for two tiles."""
+    rng = random.Random(seed)
+    parts = [
+        f"# Project {seed}",
+        " ".join(_sentences(rng, 3, 10)),
+        "## Install",
+        "```bash\npip install project\n```",
+    ]
+    for s in range(6):
+        parts += [
+            f"## Part {s + 1}",
+            " ".join(_sentences(rng, 5, 11)),
+            "\n".join(f"- {x}" for x in _sentences(rng, 3, 5)),
+        ]
+    parts += [
+        "## Options",
+        "| option | meaning |\n|---|---|\n"
+        + "\n".join(f"| `{rng.choice(WORDS)}` | {_sentences(rng, 1, 4)[0]} |" for _ in range(4)),
+    ]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n\n".join(parts) + "\n", encoding="utf-8")
+    return path

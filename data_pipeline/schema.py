@@ -71,19 +71,26 @@ def make_key(source: str, doc_id: str, page: int) -> str:
 
 
 def clean_lines(lines: list[dict], width: int, height: int) -> list[dict]:
-    """Clamp boxes into the image and drop lines with no text or no area left."""
+    """Clamp boxes into the image and drop lines without text. A box with no area (a zero-width glyph such
+    as U+200C, a combining mark on its own) is widened to one pixel rather than losing its text."""
     out = []
     for line in lines:
         text = " ".join(str(line["text"]).split())
         if not text:
             continue
         x0, y0, x1, y1 = line["bbox"]
-        x0, x1 = max(0.0, min(x0, x1)), min(float(width), max(x0, x1))
-        y0, y1 = max(0.0, min(y0, y1)), min(float(height), max(y0, y1))
-        if x1 - x0 < 1e-3 or y1 - y0 < 1e-3:
-            continue
+        x0, x1 = _span(min(x0, x1), max(x0, x1), width)
+        y0, y1 = _span(min(y0, y1), max(y0, y1), height)
         out.append({"text": text, "bbox": [round(x0, 2), round(y0, 2), round(x1, 2), round(y1, 2)]})
     return out
+
+
+def _span(lo: float, hi: float, size: int) -> tuple[float, float]:
+    lo, hi = min(max(lo, 0.0), float(size)), min(max(hi, 0.0), float(size))
+    if hi - lo < 1.0:
+        lo = min(lo, max(size - 1.0, 0.0))
+        hi = min(lo + 1.0, float(size))
+    return lo, hi
 
 
 def encode_sample(

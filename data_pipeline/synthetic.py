@@ -106,3 +106,62 @@ def render_text_page(
             lines.append({"text": text, "bbox": [x0, y0, x1, y1]})
         y += int(size * rng.uniform(1.3, 2.2))
     return img, lines
+
+
+@lru_cache(maxsize=1)
+def installed_fonts() -> tuple[str, ...]:
+    """TrueType/OpenType fonts under /usr/share/fonts that draw Latin letters (symbol fonts, whose letters
+    would come out as empty boxes, are left out); sorted, so choices are reproducible."""
+    root = Path("/usr/share/fonts")
+    found = (
+        sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in (".ttf", ".otf"))
+        if root.is_dir()
+        else []
+    )
+    return tuple(f for f in found if _draws_latin(f))
+
+
+def _draws_latin(path: str) -> bool:
+    try:
+        font = ImageFont.truetype(path, 24)
+
+        def glyph(ch: str) -> bytes:
+            mask = font.getmask(ch)
+            return bytes(mask) + bytes(mask.size)
+
+        missing = glyph("\U0010fffd")  # what this font draws for a glyph it lacks
+        return all(glyph(ch) != missing for ch in "aeoRST")
+    except OSError:
+        return False
+
+
+def render_snippets_page(
+    snippets: list[str], seed: int, size: tuple[int, int] | None = None
+) -> tuple[Image.Image, list[dict]]:
+    """The v2 warm-up page: text snippets at random places, each in a random installed font, size and dark
+    colour, on a random light background. Snippets are placed top to bottom without overlapping; those
+    that do not fit are left out. Returns the image and the `[{"text", "bbox"}]` of what was drawn."""
+    rng = random.Random(seed)
+    width, height = size or rng.choice([(850, 1100), (1100, 850), (1024, 1448), (800, 800), (1200, 600)])
+    background = tuple(rng.randint(215, 255) for _ in range(3))
+    img = Image.new("RGB", (width, height), background)
+    draw = ImageDraw.Draw(img)
+    fonts = installed_fonts()
+    y = rng.randint(8, 40)
+    lines: list[dict] = []
+    for text in snippets:
+        px = rng.randint(12, 48)
+        font = ImageFont.truetype(rng.choice(fonts), px) if fonts else ImageFont.load_default(size=px)
+        while " " in text and draw.textlength(text, font=font) > width - 16:
+            text = text.rsplit(" ", 1)[0]  # drop whole words: a label never ends in half a word
+        if draw.textlength(text, font=font) > width - 16:
+            continue
+        x = rng.randint(8, max(8, int(width - 8 - draw.textlength(text, font=font))))
+        box = draw.textbbox((x, y), text, font=font)
+        if box[3] > height - 8:
+            break
+        colour = tuple(rng.randint(0, 90) for _ in range(3))
+        draw.text((x, y), text, fill=colour, font=font)
+        lines.append({"text": text, "bbox": list(box)})
+        y = box[3] + rng.randint(4, 40)
+    return img, lines

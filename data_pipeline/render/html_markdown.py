@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 
 import lxml.html
-from lxml import etree
 
 DROP_TAGS = {
     "script",
@@ -21,7 +20,10 @@ DROP_TAGS = {
     "form",
     "iframe",
     "object",
+    "footer",
+    "aside",
 }
+DROP_ROLES = {"navigation", "contentinfo", "search", "banner", "complementary"}
 DROP_CLASSES = ("ltx_page_footer", "ltx_page_header", "ltx_page_logo", "ltx_role_footer")
 BLOCK_TAGS = {
     "p",
@@ -56,6 +58,7 @@ def _hidden(el) -> bool:
         or el.get("aria-hidden") == "true"
         or "display:none" in style
         or "visibility:hidden" in style
+        or el.get("data-lt-hidden") is not None
     )
 
 
@@ -70,8 +73,10 @@ def _math(el) -> tuple[str, bool]:
 
 
 class _Converter:
-    def __init__(self):
+    def __init__(self, keep=None):
         self.blocks: list[str] = []
+        # keep(element) -> bool: which leaf blocks (and list items) to emit, e.g. those inside one tile
+        self.keep = keep or (lambda el: True)
 
     def inline(self, el) -> str:
         """Inline content of `el` as one string, white space collapsed (newlines only from `<br>`)."""
@@ -112,6 +117,8 @@ class _Converter:
     def table(self, el) -> None:
         rows = []
         for tr in el.iter("tr"):
+            if not self.keep(tr):  # a table cut between tiles: each tile gets its rows
+                continue
             cells = [
                 self.inline(c).replace("\n", " ").replace("|", "\\|")
                 for c in tr
@@ -135,6 +142,11 @@ class _Converter:
         for li in el:
             if not isinstance(li.tag, str) or li.tag != "li" or _hidden(li):
                 continue
+            if not self.keep(li):
+                for c in li:
+                    if isinstance(c.tag, str) and c.tag in ("ul", "ol"):
+                        out.extend(self.listing(c, depth + 1))
+                continue
             n += 1
             nested = [c for c in li if isinstance(c.tag, str) and c.tag in ("ul", "ol")]
             for c in nested:
@@ -152,7 +164,17 @@ class _Converter:
         if not isinstance(el.tag, str):
             return
         tag = el.tag.lower().split("}")[-1]
-        if tag in DROP_TAGS or _hidden(el) or any(c in _classes(el) for c in DROP_CLASSES):
+        if (
+            tag in DROP_TAGS
+            or _hidden(el)
+            or any(c in _classes(el) for c in DROP_CLASSES)
+            or el.get("role") in DROP_ROLES
+        ):
+            return
+        container = tag in ("ul", "ol", "blockquote", "table") or (
+            (tag in BLOCK_TAGS or tag == "span") and _has_blocks(el)
+        )
+        if not container and not self.keep(el):
             return
         if tag in ("h1", "h2", "h3", "h4", "h5", "h6"):
             self.emit("#" * int(tag[1]) + " " + self.inline(el).replace("\n", " "))
@@ -180,11 +202,12 @@ class _Converter:
         elif tag in BLOCK_TAGS and not _has_blocks(el):
             self.emit(self.inline(el))
         elif tag in BLOCK_TAGS or (tag == "span" and _has_blocks(el)):
-            if el.text and el.text.strip():
+            own = self.keep(el)
+            if own and el.text and el.text.strip():
                 self.emit(_SPACES.sub(" ", el.text).strip())
             for child in el:
                 self.walk(child)
-                if child.tail and child.tail.strip():
+                if own and child.tail and child.tail.strip():
                     self.emit(_SPACES.sub(" ", child.tail).strip())
         else:
             self.emit(self.inline(el))
@@ -206,7 +229,16 @@ def html_to_markdown(html: str | bytes) -> str:
     return "\n\n".join(conv.blocks) + "\n"
 
 
-def element_to_markdown(el: etree._Element) -> str:
-    conv = _Converter()
-    conv.walk(el)
-    return "\n\n".join(conv.blocks) + "\n"
+def tile_markdown(annotated_html: str, top: int, bottom: int) -> str:
+    """Markdown of the blocks that start inside `[top, bottom)` of a page whose elements carry
+    `data-lt-top` (see `render/browser.py`); hidden elements are left out."""
+    doc = lxml.html.document_fromstring(annotated_html)
+    body = doc.find("body") if doc.find("body") is not None else doc
+
+    def inside(el) -> bool:
+        y = el.get("data-lt-top")
+        return y is not None and top <= int(y) < bottom
+
+    conv = _Converter(keep=inside)
+    conv.walk(body)
+    return "\n\n".join(conv.blocks) + ("\n" if conv.blocks else "")

@@ -1,0 +1,404 @@
+"""Web pages → page-sized tiles with the visible text's line boxes, rendered by Debian's Chromium through
+Playwright (`executable_path`, no browser download).
+
+One browser per worker process, reused across pages; a fresh context per page (no state leaks from one
+page to the next). Network policy `offline` lets only `file:` and `data:` through and counts every other
+request as blocked; `online` (URL lists) honours robots.txt, caps bytes per page and sets a user agent.
+A page that does not load within `page_timeout` is reported as `PageTimeout`; pages taller than
+`max_height` are cut there.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import os
+import re
+import shutil
+import urllib.parse
+import urllib.request
+import urllib.robotparser
+from dataclasses import dataclass, field
+from functools import lru_cache
+from io import BytesIO
+
+from PIL import Image
+
+from data_pipeline.schema import DocumentError
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--hide-scrollbars",
+    "--mute-audio",
+    "--disable-extensions",
+    "--font-render-hinting=none",
+]
+
+# Every visible word of the page with its box in page coordinates, in DOM order, and whether it continues
+# the previous word with no white space between (e.g. `foo<b>bar</b>`). Visible: not display:none, not
+# visibility:hidden, not transparent (opacity or colour), not clipped away by an overflow ancestor.
+EXTRACT_WORDS_JS = r"""
+() => {
+  const sx = window.scrollX, sy = window.scrollY;
+  const SKIP = new Set(['SCRIPT', 'STYLE', 'NOSCRIPT', 'TEMPLATE', 'TEXTAREA', 'OPTION', 'SELECT']);
+  const vis = new Map(), clips = new Map(), boxes = new Map(), chromes = new Map();
+  const INLINE = new Set(['inline', 'contents', 'inline-block', 'inline-flex', 'ruby', 'ruby-text']);
+  // the block box a text node lives in: words of different boxes (table cells, columns) never share a line
+  const boxOf = (el) => {
+    if (boxes.has(el)) return boxes.get(el);
+    const id = el.parentElement && INLINE.has(getComputedStyle(el).display) ? boxOf(el.parentElement) : boxes.size + 1;
+    boxes.set(el, id);
+    return id;
+  };
+  // navigation, page footers and asides: visible (so in layout) but not content (so not in markdown)
+  const chromeOf = (el) => {
+    if (chromes.has(el)) return chromes.get(el);
+    const c = el.closest('nav, footer, aside, [role=navigation], [role=contentinfo], [role=search], [role=banner], [role=complementary]') ? 1 : 0;
+    chromes.set(el, c);
+    return c;
+  };
+  const visible = (el) => {
+    if (vis.has(el)) return vis.get(el);
+    let ok = el.checkVisibility ? el.checkVisibility({checkOpacity: true, checkVisibilityCSS: true}) : true;
+    if (ok) {
+      const cs = getComputedStyle(el);
+      const m = cs.color.match(/rgba?\(([^)]*)\)/);
+      if (m && m[1].split(',').length === 4 && parseFloat(m[1].split(',')[3]) === 0) ok = false;
+      if (parseFloat(cs.fontSize) < 2) ok = false;
+    }
+    vis.set(el, ok);
+    return ok;
+  };
+  const clipOf = (el) => {
+    if (!el || el === document.body || el === document.documentElement) return [-1e9, -1e9, 1e9, 1e9];
+    if (clips.has(el)) return clips.get(el);
+    let r = clipOf(el.parentElement);
+    const cs = getComputedStyle(el);
+    if (cs.overflowX !== 'visible' || cs.overflowY !== 'visible') {
+      const b = el.getBoundingClientRect();
+      r = [Math.max(r[0], b.left + sx), Math.max(r[1], b.top + sy), Math.min(r[2], b.right + sx), Math.min(r[3], b.bottom + sy)];
+    }
+    clips.set(el, r);
+    return r;
+  };
+  const out = [];
+  const range = document.createRange();
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  let prevSpace = true, node;
+  while ((node = walker.nextNode())) {
+    const el = node.parentElement, text = node.nodeValue;
+    if (!el || SKIP.has(el.tagName) || !text || !visible(el)) continue;
+    const clip = clipOf(el), box = boxOf(el), chrome = chromeOf(el), re = /\S+/g;
+    const push = (t, r, join) => {
+      const x0 = Math.max(r.left + sx, clip[0]), y0 = Math.max(r.top + sy, clip[1]);
+      const x1 = Math.min(r.right + sx, clip[2]), y1 = Math.min(r.bottom + sy, clip[3]);
+      // mostly clipped away (less than half its height or width showing): not visible text
+      if (x1 - x0 < 0.5 * r.width || y1 - y0 < 0.5 * r.height || x1 - x0 < 0.5 || y1 - y0 < 0.5) return false;
+      out.push([t, x0, y0, x1, y1, join ? 1 : 0, box, chrome]);
+      return true;
+    };
+    // A text node on one line is one item (fast); a node that wraps is measured word by word.
+    range.selectNodeContents(node);
+    const whole = range.getClientRects();
+    const inClip = (r) => r.left + sx >= clip[0] && r.top + sy >= clip[1] && r.right + sx <= clip[2] && r.bottom + sy <= clip[3];
+    if (whole.length === 1 && /\S/.test(text) && inClip(whole[0])) {
+      push(text.trim().split(/\s+/).join(' '), whole[0], /^\S/.test(text) && !prevSpace);
+      prevSpace = /\s$/.test(text);
+      continue;
+    }
+    let m, first = true;
+    while ((m = re.exec(text))) {
+      range.setStart(node, m.index);
+      range.setEnd(node, m.index + m[0].length);
+      const join = first && m.index === 0 && !prevSpace;
+      for (const r of range.getClientRects()) {
+        if (push(m[0], r, join)) break;  // a word is one box: its first visible line fragment
+      }
+      first = false;
+    }
+    prevSpace = /\s$/.test(text);
+  }
+  return out;
+}
+"""
+
+# Mark every element with its vertical position and visibility, so the serialised DOM can be cut into tiles.
+ANNOTATE_JS = r"""
+() => {
+  const sy = window.scrollY;
+  for (const el of document.body.querySelectorAll('*')) {
+    const r = el.getBoundingClientRect();
+    el.setAttribute('data-lt-top', String(Math.round(r.top + sy)));
+    el.setAttribute('data-lt-bottom', String(Math.round(r.bottom + sy)));
+    const ok = el.checkVisibility ? el.checkVisibility({checkOpacity: true, checkVisibilityCSS: true}) : true;
+    if (!ok) el.setAttribute('data-lt-hidden', '1');
+  }
+  return document.documentElement.outerHTML;
+}
+"""
+
+
+# Vertical extents of the visible leaf blocks (paragraphs, list items, table rows, code, headings, figures),
+# where a tile should not be cut.
+BLOCKS_JS = r"""
+() => {
+  const sy = window.scrollY, out = [];
+  for (const el of document.body.querySelectorAll('p, pre, li, tr, dt, dd, h1, h2, h3, h4, h5, h6, blockquote, figure, img, caption')) {
+    if (el.checkVisibility && !el.checkVisibility({checkOpacity: true, checkVisibilityCSS: true})) continue;
+    const r = el.getBoundingClientRect();
+    if (r.height > 0) out.push([r.top + sy, r.bottom + sy]);
+  }
+  return out;
+}
+"""
+
+
+def tile_cuts(
+    height: int, tile_h: int, min_h: int, blocks: list[list[float]], words: list[list]
+) -> list[tuple[int, int]]:
+    """Tiles `[(top, bottom)]` of at most `tile_h` px covering `[0, height)`. Each cut is the lowest y in the
+    tile's lower half that crosses no block (else no text line; else the hard limit); a last sliver under
+    `min_h` px is dropped."""
+    spans_blocks = sorted((int(a), int(b) + 1) for a, b in blocks)
+    spans_lines = sorted((int(w[2]), int(w[4]) + 1) for w in words)
+
+    def free(y: int, spans) -> bool:
+        return not any(a < y < b for a, b in spans)
+
+    cuts, top = [], 0
+    while top < height:
+        limit = min(top + tile_h, height)
+        bottom = limit
+        if limit < height:
+            for spans in (spans_blocks, spans_lines):
+                inside = [(a, b) for a, b in spans if a < limit and b > top + tile_h // 2]
+                y = next((y for y in range(limit, top + tile_h // 2, -1) if free(y, inside)), None)
+                if y is not None:
+                    bottom = y
+                    break
+        if bottom - top < min_h and cuts:
+            break
+        cuts.append((top, bottom))
+        top = bottom
+    return cuts
+
+
+NETWORK_URL = re.compile(r"^(?!(file|data|blob|about|chrome):)[a-z][a-z0-9+.-]*:", re.IGNORECASE)
+
+
+class PageTimeout(Exception):
+    pass
+
+
+@dataclass
+class RenderedPage:
+    url: str
+    width: int
+    height: int  # rendered height (capped)
+    full_height: int  # the page's own height
+    tiles: list[tuple[int, Image.Image]]  # (top y, tile image)
+    words: list[list]  # [text, x0, y0, x1, y1, joins_previous, block box id, in page chrome]
+    inner_text: str  # document.body.innerText, when asked for
+    html: str | None = None  # annotated DOM, when asked for
+    blocked: list[str] = field(default_factory=list)  # requests refused by the network policy
+    over_cap: bool = False
+
+
+def chromium_path() -> str:
+    path = os.environ.get("LITERATE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        raise DocumentError("browser_unavailable", "Chromium is not installed (Debian package chromium)")
+    return path
+
+
+class Browser:
+    """A Chromium instance of this process. `Browser.shared()` gives the worker's reused one."""
+
+    _shared: Browser | None = None
+
+    def __init__(self):
+        from playwright.sync_api import sync_playwright
+
+        self._pw = sync_playwright().start()
+        self.browser = self._pw.chromium.launch(
+            executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True
+        )
+
+    @classmethod
+    def shared(cls) -> Browser:
+        if cls._shared is None or not cls._shared.browser.is_connected():
+            cls._shared = Browser()
+            atexit.register(cls._shared.close)
+        return cls._shared
+
+    def close(self) -> None:
+        if self._pw is None:
+            return
+        try:
+            self.browser.close()
+        except Exception:  # already gone (crashed, or its driver stopped): nothing left to close
+            pass
+        finally:
+            self._pw.stop()
+            self._pw = None
+            if Browser._shared is self:
+                Browser._shared = None
+
+    def render(self, url: str, cfg, with_html: bool = False, with_text: bool = False) -> RenderedPage:
+        """Load `url` in a fresh context and cut it into tiles of `cfg.tile_height` px."""
+        from playwright.sync_api import Error as PlaywrightError
+        from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+        width, tile_h = int(cfg.viewport_width), int(cfg.tile_height)
+        context = self.browser.new_context(
+            viewport={"width": width, "height": tile_h},
+            device_scale_factor=1,
+            user_agent=cfg.user_agent,
+            java_script_enabled=True,
+            service_workers="block",
+        )
+        blocked: list[str] = []
+        budget = {"bytes": 0}
+        try:
+            # Only network URLs reach Python: local files and data: URLs load without a round trip.
+            context.route(NETWORK_URL, lambda route: _guarded_route(route, cfg, blocked, budget))
+            page = context.new_page()
+            timeout_ms = float(cfg.page_timeout) * 1000
+            page.set_default_timeout(timeout_ms)
+            try:
+                page.goto(url, wait_until="load", timeout=timeout_ms)
+            except PlaywrightTimeout as e:
+                raise PageTimeout(f"{url}: not loaded within {cfg.page_timeout}s") from e
+            except PlaywrightError as e:
+                raise DocumentError("page_load_failed", f"{url}: {str(e).splitlines()[0]}") from e
+            page.evaluate("document.fonts ? document.fonts.ready : null")
+            full = int(
+                page.evaluate(
+                    "Math.max(document.documentElement.scrollHeight, document.body ? document.body.scrollHeight : 0)"
+                )
+            )
+            height = min(full, int(cfg.max_height))
+            words = page.evaluate(EXTRACT_WORDS_JS)
+            inner = page.evaluate("document.body ? document.body.innerText : ''") if with_text else ""
+            html = page.evaluate(ANNOTATE_JS) if with_html else None
+            blocks = page.evaluate(BLOCKS_JS)
+            # One capture of the whole (capped) page, cut into tiles between blocks, not through them.
+            # Chromium's own capture with its fast PNG encoder: about twice as fast as page.screenshot().
+            cdp = context.new_cdp_session(page)
+            clip = {"x": 0, "y": 0, "width": width, "height": max(height, 1), "scale": 1}
+            png = cdp.send(
+                "Page.captureScreenshot",
+                {"format": "png", "clip": clip, "captureBeyondViewport": True, "optimizeForSpeed": True},
+            )["data"]
+            shot = Image.open(BytesIO(base64.b64decode(png))).convert("RGB")
+            tiles = [
+                (top, shot.crop((0, top, shot.width, bottom)))
+                for top, bottom in tile_cuts(height, tile_h, int(cfg.min_tile_height), blocks, words)
+            ]
+            return RenderedPage(url, width, height, full, tiles, words, inner, html, blocked, full > height)
+        except PlaywrightTimeout as e:
+            raise PageTimeout(f"{url}: {str(e).splitlines()[0]}") from e
+        finally:
+            try:
+                context.close()
+            except PlaywrightError:
+                self.close()  # a wedged renderer: start a new browser for the next page
+
+
+def _guarded_route(route, cfg, blocked: list[str], budget: dict) -> None:
+    # An exception here would leave the request hanging until the page times out: refuse it instead.
+    try:
+        _route(route, cfg, blocked, budget)
+    except Exception:
+        blocked.append(route.request.url)
+        route.abort("failed")
+
+
+def _route(route, cfg, blocked: list[str], budget: dict) -> None:
+    url = route.request.url
+    scheme = urllib.parse.urlsplit(url).scheme
+    if scheme in ("file", "data", "blob", "about"):
+        route.continue_()
+        return
+    if cfg.network == "offline" or scheme not in ("http", "https"):
+        blocked.append(url)
+        route.abort("blockedbyclient")
+        return
+    if cfg.respect_robots and not _robots_allow(url, cfg.user_agent, float(cfg.request_timeout)):
+        blocked.append(url)
+        route.abort("blockedbyclient")
+        return
+    try:
+        response = route.fetch(timeout=float(cfg.request_timeout) * 1000, max_redirects=5)
+        body = response.body()
+    except Exception:
+        route.abort("timedout")
+        return
+    budget["bytes"] += len(body)
+    if budget["bytes"] > int(cfg.max_page_bytes):
+        blocked.append(url)
+        route.abort("blockedbyclient")
+        return
+    route.fulfill(response=response, body=body)
+
+
+@lru_cache(maxsize=4096)
+def _robots(origin: str, timeout: float) -> urllib.robotparser.RobotFileParser:
+    rp = urllib.robotparser.RobotFileParser(origin + "/robots.txt")
+    try:
+        with urllib.request.urlopen(origin + "/robots.txt", timeout=timeout) as r:
+            rp.parse(r.read().decode("utf-8", errors="replace").splitlines())
+    except Exception:
+        rp.parse([])  # no robots.txt (or unreachable): everything allowed, as crawlers treat it
+    return rp
+
+
+def _robots_allow(url: str, agent: str, timeout: float) -> bool:
+    parts = urllib.parse.urlsplit(url)
+    return _robots(f"{parts.scheme}://{parts.netloc}", timeout).can_fetch(agent, url)
+
+
+def words_to_lines(words: list[list]) -> list[dict]:
+    """Words in DOM order → lines: a word joins the current line when it is in the same block box, sits on
+    the same text row and follows closely; it attaches without a space when the DOM has none between."""
+    lines: list[dict] = []
+    cur = None
+    for text, x0, y0, x1, y1, join, box, *_ in words:
+        h = y1 - y0
+        if cur is not None and cur["box"] == box:
+            cy, ch = (cur["y0"] + cur["y1"]) / 2, cur["y1"] - cur["y0"]
+            same_row = abs((y0 + y1) / 2 - cy) < 0.5 * min(h, ch)
+            gap = x0 - cur["x1"]
+            if same_row and -0.25 * h <= gap <= 1.5 * max(h, ch):
+                cur["text"] += ("" if join and gap < 0.25 * h else " ") + text
+                cur["x0"], cur["y0"] = min(cur["x0"], x0), min(cur["y0"], y0)
+                cur["x1"], cur["y1"] = max(cur["x1"], x1), max(cur["y1"], y1)
+                continue
+        cur = {"text": text, "x0": x0, "y0": y0, "x1": x1, "y1": y1, "box": box}
+        lines.append(cur)
+    return [{"text": ln["text"], "bbox": [ln["x0"], ln["y0"], ln["x1"], ln["y1"]]} for ln in lines]
+
+
+def tile_lines(lines: list[dict], top: int, tile: Image.Image) -> list[dict]:
+    """Lines whose vertical centre falls in the tile, in tile pixels, clipped to it."""
+    out = []
+    for ln in lines:
+        x0, y0, x1, y1 = ln["bbox"]
+        if not top <= (y0 + y1) / 2 < top + tile.height:
+            continue
+        box = [
+            max(0.0, x0),
+            max(0.0, y0 - top),
+            min(float(tile.width), x1),
+            min(float(tile.height), y1 - top),
+        ]
+        if box[2] - box[0] >= 1 and box[3] - box[1] >= 1:
+            out.append({"text": ln["text"], "bbox": box})
+    return out

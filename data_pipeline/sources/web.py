@@ -1,0 +1,78 @@
+"""`web` (layout): a web page rendered by Chromium, cut into page-sized tiles; each tile is a sample with
+the visible text's line boxes. Local files render offline; URL lists online (robots.txt, byte caps)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from data_pipeline.align import markdown_words, token_iou, words
+from data_pipeline.render.browser import Browser, PageTimeout, tile_lines, words_to_lines
+from data_pipeline.render.html_markdown import tile_markdown
+from data_pipeline.schema import DocumentError, Sample, Skip, clean_lines
+
+EXTENSIONS = (".html", ".htm", ".xhtml")
+REQUIRED_TOOLS = ("chromium",)
+
+
+def page_url(path: str | Path) -> str:
+    return path if isinstance(path, str) and "://" in path else Path(path).resolve().as_uri()
+
+
+def browser_samples(
+    path: str | Path, doc_id: str, cfg, source: str, layout: bool, markdown: bool, origin: str | None = None
+) -> Iterator[Sample | Skip]:
+    """Render a page and yield one sample per tile: layout lines (`layout`) and/or the markdown of what the
+    tile shows (`markdown`, kept only when its words match the tile's visible text: token IoU >= md_min_iou)."""
+    url = page_url(path)
+    bcfg = cfg.browser
+    try:
+        page = Browser.shared().render(url, bcfg, with_html=markdown)
+    except PageTimeout as e:
+        raise DocumentError("page_timeout", str(e)) from e
+    for blocked in page.blocked:
+        yield Skip("blocked_request", pages=0, detail=blocked)
+    if page.over_cap:
+        yield Skip(
+            "height_capped", pages=0, detail=f"{url}: {page.full_height} px > max_height={bcfg.max_height}"
+        )
+    lines = words_to_lines(page.words)
+    for index, (top, tile) in enumerate(page.tiles):
+        visible = clean_lines(tile_lines(lines, top, tile), tile.width, tile.height)
+        if not visible:
+            yield Skip("no_visible_text", detail=f"{url} tile {index}")
+            continue
+        sample = Sample(
+            source,
+            doc_id,
+            index,
+            tile,
+            origin or url,
+            lines=visible if layout else None,
+            meta={"tile_top": top, "page_height": page.full_height},
+        )
+        if markdown:
+            md = tile_markdown(page.html, top, top + tile.height)
+            # Navigation and footers are visible but not content: the markdown leaves them out, so does this.
+            content = tile_lines(words_to_lines([w for w in page.words if not w[7]]), top, tile)
+            iou = token_iou(markdown_words(md), words(" ".join(ln["text"] for ln in content)))
+            sample.meta["md_token_iou"] = round(iou, 3)
+            sample.meta["md_edit_similarity"] = round(edit_similarity(md, content), 3)
+            if iou < float(cfg.md_min_iou):
+                yield Skip("md_consistency", detail=f"{url} tile {index}: token IoU {iou:.2f}")
+                continue
+            sample.md = md
+        yield sample
+
+
+def edit_similarity(md: str, lines: list[dict]) -> float:
+    """Normalised Levenshtein similarity between the markdown's words and the tile's visible words."""
+    from rapidfuzz.distance import Levenshtein
+
+    return Levenshtein.normalized_similarity(
+        " ".join(markdown_words(md)), " ".join(words(" ".join(ln["text"] for ln in lines)))
+    )
+
+
+def build(path, doc_id: str, cfg) -> Iterator[Sample | Skip]:
+    yield from browser_samples(path, doc_id, cfg, "web", layout=True, markdown=False)

@@ -1,0 +1,260 @@
+"""The browser- and office-shaped sources (web, html, readme, docx, synthetic) with real Chromium,
+LibreOffice and pandoc, through the real build CLI, on pages and files the tests make."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from functools import partial
+from pathlib import Path
+
+import pymupdf
+import pytest
+
+from data_pipeline.align import markdown_words, token_iou, words
+from data_pipeline.demo_corpus import make_docx, make_readme, make_web_page
+from data_pipeline.render.browser import Browser
+from tests.test_build_pdf import build, read_shards, summary
+
+
+@pytest.fixture(scope="module")
+def web_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("web")
+    for i in range(2):
+        make_web_page(d / f"page{i}.html", seed=i)
+    return d
+
+
+def test_web_layout_is_the_visible_text(web_dir, tmp_path):
+    s = summary(
+        build(
+            "source=web",
+            f"input={web_dir}",
+            f"output={tmp_path / 'out'}",
+            "workers=2",
+            "filters.languages=all",
+        )
+    )
+    # Offline: the stylesheet, script, font and image of each page are refused and counted, nothing else fails.
+    assert s["samples"] == 2 and s["errors"] == {} and s["skips"]["blocked_request"] == 8
+    cfg = {
+        "viewport_width": 1024,
+        "tile_height": 1448,
+        "min_tile_height": 64,
+        "max_height": 14480,
+        "page_timeout": 30,
+        "network": "offline",
+        "user_agent": "test",
+        "respect_robots": True,
+        "request_timeout": 5,
+        "max_page_bytes": 10**7,
+    }
+    from omegaconf import OmegaConf
+
+    for key, sample in read_shards(tmp_path / "out").items():
+        layout, meta = json.loads(sample["layout.json"]), json.loads(sample["meta.json"])
+        texts = [ln["text"] for ln in layout["lines"]]
+        for ln in layout["lines"]:
+            x0, y0, x1, y1 = ln["bbox"]
+            assert 0 <= x0 < x1 <= layout["width"] and 0 <= y0 < y1 <= layout["height"]
+        assert not any("must not appear" in t or "never shows" in t for t in texts), (
+            key
+        )  # hidden, transparent, clipped
+        assert "clipped first line" in texts and "Name" in texts and "def total(items):" in texts
+        inner = " ".join(
+            Browser.shared().render(meta["origin"], OmegaConf.create(cfg), with_text=True).inner_text.split()
+        )
+        assert all(t in inner for t in texts)
+        # Columns: the left column's lines end before the right column's begin.
+        left = [ln["bbox"] for ln in layout["lines"][2:7]]
+        right = next(i for i, t in enumerate(texts) if t == "Right column")
+        assert max(b[2] for b in left) < layout["lines"][right]["bbox"][0]
+    Browser.shared().close()
+
+
+def test_html_markdown_keeps_structure_and_matches_the_tile(web_dir, tmp_path):
+    s = summary(
+        build(
+            "source=html",
+            f"input={web_dir}",
+            f"output={tmp_path / 'out'}",
+            "workers=1",
+            "filters.languages=all",
+        )
+    )
+    assert s["samples"] == 2
+    for sample in read_shards(tmp_path / "out").values():
+        md, meta = sample["md"].decode(), json.loads(sample["meta.json"])
+        assert md.startswith("# Demo page") and "## Left column" in md and "| Name | Value |\n|---|---|" in md
+        assert "```\ndef total(items):\n    return sum(item.amount for item in items)\n```" in md
+        assert "\n  - " in md  # the nested list stays nested
+        assert "must not appear" not in md and "Home" not in md and "Footer of demo page" not in md
+        assert meta["md_token_iou"] >= 0.95 and meta["md_edit_similarity"] >= 0.9
+
+
+def test_timeouts_and_endless_pages_are_counted_and_no_worker_dies(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "hang.html").write_text("<html><body><p>start</p><script>while (true) {}</script></body></html>")
+    (src / "endless.html").write_text(
+        "<html><body>" + "".join(f"<p>endless line {i} of text</p>" for i in range(3000)) + "</body></html>"
+    )
+    make_web_page(src / "ok.html", seed=3)
+    r = build(
+        "source=web",
+        f"input={src}",
+        f"output={tmp_path / 'out'}",
+        "workers=1",
+        "filters.languages=all",
+        "browser.page_timeout=3",
+        "browser.max_height=2896",
+        check=False,
+    )
+    s = summary(r)
+    assert s["errors"] == {"page_timeout": 1} and s["skips"]["height_capped"] == 1 and not s["tasks_failed"]
+    keys = sorted(read_shards(tmp_path / "out"))
+    assert keys == ["web/endless/00000", "web/endless/00001", "web/ok/00000"]  # capped at two tiles
+
+
+def test_online_mode_honours_robots_and_byte_caps(tmp_path):
+    site = tmp_path / "site"
+    (site / "private").mkdir(parents=True)
+    (site / "robots.txt").write_text("User-agent: *\nDisallow: /private/\n")
+    (site / "private" / "secret.css").write_text("body { background: red; }")
+    (site / "index.html").write_text(
+        '<html><head><link rel="stylesheet" href="/private/secret.css"></head>'
+        "<body><h1>Served over HTTP</h1><p>A page fetched from a local server.</p></body></html>"
+    )
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        urls = tmp_path / "urls.txt"
+        urls.write_text(f"http://127.0.0.1:{server.server_port}/index.html\n")
+        s = summary(
+            build(
+                "source=web",
+                f"input={urls}",
+                f"output={tmp_path / 'out'}",
+                "workers=1",
+                "filters.languages=all",
+                "browser.network=online",
+            )
+        )
+        assert s["samples"] == 1 and s["skips"]["blocked_request"] == 1  # the disallowed stylesheet
+        (sample,) = read_shards(tmp_path / "out").values()
+        assert next(ln["text"] for ln in json.loads(sample["layout.json"])["lines"]) == "Served over HTTP"
+        s = summary(
+            build(
+                "source=web",
+                f"input={urls}",
+                f"output={tmp_path / 'out2'}",
+                "workers=1",
+                "filters.languages=all",
+                "browser.network=online",
+                "browser.max_page_bytes=10",
+                check=False,
+            )
+        )
+        assert s["errors"] == {"page_load_failed": 1}  # the page itself is over the byte cap
+    finally:
+        server.shutdown()
+
+
+def test_readme_tiles_carry_the_markdown_they_show(tmp_path):
+    readme = make_readme(tmp_path / "in" / "proj" / "README.md", seed=2)
+    s = summary(
+        build(
+            "source=readme",
+            f"input={tmp_path / 'in'}",
+            f"output={tmp_path / 'out'}",
+            "workers=1",
+            "filters.languages=all",
+        )
+    )
+    samples = read_shards(tmp_path / "out")
+    assert s["samples"] == len(samples) >= 2
+    labels = [samples[k]["md"].decode() for k in sorted(samples)]
+    source_words = markdown_words(readme.read_text())
+    covered = markdown_words("\n".join(labels))
+    assert len(set(covered) & set(source_words)) >= 0.95 * len(set(source_words))
+    assert labels[0].startswith("# Project 2") and "```\npip install project\n```" in labels[0]
+    assert any("| option | meaning |" in lab for lab in labels)
+
+
+def test_docx_pages_get_their_markdown(tmp_path):
+    docx = make_docx(tmp_path / "in" / "report.docx", seed=4)
+    s = summary(
+        build(
+            "source=docx",
+            f"input={docx.parent}",
+            f"output={tmp_path / 'out'}",
+            "workers=1",
+            "filters.languages=all",
+        )
+    )
+    samples = read_shards(tmp_path / "out")
+    assert s["samples"] == len(samples) >= 3
+    good = 0
+    all_md = ""
+    for key, sample in samples.items():
+        meta = json.loads(sample["meta.json"])
+        assert "md" in sample, key
+        md = sample["md"].decode()
+        all_md += md
+        layout_text = " ".join(ln["text"] for ln in json.loads(sample["layout.json"])["lines"])
+        good += token_iou(markdown_words(md), words(layout_text)) >= 0.9
+        assert meta["md_token_iou"] >= 0.95
+    assert good >= 0.9 * len(samples)
+    assert (
+        "# Section 1" in all_md
+        and "| Item | Count | Note |" in all_md
+        and "\n- " in all_md
+        and "\n1. " in all_md
+    )
+
+
+def test_synthetic_pages_have_exact_boxes(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    snippets = [f"snippet number {i} reads text" for i in range(30)]
+    (src / "s.txt").write_text("\n".join(snippets))
+    out = tmp_path / "out"
+    s = summary(
+        build(
+            "source=synthetic",
+            f"input={src}",
+            f"output={out}",
+            "workers=1",
+            "filters.languages=all",
+            "source.snippets_per_page=10",
+        )
+    )
+    assert s["samples"] == 3
+    drawn = [
+        ln["text"]
+        for k in sorted(read_shards(out))
+        for ln in json.loads(read_shards(out)[k]["layout.json"])["lines"]
+    ]
+    assert drawn and all(any(sn.startswith(t) for sn in snippets) for t in drawn)
+    again = tmp_path / "again"
+    build(
+        "source=synthetic",
+        f"input={src}",
+        f"output={again}",
+        "workers=1",
+        "filters.languages=all",
+        "source.snippets_per_page=10",
+    )
+    assert all(
+        read_shards(again)[k]["png"] == read_shards(out)[k]["png"] for k in read_shards(out)
+    )  # deterministic
+
+
+def test_pdf_text_of_docx_conversion_is_real(tmp_path):
+    """LibreOffice really converts: the PDF it writes has the DOCX's heading on page one."""
+    from data_pipeline.render.office import convert_to_pdf
+
+    pdf = convert_to_pdf(make_docx(tmp_path / "r.docx", seed=1), tmp_path, 120)
+    assert "Project report 1" in pymupdf.open(pdf)[0].get_text()

@@ -73,8 +73,10 @@ def _math(el) -> tuple[str, bool]:
 
 
 class _Converter:
-    def __init__(self, keep=None):
+    def __init__(self, keep=None, window: tuple[int, int] | None = None):
         self.blocks: list[str] = []
+        # the page's vertical range being converted (tiles): a code block taller than it is cut by lines
+        self.window = window
         # keep(element) -> bool: which leaf blocks (and list items) to emit, e.g. those inside one tile
         self.keep = keep or (lambda el: True)
 
@@ -84,10 +86,12 @@ class _Converter:
         return "\n".join(_SPACES.sub(" ", line).strip() for line in text.split("\n")).strip()
 
     def _inline(self, el) -> str:
-        parts: list[str] = [el.text or ""]
+        # Source line breaks are spaces; only <br> breaks a line.
+        parts: list[str] = [(el.text or "").replace("\n", " ")]
         for child in el:
+            tail = (child.tail or "").replace("\n", " ")
             if not isinstance(child.tag, str) or child.tag in DROP_TAGS or _hidden(child):
-                parts.append(child.tail or "")
+                parts.append(tail)
                 continue
             tag = child.tag.lower()
             if tag == "math" or tag.endswith("}math"):
@@ -96,7 +100,7 @@ class _Converter:
             elif tag == "br":
                 parts.append("\n")
             elif tag == "code":
-                parts.append(f"`{''.join(child.itertext())}`")
+                parts.append(f"`{' '.join(''.join(child.itertext()).split())}`")
             elif tag in ("em", "i"):
                 inner = self.inline(child)
                 parts.append(f" *{inner}* " if inner else "")
@@ -104,15 +108,34 @@ class _Converter:
                 inner = self.inline(child)
                 parts.append(f" **{inner}** " if inner else "")
             elif tag == "img":
-                parts.append(child.get("alt") or "")
+                pass  # an image shows a picture, not its alt text
             else:
                 parts.append(self._inline(child))
-            parts.append(child.tail or "")
+            parts.append(tail)
         return "".join(parts)
 
     def emit(self, text: str) -> None:
         if text.strip():
             self.blocks.append(text.strip("\n"))
+
+    def pre(self, el) -> None:
+        code = "".join(el.itertext()).strip("\n")
+        top, bottom = el.get("data-lt-top"), el.get("data-lt-bottom")
+        if self.window is not None and top is not None and bottom is not None:
+            # Lines are spread evenly over the block's height: keep those whose middle is in the window.
+            lines = code.split("\n")
+            step = (int(bottom) - int(top)) / max(len(lines), 1)
+            lines = [
+                ln
+                for i, ln in enumerate(lines)
+                if self.window[0] <= int(top) + (i + 0.5) * step < self.window[1]
+            ]
+            code = "\n".join(lines)
+            if not lines:
+                return
+        elif not self.keep(el):
+            return
+        self.emit(f"```\n{code}\n```")
 
     def table(self, el) -> None:
         rows = []
@@ -171,6 +194,9 @@ class _Converter:
             or el.get("role") in DROP_ROLES
         ):
             return
+        if tag == "pre":
+            self.pre(el)
+            return
         container = tag in ("ul", "ol", "blockquote", "table") or (
             (tag in BLOCK_TAGS or tag == "span") and _has_blocks(el)
         )
@@ -182,9 +208,6 @@ class _Converter:
             self.emit(self.inline(el))
         elif tag in ("ul", "ol"):
             self.emit("\n".join(self.listing(el)))
-        elif tag == "pre":
-            code = "".join(el.itertext()).strip("\n")
-            self.emit(f"```\n{code}\n```")
         elif tag == "table":
             if "ltx_equation" in _classes(el):  # LaTeXML lays display equations out as tables
                 maths = [_math(m)[0] for m in el.iter("{*}math", "math")]
@@ -239,6 +262,6 @@ def tile_markdown(annotated_html: str, top: int, bottom: int) -> str:
         y = el.get("data-lt-top")
         return y is not None and top <= int(y) < bottom
 
-    conv = _Converter(keep=inside)
+    conv = _Converter(keep=inside, window=(top, bottom))
     conv.walk(body)
     return "\n\n".join(conv.blocks) + ("\n" if conv.blocks else "")

@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 #   make setup TORCH="torch==2.13.0" TORCH_INDEX="--index-url <your CUDA wheel index>"
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
-APT_PACKAGES ?= fonts-dejavu-core tesseract-ocr tesseract-ocr-eng libreoffice-impress-nogui texlive-latex-base latexml pandoc
+APT_PACKAGES ?= fonts-dejavu-core tesseract-ocr tesseract-ocr-eng libreoffice-impress-nogui libreoffice-writer-nogui texlive-latex-base latexml pandoc chromium
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.literate-setup
 

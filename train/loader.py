@@ -1,0 +1,340 @@
+"""Training data: shards found through manifests, a per-source weighted mixture, a deterministic shuffle by
+(seed, epoch) split over (rank, worker), and a state that resumes the stream exactly.
+
+Every (rank, worker) pair owns a disjoint slice of each source's shards (shard i belongs to slot
+i mod (world x workers) after a seeded per-epoch shuffle), reads them in order, and draws the source of
+each sample from its own seeded generator. Its state — per source: epoch, position in the shard order,
+samples consumed in the current shard; the mixture generator; counters — travels with every batch, so the
+trainer always holds the state that matches the last batch it took, and a checkpoint stores it.
+Image processing and tokenisation happen in the worker; a sample that cannot be decoded or encoded is
+skipped and counted by reason, over-long targets are truncated and counted.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import tarfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from model.kosmos import IGNORE_INDEX
+from model.processor import ImageProcessor
+from model.task_format import LayoutError, TaskFormat
+
+IMAGE_EXTS = ("png", "jpg", "webp")
+
+
+@dataclass
+class SourceSpec:
+    name: str
+    root: Path  # a build's output folder (manifest.json inside)
+    weight: float
+    task: str  # "ocr" or "md": which target a sample of this source is trained on
+
+
+def read_manifest(root: Path) -> tuple[list[Path], set[str]]:
+    """The finished shards of a build and the keys its dedup pass dropped; missing shards are reported."""
+    manifest_file = root / "manifest.json"
+    if not manifest_file.exists():
+        raise FileNotFoundError(
+            f"{manifest_file}: no manifest (build the shards first, or check data.sources)"
+        )
+    manifest = json.loads(manifest_file.read_text())
+    shards = [root / s["url"] for s in manifest["shardlist"] if s["nsamples"] > 0]
+    missing = [str(s) for s in shards if not s.exists()]
+    if missing:
+        raise FileNotFoundError(f"{manifest_file} names shards that do not exist: {', '.join(missing[:5])}")
+    drop: set[str] = set()
+    if manifest.get("drop_list"):
+        drop = set(json.loads((root / manifest["drop_list"]).read_text())["keys"])
+    return shards, drop
+
+
+def iter_shard(path: Path, skip: int = 0) -> Iterator[dict]:
+    """Samples of a webdataset tar in order (members grouped by key), after the first `skip`."""
+    current: dict | None = None
+    index = 0
+    with tarfile.open(path) as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, _, ext = member.name.partition(".")
+            if current is not None and key != current["__key__"]:
+                if index >= skip:
+                    yield current
+                index += 1
+                current = None
+            if current is None:
+                current = {"__key__": key}
+            current[ext] = tar.extractfile(member).read()
+    if current is not None and index >= skip:
+        yield current
+
+
+@dataclass
+class StreamState:
+    """Where one (rank, worker) slot is: per source (epoch, position in its shard order, samples read in the
+    current shard), the mixture generator's state, and counters of skipped samples by reason."""
+
+    sources: dict[str, list[int]] = field(default_factory=dict)
+    rng: object = None
+    counts: Counter = field(default_factory=Counter)
+    samples: int = 0
+
+    def to_dict(self) -> dict:
+        return {
+            "sources": {k: list(v) for k, v in self.sources.items()},
+            "rng": self.rng,
+            "counts": dict(self.counts),
+            "samples": self.samples,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StreamState:
+        return cls(
+            {k: list(v) for k, v in d["sources"].items()},
+            _tuplify(d["rng"]),
+            Counter(d["counts"]),
+            d["samples"],
+        )
+
+
+def _tuplify(x):
+    return tuple(_tuplify(v) for v in x) if isinstance(x, list) else x
+
+
+class MixtureStream:
+    """The sample stream of one (rank, worker) slot."""
+
+    def __init__(
+        self, sources: list[SourceSpec], seed: int, slot: int, slots: int, state: StreamState | None = None
+    ):
+        self.sources = sources
+        self.seed, self.slot, self.slots = seed, slot, slots
+        self.shards: dict[str, list[Path]] = {}
+        self.drop: dict[str, set[str]] = {}
+        for s in sources:
+            self.shards[s.name], self.drop[s.name] = read_manifest(s.root)
+        self.state = state or StreamState({s.name: [0, 0, 0] for s in sources})
+        self.rng = random.Random(f"{seed}/mixture/{slot}")
+        if self.state.rng is not None:
+            self.rng.setstate(self.state.rng)
+        self._iters: dict[str, Iterator[dict]] = {}
+
+    def _order(self, name: str, epoch: int) -> list[tuple[Path, int]]:
+        """This slot's (shard, sample stride phase) list for an epoch: a seeded shuffle dealt round-robin."""
+        shards = list(self.shards[name])
+        random.Random(f"{self.seed}/{name}/{epoch}").shuffle(shards)
+        if len(shards) >= self.slots:
+            return [(p, -1) for i, p in enumerate(shards) if i % self.slots == self.slot]
+        return [
+            (p, self.slot) for p in shards
+        ]  # every slot reads all shards, keeping samples i = slot mod slots
+
+    def _source_iter(self, name: str) -> Iterator[dict]:
+        pos = self.state.sources[name]
+        empty_epochs = 0
+        while True:
+            order = self._order(name, pos[0])
+            while pos[1] < len(order):
+                path, phase = order[pos[1]]
+                try:
+                    for i, sample in enumerate(iter_shard(path, skip=pos[2]), start=pos[2]):
+                        pos[2] = i + 1
+                        if phase >= 0 and i % self.slots != phase:
+                            continue
+                        if sample["__key__"] in self.drop[name]:
+                            continue
+                        empty_epochs = 0
+                        yield sample
+                except (tarfile.TarError, OSError, EOFError) as e:
+                    self.state.counts[f"corrupt_shard:{path.name}"] += 1
+                    print(
+                        f"warning: {path}: unreadable shard ({type(e).__name__}: {e}); going on with the next one"
+                    )
+                pos[1], pos[2] = pos[1] + 1, 0
+            pos[0], pos[1], pos[2] = pos[0] + 1, 0, 0
+            empty_epochs += 1
+            if empty_epochs > 2:
+                raise RuntimeError(f"source {name}: no readable samples for this slot")
+
+    def __iter__(self) -> Iterator[tuple[SourceSpec, dict]]:
+        weights = [s.weight for s in self.sources]
+        while True:
+            spec = self.rng.choices(self.sources, weights)[0]
+            if spec.name not in self._iters:
+                self._iters[spec.name] = self._source_iter(spec.name)
+            sample = next(self._iters[spec.name])
+            self.state.rng = self.rng.getstate()
+            self.state.samples += 1
+            yield spec, sample
+
+
+class Encoder:
+    """A raw shard sample → model inputs (image processing + task serialisation), or a skip reason."""
+
+    def __init__(self, fmt: TaskFormat, processor: ImageProcessor):
+        self.fmt, self.processor = fmt, processor
+
+    def __call__(self, spec: SourceSpec, sample: dict) -> dict | str:
+        ext = next((e for e in IMAGE_EXTS if e in sample), None)
+        if ext is None:
+            return "no_image"
+        try:
+            image = Image.open(io.BytesIO(sample[ext]))
+            image.load()
+        except (UnidentifiedImageError, OSError, SyntaxError):
+            return "bad_image"
+        try:
+            page = self.processor(image)
+        except ValueError:
+            return "bad_image"
+        try:
+            if spec.task == "ocr":
+                if "layout.json" not in sample:
+                    return "no_layout"
+                layout = json.loads(sample["layout.json"])
+                enc = self.fmt.encode_layout(
+                    layout["lines"], (image.width, image.height), (page.width, page.height)
+                )
+            else:
+                if "md" not in sample:
+                    return "no_markdown"
+                enc = self.fmt.encode_markdown(sample["md"].decode("utf-8"))
+        except (LayoutError, json.JSONDecodeError, UnicodeDecodeError, KeyError):
+            return "bad_label"
+        return {
+            "key": sample["__key__"],
+            "source": spec.name,
+            "task": enc.task,
+            "truncated": enc.truncated,
+            "flattened_patches": page.flattened_patches,
+            **enc.tensors(),
+        }
+
+
+def collate(items: list[dict], pad_id: int) -> dict:
+    """Right-padded batch: no attention mask is needed under the causal mask (see model/decoder.py)."""
+    n = max(len(it["input_ids"]) for it in items)
+
+    def pad(key, value):
+        return torch.stack(
+            [torch.nn.functional.pad(it[key], (0, n - len(it[key])), value=value) for it in items]
+        )
+
+    return {
+        "flattened_patches": torch.stack([it["flattened_patches"] for it in items]),
+        "input_ids": pad("input_ids", pad_id),
+        "labels": pad("labels", IGNORE_INDEX),
+        "image_embeds_position_mask": pad("image_embeds_position_mask", 0),
+        "keys": [it["key"] for it in items],
+        "sources": [it["source"] for it in items],
+        "tasks": [it["task"] for it in items],
+    }
+
+
+class BatchStream(torch.utils.data.IterableDataset):
+    """Micro-batches of one rank, made in DataLoader workers; each batch carries its worker's state."""
+
+    def __init__(
+        self,
+        sources: list[SourceSpec],
+        fmt: TaskFormat,
+        processor: ImageProcessor,
+        micro_batch: int,
+        seed: int,
+        rank: int,
+        world: int,
+        workers: int,
+        resume: dict | None = None,
+    ):
+        self.sources, self.fmt, self.processor = sources, fmt, processor
+        self.micro_batch, self.seed, self.rank, self.world, self.workers = (
+            micro_batch,
+            seed,
+            rank,
+            world,
+            workers,
+        )
+        resume = resume or {}
+        self.states = resume.get("states", {})
+        # DataLoader always starts with its worker 0: worker w plays the role that comes after the one that
+        # made the last batch taken before the checkpoint, so the batch order continues unchanged.
+        self.rotate = resume.get("next_role", 0)
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker = ((info.id if info is not None else 0) + self.rotate) % max(self.workers, 1)
+        slot, slots = self.rank * max(self.workers, 1) + worker, self.world * max(self.workers, 1)
+        saved = self.states.get(worker)
+        stream = MixtureStream(
+            self.sources, self.seed, slot, slots, StreamState.from_dict(saved) if saved else None
+        )
+        encode = Encoder(self.fmt, self.processor)
+        items = []
+        for spec, sample in stream:
+            out = encode(spec, sample)
+            if isinstance(out, str):
+                stream.state.counts[out] += 1
+                continue
+            if out["truncated"]:
+                stream.state.counts["truncated"] += 1
+            items.append(out)
+            if len(items) == self.micro_batch:
+                batch = collate(items, self.fmt.tok.pad_id)
+                batch["loader_state"] = {"worker": worker, "state": stream.state.to_dict()}
+                yield batch
+                items = []
+
+
+def make_loader(dataset: BatchStream) -> torch.utils.data.DataLoader:
+    """Workers take turns in order, so the batch sequence is the same on every run."""
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=None,
+        num_workers=dataset.workers,
+        persistent_workers=False,
+        prefetch_factor=2 if dataset.workers else None,
+        multiprocessing_context="spawn" if dataset.workers else None,
+    )
+
+
+class LoaderState:
+    """What a checkpoint stores for one rank: the state of every worker role as of the last batch taken."""
+
+    def __init__(self, world: int, workers: int):
+        self.world, self.workers = world, max(workers, 1)
+        self.states: dict[int, dict] = {}
+        self.last_role = -1
+
+    def update(self, batch: dict) -> None:
+        info = batch["loader_state"]
+        self.states[info["worker"]] = info["state"]
+        self.last_role = info["worker"]
+
+    def to_dict(self) -> dict:
+        return {
+            "world": self.world,
+            "workers": self.workers,
+            "states": self.states,
+            "next_role": (self.last_role + 1) % self.workers,
+        }
+
+    @staticmethod
+    def resume(saved: dict, world: int, workers: int) -> dict:
+        """The `resume` argument of `BatchStream`, refusing a changed world size or worker count (shard
+        slices would be dealt differently, and samples repeated or lost)."""
+        if saved["world"] != world or saved["workers"] != max(workers, 1):
+            raise ValueError(
+                f"the checkpoint's loader ran with world size {saved['world']} and {saved['workers']} worker(s) per "
+                f"rank; this run has {world} and {max(workers, 1)}: resume with the same layout, or set "
+                "trainer.reset_loader=true to start the data stream afresh"
+            )
+        return {"states": {int(k): v for k, v in saved["states"].items()}, "next_role": saved["next_role"]}

@@ -1,0 +1,63 @@
+"""Per-step metrics of the trainer, as JSON lines in the run folder (rank 0)."""
+
+from __future__ import annotations
+
+import json
+import resource
+from pathlib import Path
+
+import torch
+
+# Dense bf16 peak FLOP/s per GPU by name, for MFU; CPU runs use `trainer.peak_flops` (default 1e12).
+PEAK_FLOPS = {"h100": 989e12, "a100": 312e12, "l40s": 362e12, "a10": 125e12}
+
+
+def peak_flops(cfg) -> float:
+    if cfg.trainer.get("peak_flops"):
+        return float(cfg.trainer.peak_flops)
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name().lower()
+        return next((v for k, v in PEAK_FLOPS.items() if k in name), 312e12)
+    return 1e12
+
+
+class MetricsLogger:
+    def __init__(self, cfg, run_dir: Path, rank: int, model, world: int):
+        self.rank, self.world = rank, world
+        self.file = open(run_dir / "metrics.jsonl", "a") if rank == 0 else None  # noqa: SIM115 - closed in close()
+        self.peak = peak_flops(cfg)
+        self.model = model
+
+    def step(self, step: int, losses: list[float], per: list, engine, optimizer, seconds: float, wait: float) -> None:
+        if self.file is None:
+            return
+        samples = sum(len(b[0]) for b in per) * self.world
+        tokens = sum(b[2] for b in per) * self.world
+        by_task: dict[str, list[float]] = {}
+        for loss, (_, tasks, _, _) in zip(losses, per, strict=True):
+            for task in set(tasks):  # a micro-batch's loss counts for each task it holds
+                by_task.setdefault(task, []).append(loss)
+        n_text = max(int(b[3]["input_ids"].shape[1]) for b in per)
+        flops = self.model.estimate_flops(text_len=n_text) * samples
+        grad_norm = engine.get_global_grad_norm()
+        record = {
+            "step": step,
+            "loss": sum(losses) / len(losses),
+            **{f"loss/{t}": sum(v) / len(v) for t, v in by_task.items()},
+            "lr": optimizer.param_groups[0]["lr"],
+            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+            "samples_per_s": samples / seconds,
+            "target_tokens_per_s": tokens / seconds,
+            "step_time_s": seconds,
+            "data_wait_fraction": wait / seconds,
+            "mfu": flops / seconds / (self.peak * self.world),
+            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        }
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        print(f"step {step}: loss {record['loss']:.4f} lr {record['lr']:.2e} {record['samples_per_s']:.1f} samples/s",
+              flush=True)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()

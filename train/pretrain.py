@@ -1,0 +1,259 @@
+"""Pre-training entry point (Hydra), run alone or under the `deepspeed` launcher:
+
+    python -m train.pretrain stage=layout model=tiny tokenizer=<dir> data.sources_file=<json> [key=value ...]
+    deepspeed --num_accelerators 2 --no_local_rank --module train.pretrain stage=layout model=tiny ...   # CPU, gloo
+
+Each worker resolves the config itself. The run lives in `runs/<run_name>/`: the resolved config,
+`metrics.jsonl`, and `checkpoints/` (DeepSpeed's shards plus each rank's loader state). Starting the same
+run again resumes from its latest checkpoint. SIGTERM or SIGUSR1 (preemption) saves a checkpoint at the next
+step boundary and exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def batch_math(global_batch: int, micro: int, world: int) -> int:
+    """Gradient accumulation steps so that micro x accumulation x ranks = the global batch."""
+    if micro < 1 or world < 1 or global_batch % (micro * world):
+        raise ConfigError(
+            f"trainer.train_batch_size={global_batch} is not a multiple of micro batch {micro} x {world} ranks; "
+            "choose trainer.micro_batch_size (or the number of ranks) so that it divides"
+        )
+    return global_batch // (micro * world)
+
+
+def lr_lambda(warmup: int, total: int):
+    """Linear warm-up over `warmup` steps, then linear decay to 0 at step `total`."""
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(total - warmup, 1))
+
+    return f
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only: not on norms, biases, embeddings or the latent queries."""
+    decay, no_decay, seen = [], [], set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        skip = p.ndim < 2 or "embed" in name or "latent_query" in name or "norm" in name
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def deepspeed_config(cfg: DictConfig, accumulation: int, use_bf16: bool) -> dict:
+    ds = cfg.deepspeed
+    zero: dict = {"stage": int(ds.zero_stage)}
+    if ds.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if ds.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    return {
+        "train_batch_size": int(cfg.trainer.train_batch_size),
+        "train_micro_batch_size_per_gpu": int(cfg.trainer.micro_batch_size),
+        "gradient_accumulation_steps": accumulation,
+        "gradient_clipping": float(cfg.optim.grad_clip),
+        "zero_optimization": zero,
+        "bf16": {"enabled": use_bf16},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def load_sources(cfg: DictConfig):
+    from train.loader import SourceSpec
+
+    data = cfg.data
+    entries = json.loads(Path(data.sources_file).read_text()) if data.get("sources_file") else OmegaConf.to_container(data.sources)
+    tasks = set(cfg.stage.tasks)
+    specs = [SourceSpec(e["name"], Path(e["root"]), float(e["weight"]), e["task"]) for e in entries
+             if e["task"] in tasks and float(e["weight"]) > 0]
+    if not specs:
+        raise ConfigError(f"data: no source trains the stage's tasks {sorted(tasks)}")
+    return specs
+
+
+def latest_checkpoint(ckpt_dir: Path) -> str | None:
+    latest = ckpt_dir / "latest"
+    return latest.read_text().strip() if latest.exists() else None
+
+
+def run(cfg: DictConfig) -> int:
+    import deepspeed
+
+    from model.config import config_from_dict
+    from model.kosmos import Kosmos25
+    from model.processor import ImageProcessor
+    from model.task_format import TaskFormat
+    from model.tokenizer import Tokenizer
+    from train.loader import BatchStream, LoaderState, make_loader
+    from train.metrics import MetricsLogger
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    # Everything checkable is checked before any process group, model or data is touched.
+    try:
+        accumulation = batch_math(int(cfg.trainer.train_batch_size), int(cfg.trainer.micro_batch_size), world)
+        tok = Tokenizer(cfg.tokenizer)
+        overrides = OmegaConf.to_container(cfg.model, resolve=True)
+        overrides.setdefault("text", {})["vocab_size"] = tok.vocab_size
+        if float(cfg.trainer.dropout) >= 0:
+            overrides["text"]["dropout"] = float(cfg.trainer.dropout)
+        model_cfg = config_from_dict(overrides)
+        if int(cfg.trainer.max_length) > model_cfg.text.max_position_embeddings:
+            raise ConfigError(f"trainer.max_length={cfg.trainer.max_length} exceeds the model's "
+                              f"{model_cfg.text.max_position_embeddings} positions")
+        sources = load_sources(cfg)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    cuda = torch.cuda.is_available()
+    if "RANK" not in os.environ:  # started without a launcher: a one-process group on this machine
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    use_bf16 = cuda and cfg.trainer.precision in ("auto", "bf16")
+    run_dir = Path(cfg.run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        print(f"batch: {cfg.trainer.train_batch_size} = micro {cfg.trainer.micro_batch_size} x accumulation "
+              f"{accumulation} x {world} ranks", flush=True)
+
+    torch.manual_seed(int(cfg.seed))
+    model = Kosmos25(model_cfg)
+    if cfg.stage.get("init_from_dir"):
+        state = torch.load(Path(cfg.stage.init_from_dir) / "model.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    steps = int(cfg.trainer.max_steps)
+    optimizer = torch.optim.AdamW(param_groups(model, float(cfg.optim.weight_decay)), lr=float(cfg.optim.lr),
+                                  betas=tuple(cfg.optim.betas), eps=float(cfg.optim.eps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(int(cfg.optim.warmup_steps), steps))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=deepspeed_config(cfg, accumulation, use_bf16))
+
+    step, resume = 0, None
+    tag = latest_checkpoint(ckpt_dir)
+    if tag is not None:
+        _, client = engine.load_checkpoint(str(ckpt_dir), tag)
+        step = int(client["step"])
+        saved = json.loads((ckpt_dir / tag / f"loader_rank{rank}.json").read_text())
+        workers = int(cfg.data.workers)
+        resume = None if cfg.trainer.reset_loader else LoaderState.resume(saved, world, workers)
+        if rank == 0:
+            print(f"resumed from {ckpt_dir / tag} at step {step}", flush=True)
+
+    fmt = TaskFormat(tok, model_cfg.latent_query_num, int(cfg.trainer.max_length))
+    dataset = BatchStream(sources, fmt, ImageProcessor(model_cfg.max_patches), int(cfg.trainer.micro_batch_size),
+                          int(cfg.seed), rank, world, int(cfg.data.workers), resume)
+    loader_state = LoaderState(world, int(cfg.data.workers))
+    if resume:
+        loader_state.states = dict(resume["states"])
+        loader_state.last_role = resume["next_role"] - 1
+    batches = iter(make_loader(dataset))
+    logger = MetricsLogger(cfg, run_dir, rank, engine.module, world)
+
+    stop = {"signal": None}
+
+    def on_signal(signum, frame):
+        stop["signal"] = signum
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGUSR1, on_signal)
+
+    def save(current: int) -> None:
+        tag = f"step{current:07d}"
+        engine.save_checkpoint(str(ckpt_dir), tag, client_state={"step": current})
+        (ckpt_dir / tag).mkdir(parents=True, exist_ok=True)
+        (ckpt_dir / tag / f"loader_rank{rank}.json").write_text(json.dumps(loader_state.to_dict()))
+        if rank == 0:
+            _keep_last(ckpt_dir, int(cfg.trainer.keep_checkpoints))
+
+    engine.train()
+    while step < steps:
+        t0 = time.perf_counter()
+        wait = 0.0
+        losses, per = [], []
+        for _ in range(accumulation):
+            tw = time.perf_counter()
+            batch = next(batches)
+            wait += time.perf_counter() - tw
+            loader_state.update(batch)
+            inputs = {k: batch[k] for k in ("flattened_patches", "input_ids", "labels", "image_embeds_position_mask")}
+            if use_bf16:
+                inputs["flattened_patches"] = inputs["flattened_patches"].to(torch.bfloat16)
+            inputs = {k: v.to(engine.device) for k, v in inputs.items()}
+            out = engine(**inputs, compute_logits=False)
+            engine.backward(out.loss)
+            engine.step()
+            losses.append(out.loss.detach().float().item())
+            per.append((batch["sources"], batch["tasks"], out.num_target_tokens, batch))
+        step += 1
+        logger.step(step, losses, per, engine, optimizer, time.perf_counter() - t0, wait)
+        if step % int(cfg.trainer.checkpoint_every) == 0 or step == steps or stop["signal"] is not None:
+            save(step)
+        if stop["signal"] is not None:
+            if rank == 0:
+                print(f"signal {stop['signal']}: checkpoint at step {step} written, exiting", flush=True)
+            break
+    if rank == 0 and step >= steps:
+        torch.save({k: v.detach().cpu() for k, v in _full_state(engine).items()}, run_dir / "model.pt")
+    logger.close()
+    return 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _full_state(engine) -> dict:
+    """The whole model's weights on rank 0 (ZeRO-3 shards gathered)."""
+    if engine.zero_optimization_partition_weights():
+        return engine._zero3_consolidated_16bit_state_dict() or {}
+    return engine.module.state_dict()
+
+
+def _keep_last(ckpt_dir: Path, keep: int) -> None:
+    import shutil
+
+    tags = sorted(p for p in ckpt_dir.glob("step*") if p.is_dir())
+    for old in tags[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="pretrain", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    code = run(cfg)
+    if code:
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

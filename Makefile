@@ -8,6 +8,7 @@ PIP := $(VENV)/bin/pip
 #   make setup TORCH="torch==2.13.0" TORCH_INDEX="--index-url <your CUDA wheel index>"
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
+DEEPSPEED ?= deepspeed==0.19.8
 APT_PACKAGES ?= fonts-dejavu-core tesseract-ocr tesseract-ocr-eng libreoffice-impress-nogui libreoffice-writer-nogui texlive-latex-base latexml pandoc chromium
 PYTEST_ARGS ?=
 STAMP := $(VENV)/.literate-setup
@@ -22,6 +23,8 @@ $(STAMP): requirements.txt pyproject.toml Makefile
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_INDEX) "$(TORCH)"
 	$(PIP) install -q -r requirements.txt
+	# DeepSpeed builds against the torch installed above (its setup imports torch): no build isolation.
+	$(PIP) install -q --no-build-isolation "$(DEEPSPEED)"
 	@touch $(STAMP)
 
 # Debian/Ubuntu packages; installed only when missing, and only when we are root.
@@ -35,7 +38,7 @@ apt:
 	fi
 
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	DS_ACCELERATOR=$${DS_ACCELERATOR:-cpu} $(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

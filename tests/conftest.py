@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,3 +49,30 @@ def hf_tiny_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("hf_tiny")
     model.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_shards(tmp_path_factory) -> dict[str, Path]:
+    """Two synthetic sources of 6 shards each (one page per shard document)."""
+    out = {}
+    for name in ("a", "b"):
+        src = tmp_path_factory.mktemp(f"txt_{name}")
+        rng = random.Random(name)
+        for d in range(6):
+            lines = [" ".join(rng.choice(WORDS) for _ in range(4)) for _ in range(24)]
+            (src / f"{name}{d}.txt").write_text("\n".join(lines))
+        root = tmp_path_factory.mktemp(f"shards_{name}")
+        from tests.test_build_pdf import build
+
+        build(
+            "source=synthetic",
+            f"input={src}",
+            f"output={root}",
+            "workers=2",
+            "docs_per_shard=1",
+            "filters.languages=all",
+            "source.snippets_per_page=6",
+            "dedup=false",
+        )
+        out[name] = root
+    return out

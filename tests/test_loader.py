@@ -5,41 +5,18 @@ from __future__ import annotations
 
 import itertools
 import json
-import random
 from pathlib import Path
 
 import pytest
 
-from data_pipeline.synthetic import WORDS
 from model.processor import ImageProcessor
 from model.task_format import TaskFormat
-from tests.test_build_pdf import build
 from train.loader import BatchStream, LoaderState, SourceSpec, make_loader, read_manifest
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory) -> dict[str, Path]:
-    """Two synthetic sources of 6 shards each (one page per shard document)."""
-    out = {}
-    for name in ("a", "b"):
-        src = tmp_path_factory.mktemp(f"txt_{name}")
-        rng = random.Random(name)
-        for d in range(6):
-            lines = [" ".join(rng.choice(WORDS) for _ in range(4)) for _ in range(24)]
-            (src / f"{name}{d}.txt").write_text("\n".join(lines))
-        root = tmp_path_factory.mktemp(f"shards_{name}")
-        build(
-            "source=synthetic",
-            f"input={src}",
-            f"output={root}",
-            "workers=2",
-            "docs_per_shard=1",
-            "filters.languages=all",
-            "source.snippets_per_page=6",
-            "dedup=false",
-        )
-        out[name] = root
-    return out
+def shards(synthetic_shards) -> dict[str, Path]:
+    return synthetic_shards
 
 
 def _stream(shards, tokenizer, rank=0, world=1, workers=0, resume=None, weights=(0.75, 0.25), micro=2):

@@ -28,7 +28,9 @@ class MetricsLogger:
         self.peak = peak_flops(cfg)
         self.model = model
 
-    def step(self, step: int, losses: list[float], per: list, engine, optimizer, seconds: float, wait: float) -> None:
+    def step(
+        self, step: int, losses: list[float], per: list, engine, optimizer, seconds: float, wait: float
+    ) -> None:
         if self.file is None:
             return
         samples = sum(len(b[0]) for b in per) * self.world
@@ -55,8 +57,10 @@ class MetricsLogger:
         }
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
-        print(f"step {step}: loss {record['loss']:.4f} lr {record['lr']:.2e} {record['samples_per_s']:.1f} samples/s",
-              flush=True)
+        print(
+            f"step {step}: loss {record['loss']:.4f} lr {record['lr']:.2e} {record['samples_per_s']:.1f} samples/s",
+            flush=True,
+        )
 
     def close(self) -> None:
         if self.file is not None:

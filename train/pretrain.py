@@ -85,10 +85,17 @@ def load_sources(cfg: DictConfig):
     from train.loader import SourceSpec
 
     data = cfg.data
-    entries = json.loads(Path(data.sources_file).read_text()) if data.get("sources_file") else OmegaConf.to_container(data.sources)
+    entries = (
+        json.loads(Path(data.sources_file).read_text())
+        if data.get("sources_file")
+        else OmegaConf.to_container(data.sources)
+    )
     tasks = set(cfg.stage.tasks)
-    specs = [SourceSpec(e["name"], Path(e["root"]), float(e["weight"]), e["task"]) for e in entries
-             if e["task"] in tasks and float(e["weight"]) > 0]
+    specs = [
+        SourceSpec(e["name"], Path(e["root"]), float(e["weight"]), e["task"])
+        for e in entries
+        if e["task"] in tasks and float(e["weight"]) > 0
+    ]
     if not specs:
         raise ConfigError(f"data: no source trains the stage's tasks {sorted(tasks)}")
     return specs
@@ -122,8 +129,10 @@ def run(cfg: DictConfig) -> int:
             overrides["text"]["dropout"] = float(cfg.trainer.dropout)
         model_cfg = config_from_dict(overrides)
         if int(cfg.trainer.max_length) > model_cfg.text.max_position_embeddings:
-            raise ConfigError(f"trainer.max_length={cfg.trainer.max_length} exceeds the model's "
-                              f"{model_cfg.text.max_position_embeddings} positions")
+            raise ConfigError(
+                f"trainer.max_length={cfg.trainer.max_length} exceeds the model's "
+                f"{model_cfg.text.max_position_embeddings} positions"
+            )
         sources = load_sources(cfg)
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -140,20 +149,31 @@ def run(cfg: DictConfig) -> int:
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        print(f"batch: {cfg.trainer.train_batch_size} = micro {cfg.trainer.micro_batch_size} x accumulation "
-              f"{accumulation} x {world} ranks", flush=True)
+        print(
+            f"batch: {cfg.trainer.train_batch_size} = micro {cfg.trainer.micro_batch_size} x accumulation "
+            f"{accumulation} x {world} ranks",
+            flush=True,
+        )
 
     torch.manual_seed(int(cfg.seed))
     model = Kosmos25(model_cfg)
     if cfg.stage.get("init_from_dir"):
         state = torch.load(Path(cfg.stage.init_from_dir) / "model.pt", map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
+        load_weights(model, state, Path(cfg.stage.init_from_dir) / "model.pt")
     steps = int(cfg.trainer.max_steps)
-    optimizer = torch.optim.AdamW(param_groups(model, float(cfg.optim.weight_decay)), lr=float(cfg.optim.lr),
-                                  betas=tuple(cfg.optim.betas), eps=float(cfg.optim.eps))
+    optimizer = torch.optim.AdamW(
+        param_groups(model, float(cfg.optim.weight_decay)),
+        lr=float(cfg.optim.lr),
+        betas=tuple(cfg.optim.betas),
+        eps=float(cfg.optim.eps),
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(int(cfg.optim.warmup_steps), steps))
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=deepspeed_config(cfg, accumulation, use_bf16))
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=scheduler,
+        config=deepspeed_config(cfg, accumulation, use_bf16),
+    )
 
     step, resume = 0, None
     tag = latest_checkpoint(ckpt_dir)
@@ -167,8 +187,17 @@ def run(cfg: DictConfig) -> int:
             print(f"resumed from {ckpt_dir / tag} at step {step}", flush=True)
 
     fmt = TaskFormat(tok, model_cfg.latent_query_num, int(cfg.trainer.max_length))
-    dataset = BatchStream(sources, fmt, ImageProcessor(model_cfg.max_patches), int(cfg.trainer.micro_batch_size),
-                          int(cfg.seed), rank, world, int(cfg.data.workers), resume)
+    dataset = BatchStream(
+        sources,
+        fmt,
+        ImageProcessor(model_cfg.max_patches),
+        int(cfg.trainer.micro_batch_size),
+        int(cfg.seed),
+        rank,
+        world,
+        int(cfg.data.workers),
+        resume,
+    )
     loader_state = LoaderState(world, int(cfg.data.workers))
     if resume:
         loader_state.states = dict(resume["states"])
@@ -202,7 +231,10 @@ def run(cfg: DictConfig) -> int:
             batch = next(batches)
             wait += time.perf_counter() - tw
             loader_state.update(batch)
-            inputs = {k: batch[k] for k in ("flattened_patches", "input_ids", "labels", "image_embeds_position_mask")}
+            inputs = {
+                k: batch[k]
+                for k in ("flattened_patches", "input_ids", "labels", "image_embeds_position_mask")
+            }
             if use_bf16:
                 inputs["flattened_patches"] = inputs["flattened_patches"].to(torch.bfloat16)
             inputs = {k: v.to(engine.device) for k, v in inputs.items()}
@@ -219,10 +251,22 @@ def run(cfg: DictConfig) -> int:
             if rank == 0:
                 print(f"signal {stop['signal']}: checkpoint at step {step} written, exiting", flush=True)
             break
-    if rank == 0 and step >= steps:
-        torch.save({k: v.detach().cpu() for k, v in _full_state(engine).items()}, run_dir / "model.pt")
+    if step >= steps:
+        state = _full_state(engine)  # collective under ZeRO-3: every rank takes part
+        if rank == 0:
+            torch.save({k: v.detach().float().cpu() for k, v in state.items()}, run_dir / "model.pt")
     logger.close()
     return 0
+
+
+def load_weights(model: torch.nn.Module, state: dict, origin: Path) -> None:
+    """Load a full state dict; the tied output projection may be absent (it is the embedding)."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k != "text_model.lm_head.weight"]
+    if missing or unexpected:
+        raise ConfigError(
+            f"{origin}: weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
 
 
 def _free_port() -> int:

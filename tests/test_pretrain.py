@@ -1,0 +1,178 @@
+"""The trainer on CPU: batch math, schedule, a run through `python -m`, resume, preemption, two ranks under
+the real `deepspeed` launcher with gloo, and configuration errors before any work."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from train.pretrain import ConfigError, batch_math, lr_lambda
+
+ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+
+
+def test_batch_math():
+    assert batch_math(1024, 4, 2) == 128
+    with pytest.raises(ConfigError, match="not a multiple"):
+        batch_math(1024, 3, 2)
+
+
+def test_schedule_warms_up_then_decays_to_zero():
+    f = lr_lambda(375, 1000)
+    assert f(0) == pytest.approx(1 / 375) and f(374) == pytest.approx(1.0)
+    assert f(375) == pytest.approx(1.0) and f(687) == pytest.approx(313 / 625) and f(1000) == 0.0
+
+
+@pytest.fixture(scope="module")
+def sources(synthetic_shards, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "sources.json"
+    path.write_text(
+        json.dumps(
+            [
+                {"name": "a", "root": str(synthetic_shards["a"]), "weight": 1.0, "task": "ocr"},
+                {"name": "b", "root": str(synthetic_shards["b"]), "weight": 1.0, "task": "ocr"},
+            ]
+        )
+    )
+    return path
+
+
+def _args(tokenizer, sources, run_dir, steps, *extra):
+    return [
+        "stage=layout",
+        "model=tiny",
+        f"tokenizer={tokenizer.path}",
+        f"data.sources_file={sources}",
+        "data.workers=0",
+        "trainer.train_batch_size=8",
+        "trainer.micro_batch_size=2",
+        f"trainer.max_steps={steps}",
+        "trainer.max_length=256",
+        "optim.warmup_steps=2",
+        f"run_dir={run_dir}",
+        "trainer.checkpoint_every=2",
+        "trainer.dropout=0",
+        *extra,
+    ]
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_run_resume_and_preemption(tokenizer, sources, tmp_path):
+    run = tmp_path / "run"
+    r = subprocess.run(
+        [sys.executable, "-m", "train.pretrain", *_args(tokenizer, sources, run, 4)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "batch: 8 = micro 2 x accumulation 4 x 1 ranks" in r.stdout
+    m = _metrics(run)
+    assert [x["step"] for x in m] == [1, 2, 3, 4] and m[-1]["lr"] == 0.0
+    assert {"loss", "loss/ocr", "grad_norm", "samples_per_s", "mfu", "data_wait_fraction"} <= set(m[0])
+    assert (run / "model.pt").exists() and (run / "checkpoints" / "latest").read_text() == "step0000004"
+    # The finished run exports to the Hugging Face format, which transformers loads.
+    r = subprocess.run(
+        [sys.executable, "-m", "model.export", f"checkpoint={run}", f"out={tmp_path / 'hf'}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    import transformers
+
+    hf = transformers.Kosmos2_5ForConditionalGeneration.from_pretrained(tmp_path / "hf")
+    assert (
+        hf.config.text_config.vocab_size == tokenizer.vocab_size
+        and (tmp_path / "hf" / "tokenizer.model").exists()
+    )
+    # Started again with more steps, the run resumes at its latest checkpoint.
+    r = subprocess.run(
+        [sys.executable, "-m", "train.pretrain", *_args(tokenizer, sources, run, 6)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0 and "at step 4" in r.stdout, r.stderr[-3000:]
+    assert [x["step"] for x in _metrics(run)] == [1, 2, 3, 4, 5, 6]
+    # SIGTERM: a checkpoint at the next step boundary, exit 0.
+    run2 = tmp_path / "run2"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "train.pretrain",
+            *_args(tokenizer, sources, run2, 1000),
+            "trainer.checkpoint_every=1000",
+        ],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while not (run2 / "metrics.jsonl").exists() or not (run2 / "metrics.jsonl").read_text():
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    step = _metrics(run2)[-1]["step"]
+    assert (run2 / "checkpoints" / "latest").read_text() == f"step{step:07d}"
+    assert (run2 / "checkpoints" / f"step{step:07d}" / "loader_rank0.json").exists()
+
+
+def test_two_ranks_under_the_deepspeed_launcher(tokenizer, sources, tmp_path):
+    run = tmp_path / "run"
+    cmd = [
+        str(Path(sys.executable).parent / "deepspeed"),
+        "--num_accelerators",
+        "2",
+        "--no_local_rank",
+        "--master_port",
+        "29633",
+        "--module",
+        "train.pretrain",
+        *_args(tokenizer, sources, run, 3),
+        "deepspeed=zero3",
+    ]
+    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert "batch: 8 = micro 2 x accumulation 2 x 2 ranks" in r.stdout
+    ckpt = run / "checkpoints" / "step0000002"
+    assert (ckpt / "loader_rank0.json").exists() and (ckpt / "loader_rank1.json").exists()
+    losses = [x["loss"] for x in _metrics(run)]
+    assert len(losses) == 3 and all(loss == loss for loss in losses)  # finite, not NaN
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.micro_batch_size=3", "not a multiple"),
+        ("tokenizer=/nonexistent", "no sentencepiece model"),
+        ("trainer.max_length=100000", "exceeds the model"),
+    ],
+)
+def test_bad_configs_fail_before_any_work(tokenizer, sources, tmp_path, override, message):
+    run = tmp_path / "run"
+    r = subprocess.run(
+        [sys.executable, "-m", "train.pretrain", *_args(tokenizer, sources, run, 2), override],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2 and message in r.stderr
+    assert not run.exists()

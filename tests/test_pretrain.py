@@ -127,7 +127,7 @@ def test_run_resume_and_preemption(tokenizer, sources, tmp_path):
         assert time.time() < deadline and proc.poll() is None
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=300)
+    _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     step = _metrics(run2)[-1]["step"]
     assert (run2 / "checkpoints" / "latest").read_text() == f"step{step:07d}"

@@ -59,6 +59,7 @@ def _args(tokenizer, sources, run_dir, steps, *extra):
         f"run_dir={run_dir}",
         "trainer.checkpoint_every=2",
         "trainer.dropout=0",
+        "wandb.mode=disabled",
         *extra,
     ]
 
@@ -70,13 +71,15 @@ def _metrics(run_dir: Path) -> list[dict]:
 def test_run_resume_and_preemption(tokenizer, sources, tmp_path):
     run = tmp_path / "run"
     r = subprocess.run(
-        [sys.executable, "-m", "train.pretrain", *_args(tokenizer, sources, run, 4)],
-        env=ENV,
+        [sys.executable, "-m", "train.pretrain", *_args(tokenizer, sources, run, 4), "wandb.mode=offline"],
+        env={**ENV, "WANDB_SILENT": "true"},
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert r.returncode == 0, r.stderr[-3000:]
+    offline = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert offline and offline[0].stat().st_size > 0  # the W&B offline run, for `wandb sync`
     assert "batch: 8 = micro 2 x accumulation 4 x 1 ranks" in r.stdout
     m = _metrics(run)
     assert [x["step"] for x in m] == [1, 2, 3, 4] and m[-1]["lr"] == 0.0
@@ -176,3 +179,43 @@ def test_bad_configs_fail_before_any_work(tokenizer, sources, tmp_path, override
     )
     assert r.returncode == 2 and message in r.stderr
     assert not run.exists()
+
+
+def test_mixed_stage_starts_from_the_layout_weights(tokenizer, sources, tmp_path):
+    layout = tmp_path / "layout"
+    r = subprocess.run(
+        [sys.executable, "-m", "train.pretrain", *_args(tokenizer, sources, layout, 2)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    mixed = tmp_path / "mixed"
+    args = [a for a in _args(tokenizer, sources, mixed, 2) if a != "stage=layout"]
+    r = subprocess.run(
+        [sys.executable, "-m", "train.pretrain", *args, "stage=mixed", f"stage.init_from_dir={layout}"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0 and f"starting from {layout / 'model.pt'}" in r.stdout, r.stderr[-2000:]
+    # Starting from trained weights, the first loss is below a fresh model's first loss.
+    assert _metrics(mixed)[0]["loss"] < _metrics(layout)[0]["loss"]
+    other = [a for a in _args(tokenizer, sources, tmp_path / "mixed2", 2) if a != "stage=layout"]
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "train.pretrain",
+            *other,
+            "stage=mixed",
+            f"stage.init_from_dir={tmp_path / 'nothing'}",
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 2 and "does not exist" in r.stderr

@@ -27,6 +27,25 @@ class MetricsLogger:
         self.file = open(run_dir / "metrics.jsonl", "a") if rank == 0 else None  # noqa: SIM115 - closed in close()
         self.peak = peak_flops(cfg)
         self.model = model
+        self.wandb = None
+        if rank == 0 and cfg.wandb.mode != "disabled":
+            import wandb
+            from omegaconf import OmegaConf
+
+            self.wandb = wandb.init(
+                project=cfg.wandb.project,
+                entity=cfg.wandb.entity,
+                name=cfg.run_name,
+                mode=cfg.wandb.mode,
+                dir=str(run_dir),
+                config=OmegaConf.to_container(cfg, resolve=True),
+                resume="allow",
+                id=cfg.wandb.get("id") or cfg.run_name.replace("/", "-"),
+            )
+            print(
+                f"W&B run: {self.wandb.dir} (offline runs upload with `wandb sync {Path(self.wandb.dir).parent}`)",
+                flush=True,
+            )
 
     def step(
         self, step: int, losses: list[float], per: list, engine, optimizer, seconds: float, wait: float
@@ -57,6 +76,8 @@ class MetricsLogger:
         }
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in record.items() if k != "step" and v is not None}, step=step)
         print(
             f"step {step}: loss {record['loss']:.4f} lr {record['lr']:.2e} {record['samples_per_s']:.1f} samples/s",
             flush=True,
@@ -65,3 +86,5 @@ class MetricsLogger:
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
+        if self.wandb is not None:
+            self.wandb.finish()

@@ -157,9 +157,24 @@ def run(cfg: DictConfig) -> int:
 
     torch.manual_seed(int(cfg.seed))
     model = Kosmos25(model_cfg)
-    if cfg.stage.get("init_from_dir"):
-        state = torch.load(Path(cfg.stage.init_from_dir) / "model.pt", map_location="cpu", weights_only=True)
-        load_weights(model, state, Path(cfg.stage.init_from_dir) / "model.pt")
+    init_dir = cfg.stage.get("init_from_dir") or (
+        str(run_dir.parent / f"{cfg.stage.init_from}-{cfg.model.preset}")
+        if cfg.stage.get("init_from")
+        else None
+    )
+    if init_dir and latest_checkpoint(ckpt_dir) is None:
+        # A new stage starts from the previous stage's final weights; optimizer and schedule start afresh.
+        weights = Path(init_dir) / "model.pt"
+        if not weights.exists():
+            print(
+                f"error: stage {cfg.stage.name} starts from {weights}, which does not exist "
+                "(run the previous stage first, or set stage.init_from_dir)",
+                file=sys.stderr,
+            )
+            return 2
+        load_weights(model, torch.load(weights, map_location="cpu", weights_only=True), weights)
+        if rank == 0:
+            print(f"stage {cfg.stage.name}: starting from {weights}", flush=True)
     steps = int(cfg.trainer.max_steps)
     optimizer = torch.optim.AdamW(
         param_groups(model, float(cfg.optim.weight_decay)),

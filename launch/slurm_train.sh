@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Multi-node training under Slurm, one task per node; each task runs the deepspeed launcher for its node's
+# GPUs with the rendezvous on the first node. Preemption: Slurm sends SIGUSR1 90 s before the time limit,
+# the trainer checkpoints and exits, and a requeued job resumes from that checkpoint.
+#
+#   sbatch --nodes=16 launch/slurm_train.sh stage=layout model=kosmos-2.5 data=full tokenizer=/data/tokenizer
+#SBATCH --job-name=literate-train
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=8
+#SBATCH --cpus-per-task=64
+#SBATCH --time=48:00:00
+#SBATCH --signal=USR1@90
+#SBATCH --requeue
+#SBATCH --output=logs/train-%j.out
+set -euo pipefail
+cd "${LITERATE_DIR:-$SLURM_SUBMIT_DIR}"
+MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+export MASTER_ADDR MASTER_PORT=${MASTER_PORT:-29500}
+srun --kill-on-bad-exit=1 bash -c '
+  .venv/bin/deepspeed --num_nodes "$SLURM_NNODES" --num_gpus "$SLURM_GPUS_ON_NODE" --node_rank "$SLURM_NODEID" \
+    --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" --no_ssh --no_local_rank \
+    --module train.pretrain "$@"' _ "$@"

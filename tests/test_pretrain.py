@@ -219,3 +219,33 @@ def test_mixed_stage_starts_from_the_layout_weights(tokenizer, sources, tmp_path
         timeout=600,
     )
     assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_capacity_planner():
+    r = subprocess.run(
+        [sys.executable, "-m", "launch.plan", "model=kosmos-2.5", "gpus=128", "gpu=h100", "mfu=0.4"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr
+    assert (
+        "1.37B parameters" in r.stdout
+        and "stage layout  100,000 steps" in r.stdout
+        and "TB of shards" in r.stdout
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "launch.plan", "gpu=tpu"], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 2 and "gpu='tpu'" in r.stderr
+
+
+def test_full_data_config_is_the_paper_mixture():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(
+        config_dir=str(Path(__file__).resolve().parents[1] / "configs"), version_base="1.3"
+    ):
+        cfg = compose("pretrain", overrides=["data=full", "stage=mixed"])
+    weights = {s.name: s.weight for s in cfg.data.sources}
+    assert abs(sum(weights.values()) - 1.0) < 1e-9 and weights["latex"] == 0.15 and weights["pdf"] == 0.20

@@ -31,10 +31,7 @@ def export(run_dir: Path, out: Path) -> Path:
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     model_cfg.setdefault("text", {})["vocab_size"] = tok.vocab_size
     model = Kosmos25(config_from_dict(model_cfg))
-    state = torch.load(weights, map_location="cpu", weights_only=True)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if [k for k in missing if k != "text_model.lm_head.weight"] or unexpected:
-        raise ValueError(f"{weights}: weights do not match {run_dir / 'config.yaml'}")
+    model.load_full_state_dict(torch.load(weights, map_location="cpu", weights_only=True), str(weights))
     save_hf(model, out)
     for f in tok.path.glob("tokenizer.*"):
         shutil.copy(f, out / f.name)

@@ -97,13 +97,8 @@ def load_hf(path: str | Path, dtype: torch.dtype | None = None, **overrides: Any
     cfg = config_from_hf(json.loads(cfg_file.read_text()), **overrides)
     model = Kosmos25(cfg)
     state = _read_weights(path)
-    state.pop("text_model.lm_head.weight", None)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k != TIED]
-    if missing or unexpected:
-        raise ValueError(
-            f"{path}: weights do not match the config: missing {missing[:8]}, unexpected {unexpected[:8]}"
-        )
+    state.pop(TIED, None)
+    model.load_full_state_dict(state, str(path))
     if dtype is not None:
         model.to(dtype)
     return model.eval()

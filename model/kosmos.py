@@ -101,6 +101,15 @@ class Kosmos25(nn.Module):
         self.vision_model.activation_checkpointing = enabled
         self.text_model.model.activation_checkpointing = enabled
 
+    def load_full_state_dict(self, state: dict, origin: str = "state dict") -> None:
+        """Load every weight; the tied output projection may be absent (it is the input embedding)."""
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if k != "text_model.lm_head.weight"]
+        if missing or unexpected:
+            raise ValueError(
+                f"{origin}: weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 

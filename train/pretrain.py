@@ -172,7 +172,13 @@ def run(cfg: DictConfig) -> int:
                 file=sys.stderr,
             )
             return 2
-        load_weights(model, torch.load(weights, map_location="cpu", weights_only=True), weights)
+        try:
+            model.load_full_state_dict(
+                torch.load(weights, map_location="cpu", weights_only=True), str(weights)
+            )
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         if rank == 0:
             print(f"stage {cfg.stage.name}: starting from {weights}", flush=True)
     steps = int(cfg.trainer.max_steps)
@@ -272,16 +278,6 @@ def run(cfg: DictConfig) -> int:
             torch.save({k: v.detach().float().cpu() for k, v in state.items()}, run_dir / "model.pt")
     logger.close()
     return 0
-
-
-def load_weights(model: torch.nn.Module, state: dict, origin: Path) -> None:
-    """Load a full state dict; the tied output projection may be absent (it is the embedding)."""
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k != "text_model.lm_head.weight"]
-    if missing or unexpected:
-        raise ConfigError(
-            f"{origin}: weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
 
 
 def _free_port() -> int:

@@ -5,7 +5,6 @@ reaches `md_min_iou`, else only its layout (counted as `md_consistency`)."""
 
 from __future__ import annotations
 
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,8 @@ import pymupdf
 from data_pipeline.align import markdown_words, split_markdown_by_pages, token_iou, words
 from data_pipeline.render.html_markdown import html_to_markdown
 from data_pipeline.render.office import convert_to_pdf
-from data_pipeline.schema import DocumentError, Sample, Skip
+from data_pipeline.render.pandoc import pandoc_html
+from data_pipeline.schema import Sample, Skip
 from data_pipeline.sources.pdf import pdf_samples
 
 EXTENSIONS = (".docx",)
@@ -23,15 +23,7 @@ REQUIRED_TOOLS = ("soffice", "pandoc")
 
 
 def docx_markdown(path: Path, timeout: float) -> str:
-    try:
-        r = subprocess.run(
-            ["pandoc", "-f", "docx", "-t", "html5", str(path)], capture_output=True, timeout=timeout
-        )
-    except subprocess.TimeoutExpired as e:
-        raise DocumentError("convert_timeout", f"{path}: pandoc took over {timeout}s") from e
-    if r.returncode != 0:
-        raise DocumentError("convert_failed", f"{path}: {r.stderr.decode(errors='replace').strip()[-300:]}")
-    return html_to_markdown(r.stdout)
+    return html_to_markdown(pandoc_html(path, "docx", timeout))
 
 
 def build(path: Path, doc_id: str, cfg) -> Iterator[Sample | Skip]:

@@ -4,12 +4,12 @@ tiles; each tile's label is the markdown of what it shows, normalised by the rou
 from __future__ import annotations
 
 import html
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from data_pipeline.schema import DocumentError, Sample, Skip
+from data_pipeline.render.pandoc import pandoc_html
+from data_pipeline.schema import Sample, Skip
 from data_pipeline.sources.web import browser_samples
 
 EXTENSIONS = (".md", ".markdown")
@@ -19,19 +19,12 @@ STYLESHEET = Path(__file__).resolve().parents[1] / "render" / "github.css"
 
 def readme_html(path: Path, timeout: float) -> str:
     """A standalone HTML page of the README; relative links and images resolve against its folder."""
-    try:
-        r = subprocess.run(
-            ["pandoc", "-f", "gfm", "-t", "html5", str(path)], capture_output=True, timeout=timeout
-        )
-    except subprocess.TimeoutExpired as e:
-        raise DocumentError("convert_timeout", f"{path}: pandoc took over {timeout}s") from e
-    if r.returncode != 0:
-        raise DocumentError("convert_failed", f"{path}: {r.stderr.decode(errors='replace').strip()[-300:]}")
+    body = pandoc_html(path, "gfm", timeout)
     base = path.resolve().parent.as_uri() + "/"
     return (
         f'<!DOCTYPE html><html><head><meta charset="utf-8"><base href="{html.escape(base)}">'
         f"<title>{html.escape(path.name)}</title><style>{STYLESHEET.read_text()}</style></head>"
-        f"<body>{r.stdout.decode('utf-8', errors='replace')}</body></html>"
+        f"<body>{body}</body></html>"
     )
 
 

@@ -30,6 +30,7 @@ class KosmosOutput:
     logits: torch.Tensor | None = None
     image_embeds: torch.Tensor | None = None
     num_target_tokens: int = 0
+    loss_sum: torch.Tensor | None = None  # summed over target tokens: trainers normalise by a global count
 
 
 class ImageToTextProjection(nn.Module):
@@ -152,8 +153,8 @@ class Kosmos25(nn.Module):
             out.num_target_tokens = int(keep.sum())
             # Only target positions reach the vocabulary projection: prompt and image slots never need logits.
             logits = self.text_model.lm_head(hidden[:, :-1][keep]).float()
-            loss = F.cross_entropy(logits, targets[keep], reduction="sum")
-            out.loss = loss / max(out.num_target_tokens, 1)
+            out.loss_sum = F.cross_entropy(logits, targets[keep], reduction="sum")
+            out.loss = out.loss_sum / max(out.num_target_tokens, 1)
         if compute_logits:
             out.logits = self.text_model.lm_head(hidden)
         return out

@@ -19,7 +19,9 @@ def shards(synthetic_shards) -> dict[str, Path]:
     return synthetic_shards
 
 
-def _stream(shards, tokenizer, rank=0, world=1, workers=0, resume=None, weights=(0.75, 0.25), micro=2):
+def _stream(
+    shards, tokenizer, rank=0, world=1, workers=0, resume=None, weights=(0.75, 0.25), micro=2, slots=None
+):
     fmt = TaskFormat(tokenizer, num_image_tokens=8, max_length=256)
     sources = [
         SourceSpec("a", shards["a"], weights[0], "ocr"),
@@ -35,6 +37,7 @@ def _stream(shards, tokenizer, rank=0, world=1, workers=0, resume=None, weights=
         world=world,
         workers=workers,
         resume=resume,
+        slots=slots,
     )
 
 
@@ -54,14 +57,33 @@ def test_batches_are_deterministic_and_well_formed(shards, tokenizer):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_continues_the_exact_stream(shards, tokenizer, workers):
     full = _take(_stream(shards, tokenizer, workers=workers), 9)
-    state = LoaderState(world=1, workers=workers)
+    state = LoaderState(world=1, workers=workers, slots=max(workers, 1))
     for b in full[:5]:
         state.update(b)
     saved = json.loads(json.dumps(state.to_dict()))  # as a checkpoint stores it
-    resumed = _take(
-        _stream(shards, tokenizer, workers=workers, resume=LoaderState.resume(saved, 1, workers)), 4
-    )
+    resume = LoaderState.resume(saved, 1, workers, max(workers, 1))
+    resumed = _take(_stream(shards, tokenizer, workers=workers, resume=resume), 4)
     assert [b["keys"] for b in resumed] == [b["keys"] for b in full[5:9]]
+
+
+def test_global_batches_do_not_depend_on_the_number_of_ranks(shards, tokenizer):
+    """With a fixed slot count, 1 rank and 2 ranks see the same set of samples in each global batch, and a
+    2-rank checkpoint resumes on 1 rank."""
+    one = _take(_stream(shards, tokenizer, slots=4, micro=2), 6)  # global batch of 4 = 2 micro-batches
+    two = [_take(_stream(shards, tokenizer, rank=r, world=2, slots=4, micro=2), 3) for r in range(2)]
+    for step in range(3):
+        want = set(one[2 * step]["keys"] + one[2 * step + 1]["keys"])
+        assert set(two[0][step]["keys"] + two[1][step]["keys"]) == want
+    saved = []
+    for r in range(2):
+        st = LoaderState(world=2, workers=0, slots=4)
+        for b in two[r][:2]:
+            st.update(b)
+        saved.append(json.loads(json.dumps(st.to_dict())))
+    resumed = _take(
+        _stream(shards, tokenizer, slots=4, micro=2, resume=LoaderState.resume(saved, 1, 0, 4)), 2
+    )
+    assert {k for b in resumed for k in b["keys"]} == set(one[4]["keys"] + one[5]["keys"])
 
 
 def test_ranks_read_disjoint_samples(shards, tokenizer):
@@ -78,10 +100,12 @@ def test_mixture_follows_the_weights(shards, tokenizer):
     assert abs(share - 0.75) < 0.05
 
 
-def test_changed_layout_is_refused(shards, tokenizer):
-    state = LoaderState(world=2, workers=1).to_dict()
-    with pytest.raises(ValueError, match="world size 2"):
-        LoaderState.resume(state, world=4, workers=1)
+def test_changed_slot_count_is_refused(shards, tokenizer):
+    state = LoaderState(world=2, workers=1, slots=2).to_dict()
+    with pytest.raises(ValueError, match="2 data slots"):
+        LoaderState.resume(state, world=4, workers=1, slots=4)
+    with pytest.raises(ValueError, match="multiple of ranks x workers"):
+        _stream(shards, tokenizer, world=2, slots=3)
 
 
 def test_missing_shard_and_bad_images_are_reported(shards, tokenizer, tmp_path):
@@ -106,5 +130,6 @@ def test_missing_shard_and_bad_images_are_reported(shards, tokenizer, tmp_path):
             tar.addfile(m, io.BytesIO(data))
     ds = _stream({"a": root, "b": shards["b"]}, tokenizer, weights=(1.0, 0.0))
     batches = _take(ds, 14)  # more than the 24 samples of one epoch
-    counts = batches[-1]["loader_state"]["state"]["counts"]
+    (state,) = batches[-1]["loader_state"]["states"].values()
+    counts = state["counts"]
     assert counts.get("bad_image", 0) >= 1

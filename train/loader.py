@@ -13,6 +13,7 @@ skipped and counted by reason, over-long targets are truncated and counted.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import random
 import tarfile
@@ -241,7 +242,12 @@ def collate(items: list[dict], pad_id: int) -> dict:
 
 
 class BatchStream(torch.utils.data.IterableDataset):
-    """Micro-batches of one rank, made in DataLoader workers; each batch carries its worker's state."""
+    """Micro-batches of one rank, made in DataLoader workers; each batch carries the state of its slots.
+
+    The data is cut into `slots` independent streams. Worker role w of rank r owns the slots s with
+    s mod (world x workers) = r x workers + w and takes one sample from each in turn, so every slot gives the
+    same number of samples per step: the set of samples in a global batch does not depend on how many ranks
+    or workers share the slots (given `slots` divisible by ranks x workers)."""
 
     def __init__(
         self,
@@ -254,6 +260,7 @@ class BatchStream(torch.utils.data.IterableDataset):
         world: int,
         workers: int,
         resume: dict | None = None,
+        slots: int | None = None,
     ):
         self.sources, self.fmt, self.processor = sources, fmt, processor
         self.micro_batch, self.seed, self.rank, self.world, self.workers = (
@@ -263,33 +270,52 @@ class BatchStream(torch.utils.data.IterableDataset):
             world,
             workers,
         )
+        self.roles = max(workers, 1)
+        self.slots = slots or world * self.roles
+        if self.slots % (world * self.roles):
+            raise ValueError(
+                f"data.slots={self.slots} must be a multiple of ranks x workers = {world * self.roles}"
+            )
         resume = resume or {}
-        self.states = resume.get("states", {})
+        self.states = {int(k): v for k, v in resume.get("states", {}).items()}
         # DataLoader always starts with its worker 0: worker w plays the role that comes after the one that
         # made the last batch taken before the checkpoint, so the batch order continues unchanged.
         self.rotate = resume.get("next_role", 0)
 
+    def my_slots(self, role: int) -> list[int]:
+        group = self.world * self.roles
+        return [s for s in range(self.slots) if s % group == self.rank * self.roles + role]
+
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
-        worker = ((info.id if info is not None else 0) + self.rotate) % max(self.workers, 1)
-        slot, slots = self.rank * max(self.workers, 1) + worker, self.world * max(self.workers, 1)
-        saved = self.states.get(worker)
-        stream = MixtureStream(
-            self.sources, self.seed, slot, slots, StreamState.from_dict(saved) if saved else None
-        )
+        role = ((info.id if info is not None else 0) + self.rotate) % self.roles
+        streams = {}
+        for slot in self.my_slots(role):
+            saved = self.states.get(slot)
+            stream = MixtureStream(
+                self.sources, self.seed, slot, self.slots, StreamState.from_dict(saved) if saved else None
+            )
+            streams[slot] = (stream, iter(stream))
         encode = Encoder(self.fmt, self.processor)
         items = []
-        for spec, sample in stream:
-            out = encode(spec, sample)
-            if isinstance(out, str):
+        for turn in itertools.count():
+            slot = list(streams)[turn % len(streams)]
+            stream, samples = streams[slot]
+            while True:  # a slot always gives one good sample per turn: bad ones are counted and passed over
+                spec, sample = next(samples)
+                out = encode(spec, sample)
+                if not isinstance(out, str):
+                    break
                 stream.state.counts[out] += 1
-                continue
             if out["truncated"]:
                 stream.state.counts["truncated"] += 1
             items.append(out)
             if len(items) == self.micro_batch:
                 batch = collate(items, self.fmt.tok.pad_id)
-                batch["loader_state"] = {"worker": worker, "state": stream.state.to_dict()}
+                batch["loader_state"] = {
+                    "role": role,
+                    "states": {k: st.state.to_dict() for k, (st, _) in streams.items()},
+                }
                 yield batch
                 items = []
 
@@ -307,34 +333,44 @@ def make_loader(dataset: BatchStream) -> torch.utils.data.DataLoader:
 
 
 class LoaderState:
-    """What a checkpoint stores for one rank: the state of every worker role as of the last batch taken."""
+    """What a checkpoint stores for one rank: the state of each of its slots as of the last batch taken."""
 
-    def __init__(self, world: int, workers: int):
-        self.world, self.workers = world, max(workers, 1)
+    def __init__(self, world: int, workers: int, slots: int):
+        self.world, self.workers, self.slots = world, max(workers, 1), slots
         self.states: dict[int, dict] = {}
         self.last_role = -1
 
     def update(self, batch: dict) -> None:
         info = batch["loader_state"]
-        self.states[info["worker"]] = info["state"]
-        self.last_role = info["worker"]
+        self.states.update(info["states"])
+        self.last_role = info["role"]
 
     def to_dict(self) -> dict:
         return {
             "world": self.world,
             "workers": self.workers,
-            "states": self.states,
+            "slots": self.slots,
+            "states": {str(k): v for k, v in self.states.items()},
             "next_role": (self.last_role + 1) % self.workers,
         }
 
     @staticmethod
-    def resume(saved: dict, world: int, workers: int) -> dict:
-        """The `resume` argument of `BatchStream`, refusing a changed world size or worker count (shard
-        slices would be dealt differently, and samples repeated or lost)."""
-        if saved["world"] != world or saved["workers"] != max(workers, 1):
+    def resume(saved: list[dict] | dict, world: int, workers: int, slots: int) -> dict:
+        """The `resume` argument of `BatchStream` from the loader states the ranks saved. Slots carry the
+        streams, so another world size or worker count can resume them as long as the slot count is the
+        same and the checkpoint was taken between steps (as the trainer takes it)."""
+        saved = saved if isinstance(saved, list) else [saved]
+        first = saved[0]
+        if first["slots"] != slots:
             raise ValueError(
-                f"the checkpoint's loader ran with world size {saved['world']} and {saved['workers']} worker(s) per "
-                f"rank; this run has {world} and {max(workers, 1)}: resume with the same layout, or set "
-                "trainer.reset_loader=true to start the data stream afresh"
+                f"the checkpoint's loader had {first['slots']} data slots; this run has {slots}: keep data.slots, "
+                "or set trainer.reset_loader=true to start the data stream afresh"
             )
-        return {"states": {int(k): v for k, v in saved["states"].items()}, "next_role": saved["next_role"]}
+        moved = first["world"] != world or first["workers"] != max(workers, 1)
+        if moved and any(s["next_role"] != 0 for s in saved):
+            raise ValueError(
+                f"the checkpoint was taken in the middle of a round of {first['workers']} loader workers; resume it "
+                f"with world size {first['world']} and {first['workers']} workers, or set trainer.reset_loader=true"
+            )
+        states = {int(k): v for s in saved for k, v in s["states"].items()}
+        return {"states": states, "next_role": 0 if moved else first["next_role"]}

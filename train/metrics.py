@@ -48,22 +48,31 @@ class MetricsLogger:
             )
 
     def step(
-        self, step: int, losses: list[float], per: list, engine, optimizer, seconds: float, wait: float
+        self,
+        step: int,
+        loss: float,
+        losses: list[float],
+        per: list,
+        engine,
+        optimizer,
+        seconds: float,
+        wait: float,
     ) -> None:
+        """`loss`: the step's loss over the global batch; `losses`: this rank's micro-batch means."""
         if self.file is None:
             return
         samples = sum(len(b[0]) for b in per) * self.world
         tokens = sum(b[2] for b in per) * self.world
         by_task: dict[str, list[float]] = {}
-        for loss, (_, tasks, _, _) in zip(losses, per, strict=True):
+        for micro_loss, (_, tasks, _, _) in zip(losses, per, strict=True):
             for task in set(tasks):  # a micro-batch's loss counts for each task it holds
-                by_task.setdefault(task, []).append(loss)
+                by_task.setdefault(task, []).append(micro_loss)
         n_text = max(int(b[3]["input_ids"].shape[1]) for b in per)
         flops = self.model.estimate_flops(text_len=n_text) * samples
         grad_norm = engine.get_global_grad_norm()
         record = {
             "step": step,
-            "loss": sum(losses) / len(losses),
+            "loss": loss,
             **{f"loss/{t}": sum(v) / len(v) for t, v in by_task.items()},
             "lr": optimizer.param_groups[0]["lr"],
             "grad_norm": float(grad_norm) if grad_norm is not None else None,

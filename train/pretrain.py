@@ -197,13 +197,26 @@ def run(cfg: DictConfig) -> int:
     )
 
     step, resume = 0, None
+    workers = int(cfg.data.workers)
+    slots = int(cfg.data.slots) if cfg.data.get("slots") else world * max(workers, 1)
+    if slots % (world * max(workers, 1)) or accumulation % max(workers, 1):
+        print(
+            f"error: data.slots={slots} must be a multiple of ranks x loader workers ({world} x {max(workers, 1)}) "
+            f"and the accumulation {accumulation} a multiple of the workers",
+            file=sys.stderr,
+        )
+        return 2
     tag = latest_checkpoint(ckpt_dir)
     if tag is not None:
         _, client = engine.load_checkpoint(str(ckpt_dir), tag)
         step = int(client["step"])
-        saved = json.loads((ckpt_dir / tag / f"loader_rank{rank}.json").read_text())
-        workers = int(cfg.data.workers)
-        resume = None if cfg.trainer.reset_loader else LoaderState.resume(saved, world, workers)
+        saved = [json.loads(p.read_text()) for p in sorted((ckpt_dir / tag).glob("loader_rank*.json"))]
+        if not cfg.trainer.reset_loader:
+            try:
+                resume = LoaderState.resume(saved, world, int(cfg.data.workers), slots)
+            except ValueError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
         if rank == 0:
             print(f"resumed from {ckpt_dir / tag} at step {step}", flush=True)
 
@@ -216,12 +229,14 @@ def run(cfg: DictConfig) -> int:
         int(cfg.seed),
         rank,
         world,
-        int(cfg.data.workers),
+        workers,
         resume,
+        slots,
     )
-    loader_state = LoaderState(world, int(cfg.data.workers))
+    loader_state = LoaderState(world, workers, slots)
     if resume:
-        loader_state.states = dict(resume["states"])
+        mine = {s for role in range(max(workers, 1)) for s in dataset.my_slots(role)}
+        loader_state.states = {k: v for k, v in resume["states"].items() if k in mine}
         loader_state.last_role = resume["next_role"] - 1
     batches = iter(make_loader(dataset))
     logger = MetricsLogger(cfg, run_dir, rank, engine.module, world)
@@ -245,13 +260,19 @@ def run(cfg: DictConfig) -> int:
     engine.train()
     while step < steps:
         t0 = time.perf_counter()
-        wait = 0.0
-        losses, per = [], []
+        micro = []
         for _ in range(accumulation):
-            tw = time.perf_counter()
             batch = next(batches)
-            wait += time.perf_counter() - tw
             loader_state.update(batch)
+            micro.append(batch)
+        wait = time.perf_counter() - t0
+        # The loss of a step is its summed token loss over the global batch's target tokens, whatever the
+        # split into ranks and micro-batches: the same global batch gives the same update on any world size.
+        local_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
+        totals = torch.tensor([float(local_tokens), 0.0], dtype=torch.float64, device=engine.device)
+        torch.distributed.all_reduce(totals[:1])
+        losses, per, sums = [], [], 0.0
+        for batch in micro:
             inputs = {
                 k: batch[k]
                 for k in ("flattened_patches", "input_ids", "labels", "image_embeds_position_mask")
@@ -260,12 +281,16 @@ def run(cfg: DictConfig) -> int:
                 inputs["flattened_patches"] = inputs["flattened_patches"].to(torch.bfloat16)
             inputs = {k: v.to(engine.device) for k, v in inputs.items()}
             out = engine(**inputs, compute_logits=False)
-            engine.backward(out.loss)
+            engine.backward(out.loss_sum * (accumulation * world / max(totals[0].item(), 1.0)))
             engine.step()
+            sums += out.loss_sum.detach().double().item()
             losses.append(out.loss.detach().float().item())
             per.append((batch["sources"], batch["tasks"], out.num_target_tokens, batch))
+        totals[1] = sums
+        torch.distributed.all_reduce(totals[1:])
+        global_loss = totals[1].item() / max(totals[0].item(), 1.0)
         step += 1
-        logger.step(step, losses, per, engine, optimizer, time.perf_counter() - t0, wait)
+        logger.step(step, global_loss, losses, per, engine, optimizer, time.perf_counter() - t0, wait)
         if step % int(cfg.trainer.checkpoint_every) == 0 or step == steps or stop["signal"] is not None:
             save(step)
         if stop["signal"] is not None:

@@ -285,3 +285,32 @@ def test_two_ranks_match_one_rank_on_the_same_global_batches(tokenizer, sources,
     print(f"{zero}: max |loss(2 ranks) - loss(1 rank)| over 5 steps = {diff:.2e}")
     assert diff < 1e-4, (a, b)
     assert a[-1] < a[0]  # and it learns
+
+
+def test_two_rank_run_killed_and_resumed_continues_exactly(tokenizer, sources, tmp_path):
+    """SIGKILL after the checkpoint at step 3, start again: steps 4..8 repeat the uninterrupted losses."""
+    def launch(run, port):
+        cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_accelerators", "2", "--no_local_rank",
+               "--master_port", str(port), "--module", "train.pretrain", *_args(tokenizer, sources, run, 8),
+               "trainer.checkpoint_every=3", "data.slots=4", "trainer.dropout=0.1"]
+        return subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+
+    ref = tmp_path / "ref"
+    proc = launch(ref, 29641)
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()[-3000:]
+    run = tmp_path / "run"
+    proc = launch(run, 29642)
+    deadline = time.time() + 600
+    while not (run / "checkpoints" / "step0000003" / "rng_rank1.pt").exists():
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc = launch(run, 29643)
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()[-3000:]
+    want = {m["step"]: m["loss"] for m in _metrics(ref)}
+    got = {m["step"]: m["loss"] for m in _metrics(run)}  # a step logged twice: the resumed run's value wins
+    assert sorted(got) == list(range(1, 9))
+    assert max(abs(got[s] - want[s]) for s in range(4, 9)) < 1e-6

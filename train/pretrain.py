@@ -196,7 +196,7 @@ def run(cfg: DictConfig) -> int:
         config=deepspeed_config(cfg, accumulation, use_bf16),
     )
 
-    step, resume = 0, None
+    step, resume, rng_state = 0, None, None
     workers = int(cfg.data.workers)
     slots = int(cfg.data.slots) if cfg.data.get("slots") else world * max(workers, 1)
     if slots % (world * max(workers, 1)) or accumulation % max(workers, 1):
@@ -211,6 +211,8 @@ def run(cfg: DictConfig) -> int:
         _, client = engine.load_checkpoint(str(ckpt_dir), tag)
         step = int(client["step"])
         saved = [json.loads(p.read_text()) for p in sorted((ckpt_dir / tag).glob("loader_rank*.json"))]
+        rng_file = ckpt_dir / tag / f"rng_rank{rank}.pt"
+        rng_state = torch.load(rng_file, weights_only=False) if rng_file.exists() and len(saved) == world else None
         if not cfg.trainer.reset_loader:
             try:
                 resume = LoaderState.resume(saved, world, int(cfg.data.workers), slots)
@@ -239,6 +241,10 @@ def run(cfg: DictConfig) -> int:
         loader_state.states = {k: v for k, v in resume["states"].items() if k in mine}
         loader_state.last_role = resume["next_role"] - 1
     batches = iter(make_loader(dataset))
+    if rng_state is not None:  # after the DataLoader drew its base seed, as the interrupted run had
+        torch.set_rng_state(rng_state["torch"])
+        if cuda and rng_state["cuda"]:
+            torch.cuda.set_rng_state_all(rng_state["cuda"])
     logger = MetricsLogger(cfg, run_dir, rank, engine.module, world)
 
     stop = {"signal": None}
@@ -254,6 +260,8 @@ def run(cfg: DictConfig) -> int:
         engine.save_checkpoint(str(ckpt_dir), tag, client_state={"step": current})
         (ckpt_dir / tag).mkdir(parents=True, exist_ok=True)
         (ckpt_dir / tag / f"loader_rank{rank}.json").write_text(json.dumps(loader_state.to_dict()))
+        rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else []}
+        torch.save(rng, ckpt_dir / tag / f"rng_rank{rank}.pt")  # dropout continues the same way after a resume
         if rank == 0:
             _keep_last(ckpt_dir, int(cfg.trainer.keep_checkpoints))
 

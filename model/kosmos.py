@@ -31,6 +31,8 @@ class KosmosOutput:
     image_embeds: torch.Tensor | None = None
     num_target_tokens: int = 0
     loss_sum: torch.Tensor | None = None  # summed over target tokens: trainers normalise by a global count
+    sample_loss_sums: torch.Tensor | None = None  # (B,) detached per-sample sums, for per-source metrics
+    sample_tokens: torch.Tensor | None = None  # (B,) target tokens per sample
 
 
 class ImageToTextProjection(nn.Module):
@@ -153,8 +155,14 @@ class Kosmos25(nn.Module):
             out.num_target_tokens = int(keep.sum())
             # Only target positions reach the vocabulary projection: prompt and image slots never need logits.
             logits = self.text_model.lm_head(hidden[:, :-1][keep]).float()
-            out.loss_sum = F.cross_entropy(logits, targets[keep], reduction="sum")
+            per_token = F.cross_entropy(logits, targets[keep], reduction="none")
+            out.loss_sum = per_token.sum()
             out.loss = out.loss_sum / max(out.num_target_tokens, 1)
+            rows = keep.nonzero()[:, 0]
+            out.sample_loss_sums = torch.zeros(keep.shape[0], device=per_token.device).index_add(
+                0, rows, per_token.detach()
+            )
+            out.sample_tokens = keep.sum(dim=1)
         if compute_logits:
             out.logits = self.text_model.lm_head(hidden)
         return out

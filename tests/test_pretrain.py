@@ -83,7 +83,15 @@ def test_run_resume_and_preemption(tokenizer, sources, tmp_path):
     assert "batch: 8 = micro 2 x accumulation 4 x 1 ranks" in r.stdout
     m = _metrics(run)
     assert [x["step"] for x in m] == [1, 2, 3, 4] and m[-1]["lr"] == 0.0
-    assert {"loss", "loss/ocr", "grad_norm", "samples_per_s", "mfu", "data_wait_fraction"} <= set(m[0])
+    assert {
+        "loss",
+        "loss/ocr",
+        "loss/source/a",
+        "grad_norm",
+        "samples_per_s",
+        "mfu",
+        "data_wait_fraction",
+    } <= set(m[0])
     assert (run / "model.pt").exists() and (run / "checkpoints" / "latest").read_text() == "step0000004"
     # The finished run exports to the Hugging Face format, which transformers loads.
     r = subprocess.run(
@@ -289,12 +297,25 @@ def test_two_ranks_match_one_rank_on_the_same_global_batches(tokenizer, sources,
 
 def test_two_rank_run_killed_and_resumed_continues_exactly(tokenizer, sources, tmp_path):
     """SIGKILL after the checkpoint at step 3, start again: steps 4..8 repeat the uninterrupted losses."""
+
     def launch(run, port):
-        cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_accelerators", "2", "--no_local_rank",
-               "--master_port", str(port), "--module", "train.pretrain", *_args(tokenizer, sources, run, 8),
-               "trainer.checkpoint_every=3", "data.slots=4", "trainer.dropout=0.1"]
-        return subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
+        cmd = [
+            str(Path(sys.executable).parent / "deepspeed"),
+            "--num_accelerators",
+            "2",
+            "--no_local_rank",
+            "--master_port",
+            str(port),
+            "--module",
+            "train.pretrain",
+            *_args(tokenizer, sources, run, 8),
+            "trainer.checkpoint_every=3",
+            "data.slots=4",
+            "trainer.dropout=0.1",
+        ]
+        return subprocess.Popen(
+            cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
 
     ref = tmp_path / "ref"
     proc = launch(ref, 29641)

@@ -63,17 +63,21 @@ class MetricsLogger:
             return
         samples = sum(len(b[0]) for b in per) * self.world
         tokens = sum(b[2] for b in per) * self.world
-        by_task: dict[str, list[float]] = {}
-        for micro_loss, (_, tasks, _, _) in zip(losses, per, strict=True):
-            for task in set(tasks):  # a micro-batch's loss counts for each task it holds
-                by_task.setdefault(task, []).append(micro_loss)
+        # Per task and per source: token-weighted loss over this rank's samples (rank 0 logs its share).
+        groups: dict[str, list[float]] = {}
+        for sources, tasks, _, _, sums, counts in per:
+            for src, task, total, n in zip(sources, tasks, sums, counts, strict=True):
+                for name in (f"loss/{task}", f"loss/source/{src}"):
+                    acc = groups.setdefault(name, [0.0, 0])
+                    acc[0] += total
+                    acc[1] += n
         n_text = max(int(b[3]["input_ids"].shape[1]) for b in per)
         flops = self.model.estimate_flops(text_len=n_text) * samples
         grad_norm = engine.get_global_grad_norm()
         record = {
             "step": step,
             "loss": loss,
-            **{f"loss/{t}": sum(v) / len(v) for t, v in by_task.items()},
+            **{name: total / max(n, 1) for name, (total, n) in groups.items()},
             "lr": optimizer.param_groups[0]["lr"],
             "grad_norm": float(grad_norm) if grad_norm is not None else None,
             "samples_per_s": samples / seconds,

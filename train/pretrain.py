@@ -98,6 +98,10 @@ def load_sources(cfg: DictConfig):
     ]
     if not specs:
         raise ConfigError(f"data: no source trains the stage's tasks {sorted(tasks)}")
+    from train.loader import read_manifest
+
+    for spec in specs:  # a missing manifest or shard is reported now, not from inside a loader worker
+        read_manifest(spec.root)
     return specs
 
 
@@ -212,7 +216,9 @@ def run(cfg: DictConfig) -> int:
         step = int(client["step"])
         saved = [json.loads(p.read_text()) for p in sorted((ckpt_dir / tag).glob("loader_rank*.json"))]
         rng_file = ckpt_dir / tag / f"rng_rank{rank}.pt"
-        rng_state = torch.load(rng_file, weights_only=False) if rng_file.exists() and len(saved) == world else None
+        rng_state = (
+            torch.load(rng_file, weights_only=False) if rng_file.exists() and len(saved) == world else None
+        )
         if not cfg.trainer.reset_loader:
             try:
                 resume = LoaderState.resume(saved, world, int(cfg.data.workers), slots)
@@ -261,7 +267,9 @@ def run(cfg: DictConfig) -> int:
         (ckpt_dir / tag).mkdir(parents=True, exist_ok=True)
         (ckpt_dir / tag / f"loader_rank{rank}.json").write_text(json.dumps(loader_state.to_dict()))
         rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else []}
-        torch.save(rng, ckpt_dir / tag / f"rng_rank{rank}.pt")  # dropout continues the same way after a resume
+        torch.save(
+            rng, ckpt_dir / tag / f"rng_rank{rank}.pt"
+        )  # dropout continues the same way after a resume
         if rank == 0:
             _keep_last(ckpt_dir, int(cfg.trainer.keep_checkpoints))
 
@@ -293,7 +301,16 @@ def run(cfg: DictConfig) -> int:
             engine.step()
             sums += out.loss_sum.detach().double().item()
             losses.append(out.loss.detach().float().item())
-            per.append((batch["sources"], batch["tasks"], out.num_target_tokens, batch))
+            per.append(
+                (
+                    batch["sources"],
+                    batch["tasks"],
+                    out.num_target_tokens,
+                    batch,
+                    out.sample_loss_sums.tolist(),
+                    out.sample_tokens.tolist(),
+                )
+            )
         totals[1] = sums
         torch.distributed.all_reduce(totals[1:])
         global_loss = totals[1].item() / max(totals[0].item(), 1.0)

@@ -67,7 +67,7 @@ def main() -> None:
         tok = (
             Tokenizer(args.tokenizer)
             if args.tokenizer
-            else train_tokenizer(iter_texts([args.shards]), tmp / "tok", vocab_size=2000, coord_bins=1024)
+            else train_tokenizer(iter_texts([args.shards]), tmp / "tok", vocab_size=3000, coord_bins=1024)
         )
         full = get_config("kosmos-2.5")
         fmt = TaskFormat(tok, full.latent_query_num, 4096)

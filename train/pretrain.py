@@ -282,38 +282,7 @@ def run(cfg: DictConfig) -> int:
             loader_state.update(batch)
             micro.append(batch)
         wait = time.perf_counter() - t0
-        # The loss of a step is its summed token loss over the global batch's target tokens, whatever the
-        # split into ranks and micro-batches: the same global batch gives the same update on any world size.
-        local_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
-        totals = torch.tensor([float(local_tokens), 0.0], dtype=torch.float64, device=engine.device)
-        torch.distributed.all_reduce(totals[:1])
-        losses, per, sums = [], [], 0.0
-        for batch in micro:
-            inputs = {
-                k: batch[k]
-                for k in ("flattened_patches", "input_ids", "labels", "image_embeds_position_mask")
-            }
-            if use_bf16:
-                inputs["flattened_patches"] = inputs["flattened_patches"].to(torch.bfloat16)
-            inputs = {k: v.to(engine.device) for k, v in inputs.items()}
-            out = engine(**inputs, compute_logits=False)
-            engine.backward(out.loss_sum * (accumulation * world / max(totals[0].item(), 1.0)))
-            engine.step()
-            sums += out.loss_sum.detach().double().item()
-            losses.append(out.loss.detach().float().item())
-            per.append(
-                (
-                    batch["sources"],
-                    batch["tasks"],
-                    out.num_target_tokens,
-                    batch,
-                    out.sample_loss_sums.tolist(),
-                    out.sample_tokens.tolist(),
-                )
-            )
-        totals[1] = sums
-        torch.distributed.all_reduce(totals[1:])
-        global_loss = totals[1].item() / max(totals[0].item(), 1.0)
+        global_loss, losses, per = train_step(engine, micro, world, use_bf16)
         step += 1
         logger.step(step, global_loss, losses, per, engine, optimizer, time.perf_counter() - t0, wait)
         if step % int(cfg.trainer.checkpoint_every) == 0 or step == steps or stop["signal"] is not None:
@@ -328,6 +297,46 @@ def run(cfg: DictConfig) -> int:
             torch.save({k: v.detach().float().cpu() for k, v in state.items()}, run_dir / "model.pt")
     logger.close()
     return 0
+
+
+MODEL_INPUTS = ("flattened_patches", "input_ids", "labels", "image_embeds_position_mask")
+
+
+def train_step(engine, micro: list[dict], world: int, use_bf16: bool) -> tuple[float, list[float], list]:
+    """One optimizer step over this rank's micro-batches; returns the global batch's loss, this rank's
+    micro-batch losses and per-micro-batch details for the metrics.
+
+    The loss of a step is the summed token loss over the global batch's target tokens, whatever the split
+    into ranks and micro-batches: the same global batch gives the same update on any world size."""
+    accumulation = len(micro)
+    local_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in micro)
+    totals = torch.tensor([float(local_tokens), 0.0], dtype=torch.float64, device=engine.device)
+    torch.distributed.all_reduce(totals[:1])
+    scale = accumulation * world / max(totals[0].item(), 1.0)  # DeepSpeed divides by both again
+    losses, per, sums = [], [], 0.0
+    for batch in micro:
+        inputs = {k: batch[k] for k in MODEL_INPUTS}
+        if use_bf16:
+            inputs["flattened_patches"] = inputs["flattened_patches"].to(torch.bfloat16)
+        inputs = {k: v.to(engine.device) for k, v in inputs.items()}
+        out = engine(**inputs, compute_logits=False)
+        engine.backward(out.loss_sum * scale)
+        engine.step()
+        sums += out.loss_sum.detach().double().item()
+        losses.append(out.loss.detach().float().item())
+        per.append(
+            (
+                batch["sources"],
+                batch["tasks"],
+                out.num_target_tokens,
+                batch,
+                out.sample_loss_sums.tolist(),
+                out.sample_tokens.tolist(),
+            )
+        )
+    totals[1] = sums
+    torch.distributed.all_reduce(totals[1:])
+    return totals[1].item() / max(totals[0].item(), 1.0), losses, per
 
 
 def _free_port() -> int:

@@ -64,6 +64,22 @@ def _args(tokenizer, sources, run_dir, steps, *extra):
     ]
 
 
+def _two_ranks(port: int, args: list[str]) -> list[str]:
+    """The real launcher: 2 CPU ranks over gloo."""
+    deepspeed = str(Path(sys.executable).parent / "deepspeed")
+    return [
+        deepspeed,
+        "--num_accelerators",
+        "2",
+        "--no_local_rank",
+        "--master_port",
+        str(port),
+        "--module",
+        "train.pretrain",
+        *args,
+    ]
+
+
 def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -147,18 +163,7 @@ def test_run_resume_and_preemption(tokenizer, sources, tmp_path):
 
 def test_two_ranks_under_the_deepspeed_launcher(tokenizer, sources, tmp_path):
     run = tmp_path / "run"
-    cmd = [
-        str(Path(sys.executable).parent / "deepspeed"),
-        "--num_accelerators",
-        "2",
-        "--no_local_rank",
-        "--master_port",
-        "29633",
-        "--module",
-        "train.pretrain",
-        *_args(tokenizer, sources, run, 3),
-        "deepspeed=zero3",
-    ]
+    cmd = _two_ranks(29633, [*_args(tokenizer, sources, run, 3), "deepspeed=zero3"])
     r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert "batch: 8 = micro 2 x accumulation 2 x 2 ranks" in r.stdout
@@ -273,18 +278,7 @@ def test_two_ranks_match_one_rank_on_the_same_global_batches(tokenizer, sources,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     two = tmp_path / "two"
-    cmd = [
-        str(Path(sys.executable).parent / "deepspeed"),
-        "--num_accelerators",
-        "2",
-        "--no_local_rank",
-        "--master_port",
-        "29634",
-        "--module",
-        "train.pretrain",
-        *_args(tokenizer, sources, two, 5),
-        *common,
-    ]
+    cmd = _two_ranks(29634, [*_args(tokenizer, sources, two, 5), *common])
     r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     a, b = [x["loss"] for x in _metrics(one)], [x["loss"] for x in _metrics(two)]
@@ -299,20 +293,8 @@ def test_two_rank_run_killed_and_resumed_continues_exactly(tokenizer, sources, t
     """SIGKILL after the checkpoint at step 3, start again: steps 4..8 repeat the uninterrupted losses."""
 
     def launch(run, port):
-        cmd = [
-            str(Path(sys.executable).parent / "deepspeed"),
-            "--num_accelerators",
-            "2",
-            "--no_local_rank",
-            "--master_port",
-            str(port),
-            "--module",
-            "train.pretrain",
-            *_args(tokenizer, sources, run, 8),
-            "trainer.checkpoint_every=3",
-            "data.slots=4",
-            "trainer.dropout=0.1",
-        ]
+        extra = ["trainer.checkpoint_every=3", "data.slots=4", "trainer.dropout=0.1"]
+        cmd = _two_ranks(port, [*_args(tokenizer, sources, run, 8), *extra])
         return subprocess.Popen(
             cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
         )

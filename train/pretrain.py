@@ -296,6 +296,10 @@ def run(cfg: DictConfig) -> int:
         if rank == 0:
             torch.save({k: v.detach().float().cpu() for k, v in state.items()}, run_dir / "model.pt")
     logger.close()
+    # Leave the process group before the interpreter exits: communication threads still alive at exit
+    # abort the process ("terminate called without an active exception") after a successful run.
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
     return 0
 
 

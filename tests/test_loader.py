@@ -133,3 +133,26 @@ def test_missing_shard_and_bad_images_are_reported(shards, tokenizer, tmp_path):
     (state,) = batches[-1]["loader_state"]["states"].values()
     counts = state["counts"]
     assert counts.get("bad_image", 0) >= 1
+
+
+def test_mixed_stage_batches_hold_both_tasks_in_ratio(shards, tokenizer, tmp_path):
+    """A layout source and a markdown source at 0.6 / 0.4: over 2,000 samples the task shares are within 5%."""
+    from data_pipeline.demo_corpus import make_readme
+    from tests.test_build_pdf import build
+
+    for i in range(2):
+        make_readme(tmp_path / "readmes" / f"p{i}" / "README.md", seed=i)
+    build(
+        "source=readme",
+        f"input={tmp_path / 'readmes'}",
+        f"output={tmp_path / 'md'}",
+        "workers=1",
+        "filters.languages=all",
+        "dedup=false",
+    )
+    fmt = TaskFormat(tokenizer, num_image_tokens=8, max_length=512)
+    sources = [SourceSpec("a", shards["a"], 0.6, "ocr"), SourceSpec("readme", tmp_path / "md", 0.4, "md")]
+    ds = BatchStream(sources, fmt, ImageProcessor(max_patches=16), 50, seed=3, rank=0, world=1, workers=0)
+    tasks = [t for b in _take(ds, 40) for t in b["tasks"]]
+    assert len(tasks) == 2000
+    assert abs(tasks.count("md") / 2000 - 0.4) < 0.05 and abs(tasks.count("ocr") / 2000 - 0.6) < 0.05

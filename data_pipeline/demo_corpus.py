@@ -36,7 +36,8 @@ def make_pdf(path: str | Path, seed: int = 0) -> Path:
     for col, x in enumerate((72, 310)):
         rect = pymupdf.Rect(x, 110, x + 213, 560)
         page.insert_textbox(rect, " ".join(_sentences(rng, 8)), fontsize=10, fontname="helv")
-        page.draw_line((x - 4, 110), (x - 4, 560)) if col else None
+        if col:  # a rule between the columns
+            page.draw_line((x - 4, 110), (x - 4, 560))
     y = 600
     for r in range(4):
         for c in range(3):

@@ -145,7 +145,9 @@ def test_presets_sizes():
     with torch.device("meta"):
         full = Kosmos25(get_config("kosmos-2.5"))
         small = Kosmos25(get_config("small"))
-    assert 1.3e9 < full.num_parameters() < 1.4e9  # the paper's 1.3B (1.37B with embeddings)
+    assert (
+        full.num_parameters() > 1.3e9 and full.num_parameters() < 1.4e9
+    )  # the paper's 1.3B (1.37B with embeddings)
     assert 50e6 < small.num_parameters() < 150e6
     cfg = get_config("small")
     assert (cfg.max_patches, cfg.latent_query_num, cfg.text.vocab_size) == (1024, 512, 32000)

@@ -51,14 +51,13 @@ class MetricsLogger:
         self,
         step: int,
         loss: float,
-        losses: list[float],
         per: list,
         engine,
         optimizer,
         seconds: float,
         wait: float,
     ) -> None:
-        """`loss`: the step's loss over the global batch; `losses`: this rank's micro-batch means."""
+        """`loss`: the step's loss over the global batch; `per`: this rank's micro-batch details."""
         if self.file is None:
             return
         samples = sum(len(b[0]) for b in per) * self.world

@@ -282,9 +282,9 @@ def run(cfg: DictConfig) -> int:
             loader_state.update(batch)
             micro.append(batch)
         wait = time.perf_counter() - t0
-        global_loss, losses, per = train_step(engine, micro, world, use_bf16)
+        global_loss, per = train_step(engine, micro, world, use_bf16)
         step += 1
-        logger.step(step, global_loss, losses, per, engine, optimizer, time.perf_counter() - t0, wait)
+        logger.step(step, global_loss, per, engine, optimizer, time.perf_counter() - t0, wait)
         if step % int(cfg.trainer.checkpoint_every) == 0 or step == steps or stop["signal"] is not None:
             save(step)
         if stop["signal"] is not None:
@@ -306,9 +306,9 @@ def run(cfg: DictConfig) -> int:
 MODEL_INPUTS = ("flattened_patches", "input_ids", "labels", "image_embeds_position_mask")
 
 
-def train_step(engine, micro: list[dict], world: int, use_bf16: bool) -> tuple[float, list[float], list]:
-    """One optimizer step over this rank's micro-batches; returns the global batch's loss, this rank's
-    micro-batch losses and per-micro-batch details for the metrics.
+def train_step(engine, micro: list[dict], world: int, use_bf16: bool) -> tuple[float, list]:
+    """One optimizer step over this rank's micro-batches; returns the global batch's loss and
+    per-micro-batch details for the metrics.
 
     The loss of a step is the summed token loss over the global batch's target tokens, whatever the split
     into ranks and micro-batches: the same global batch gives the same update on any world size."""
@@ -317,7 +317,7 @@ def train_step(engine, micro: list[dict], world: int, use_bf16: bool) -> tuple[f
     totals = torch.tensor([float(local_tokens), 0.0], dtype=torch.float64, device=engine.device)
     torch.distributed.all_reduce(totals[:1])
     scale = accumulation * world / max(totals[0].item(), 1.0)  # DeepSpeed divides by both again
-    losses, per, sums = [], [], 0.0
+    per, sums = [], 0.0
     for batch in micro:
         inputs = {k: batch[k] for k in MODEL_INPUTS}
         if use_bf16:
@@ -327,7 +327,6 @@ def train_step(engine, micro: list[dict], world: int, use_bf16: bool) -> tuple[f
         engine.backward(out.loss_sum * scale)
         engine.step()
         sums += out.loss_sum.detach().double().item()
-        losses.append(out.loss.detach().float().item())
         per.append(
             (
                 batch["sources"],
@@ -340,7 +339,7 @@ def train_step(engine, micro: list[dict], world: int, use_bf16: bool) -> tuple[f
         )
     totals[1] = sums
     torch.distributed.all_reduce(totals[1:])
-    return totals[1].item() / max(totals[0].item(), 1.0), losses, per
+    return totals[1].item() / max(totals[0].item(), 1.0), per
 
 
 def _free_port() -> int:

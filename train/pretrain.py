@@ -296,8 +296,6 @@ def run(cfg: DictConfig) -> int:
         if rank == 0:
             torch.save({k: v.detach().float().cpu() for k, v in state.items()}, run_dir / "model.pt")
     logger.close()
-    # Leave the process group before the interpreter exits: communication threads still alive at exit
-    # abort the process ("terminate called without an active exception") after a successful run.
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
     return 0
@@ -368,6 +366,13 @@ def _keep_last(ckpt_dir: Path, keep: int) -> None:
 @hydra.main(config_path=CONFIG_DIR, config_name="pretrain", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     code = run(cfg)
+    if "LOCAL_RANK" in os.environ:
+        # Under a launcher, end the process here, everything written and flushed: C++ threads of the
+        # communication stack that outlive the process group can abort the interpreter's own teardown
+        # ("terminate called without an active exception") and turn a finished run into a failed one.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     if code:
         sys.exit(code)
 

@@ -1,0 +1,470 @@
+"""Evaluation with the paper's metrics:
+
+    python -m train.evaluate checkpoint=<run dir, checkpoint or Hugging Face directory> data=<shards or image folder> out=<dir>
+        [n=64] [max_new_tokens=512] [batch=4] [tasks=ocr,md] [tokenizer=<dir>] [draw=8] [device=cpu]
+
+`checkpoint`: a run directory (its consolidated `model.pt`, or else its latest DeepSpeed checkpoint), one
+checkpoint folder of a run (`runs/x/checkpoints/step0001000`), or a Hugging Face `save_pretrained`
+directory (weights by `model.hf.load_hf`, `max_patches` from its `preprocessor_config.json`, the tokenizer
+from the directory or `tokenizer=`).
+`data`: a build's output folder (`manifest.json`), a shard, a glob of shards, a sources JSON as the trainer
+takes, or a folder of images with labels beside them (`page.png` + `page.layout.json` and/or `page.md`).
+
+Each held-out page is scored on every task it has a label for: text recognition (`ocr`: word P/R/F1, IoU of
+matched boxes, NED) and image to markdown (`md`: NED, NTED). The validation loss is measured twice, with each
+page's own image and with the images shuffled across pages (same targets): the gap shows how much the model
+reads the image. Writes `metrics.json`, `metrics.md`, `predictions.jsonl` and `pages/*.png` (predicted boxes
+in red over the reference boxes in green).
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import random
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+from model.kosmos import Kosmos25
+from model.processor import ImageProcessor
+from model.task_format import LayoutError, TaskFormat
+from model.tokenizer import Tokenizer
+from train.loader import IMAGE_EXTS, collate, iter_shard, read_manifest
+from train.scoring import layout_scores, markdown_scores
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
+METRICS = {"ocr": ("precision", "recall", "f1", "iou", "ned"), "md": ("ned", "nted")}
+
+
+@dataclass
+class EvalPage:
+    key: str
+    source: str
+    image: Image.Image
+    lines: list[dict] | None = None  # layout label, boxes in `image` pixels
+    markdown: str | None = None
+
+    def tasks(self) -> list[str]:
+        return [t for t, label in (("ocr", self.lines), ("md", self.markdown)) if label is not None]
+
+
+# --------------------------------------------------------------------- data
+
+
+def _page_from_sample(sample: dict, source: str) -> EvalPage | None:
+    ext = next((e for e in IMAGE_EXTS if e in sample), None)
+    if ext is None:
+        return None
+    image = Image.open(io.BytesIO(sample[ext]))
+    image.load()
+    lines = json.loads(sample["layout.json"])["lines"] if "layout.json" in sample else None
+    md = sample["md"].decode("utf-8") if "md" in sample else None
+    return EvalPage(sample["__key__"], source, image.convert("RGB"), lines, md)
+
+
+def _shard_pages(shards: list[Path], source: str | None, n: int, drop: set[str] = frozenset()):
+    pages = []
+    for shard in shards:
+        for sample in iter_shard(shard):
+            if sample["__key__"] in drop:
+                continue
+            name = (
+                source
+                or json.loads(sample.get("meta.json", b"{}") or b"{}").get("source")
+                or shard.parent.name
+            )
+            try:
+                page = _page_from_sample(sample, name)
+            except (OSError, ValueError, KeyError) as e:
+                print(f"warning: {shard}: sample {sample['__key__']}: {e}; skipped", file=sys.stderr)
+                continue
+            if page is not None:
+                pages.append(page)
+            if len(pages) >= n:
+                return pages
+    return pages
+
+
+def _folder_pages(folder: Path, n: int) -> list[EvalPage]:
+    pages = []
+    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        layout, md = path.with_suffix(".layout.json"), path.with_suffix(".md")
+        if not layout.exists() and not md.exists():
+            continue
+        image = Image.open(path).convert("RGB")
+        lines = json.loads(layout.read_text())["lines"] if layout.exists() else None
+        pages.append(EvalPage(path.stem, folder.name, image, lines, md.read_text() if md.exists() else None))
+        if len(pages) >= n:
+            break
+    return pages
+
+
+def load_pages(data: str, n: int) -> list[EvalPage]:
+    """Up to `n` labelled pages per source from shards, a build folder, a sources JSON or an image folder."""
+    path = Path(data)
+    if path.suffix == ".json" and path.is_file():
+        pages = []
+        for entry in json.loads(path.read_text()):
+            shards, drop = read_manifest(Path(entry["root"]))
+            pages += _shard_pages(shards, entry["name"], n, drop)
+        return pages
+    if path.is_dir() and (path / "manifest.json").exists():
+        shards, drop = read_manifest(path)
+        source = json.loads((path / "manifest.json").read_text()).get("source")
+        return _shard_pages(shards, source, n, drop)
+    if path.is_dir():
+        pages = _folder_pages(path, n)
+        if not pages:
+            raise FileNotFoundError(f"{path}: no labelled images (page.png with page.layout.json or page.md)")
+        return pages
+    shards = sorted(Path(p) for p in glob.glob(data)) if any(c in data for c in "*?[") else [path]
+    missing = [str(s) for s in shards if not s.exists()]
+    if not shards or missing:
+        raise FileNotFoundError(f"{data}: no such shard, folder or file {' '.join(missing[:3])}".rstrip())
+    by_source: dict[str, list[EvalPage]] = defaultdict(list)
+    for page in _shard_pages(shards, None, 10**9):
+        if len(by_source[page.source]) < n:
+            by_source[page.source].append(page)
+    return [p for group in by_source.values() for p in group]
+
+
+# -------------------------------------------------------------------- model
+
+
+def load_model(checkpoint: str, tokenizer: str | None = None) -> tuple[Kosmos25, Tokenizer]:
+    """A trained model and its tokenizer from a run, a checkpoint folder or a Hugging Face directory."""
+    from omegaconf import OmegaConf
+
+    from model.config import config_from_dict
+
+    path = Path(checkpoint)
+    if (path / "config.json").exists():  # Hugging Face save_pretrained directory
+        from model.hf import load_hf
+
+        proc = path / "preprocessor_config.json"
+        overrides = {}
+        if proc.exists():
+            overrides["max_patches"] = int(json.loads(proc.read_text()).get("max_patches", 4096))
+        tok = Tokenizer(tokenizer or path)
+        return load_hf(path, **overrides), tok
+    run_dir, tag = path, None
+    if (path / "mp_rank_00_model_states.pt").exists() or list(path.glob("*model_states.pt")):
+        run_dir, tag = path.parents[1], path.name  # runs/x/checkpoints/stepN
+    cfg_file = run_dir / "config.yaml"
+    if not cfg_file.exists():
+        raise FileNotFoundError(
+            f"{path}: not a run directory, checkpoint folder or Hugging Face directory (no config.yaml or config.json)"
+        )
+    cfg = OmegaConf.load(cfg_file)
+    tok = Tokenizer(tokenizer or cfg.tokenizer)
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model_cfg.setdefault("text", {})["vocab_size"] = tok.vocab_size
+    model = Kosmos25(config_from_dict(model_cfg))
+    weights = run_dir / "model.pt"
+    if tag is None and weights.exists():
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        origin = str(weights)
+    else:
+        ckpt_dir = run_dir / "checkpoints"
+        tag = tag or ((ckpt_dir / "latest").read_text().strip() if (ckpt_dir / "latest").exists() else None)
+        if tag is None:
+            raise FileNotFoundError(f"{run_dir}: neither model.pt nor a checkpoint")
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag)
+        origin = str(ckpt_dir / tag)
+    model.load_full_state_dict(state, origin)
+    return model.eval(), tok
+
+
+# ---------------------------------------------------------------- evaluator
+
+
+def draw_layout(image: Image.Image, pred: list[dict], ref: list[dict] | None = None) -> Image.Image:
+    """The page with reference boxes (green) and predicted boxes (red) drawn."""
+    out = image.convert("RGB").copy()
+    draw = ImageDraw.Draw(out)
+    width = max(1, round(max(out.size) / 500))
+    for line in ref or []:
+        draw.rectangle(line["bbox"], outline=(0, 170, 0), width=width)
+    for line in pred:
+        x0, y0, x1, y1 = line["bbox"]
+        draw.rectangle([x0, y0, max(x0, x1), max(y0, y1)], outline=(220, 0, 0), width=width)
+    return out
+
+
+class Evaluator:
+    """Validation loss and generated predictions for a fixed list of held-out pages.
+
+    `forward` runs the model's forward with keyword inputs (the model itself, or a DeepSpeed engine so that
+    every rank takes part under ZeRO-3); `rank`/`world` split the loss batches between data-parallel ranks."""
+
+    def __init__(self, model: Kosmos25, tok: Tokenizer, max_length: int, batch: int = 4):
+        self.model, self.tok, self.batch = model, tok, batch
+        self.fmt = TaskFormat(tok, model.config.latent_query_num, max_length)
+        self.processor = ImageProcessor(model.config.max_patches)
+        self.items: list[dict] = []  # one per (page, task)
+        self.skipped: dict[str, int] = defaultdict(int)
+
+    def prepare(self, pages: list[EvalPage], tasks: tuple[str, ...] = ("ocr", "md")) -> None:
+        for page in pages:
+            processed = self.processor(page.image)
+            size, resized = (page.image.width, page.image.height), (processed.width, processed.height)
+            for task in page.tasks():
+                if task not in tasks:
+                    continue
+                try:
+                    enc = (
+                        self.fmt.encode_layout(page.lines, size, resized)
+                        if task == "ocr"
+                        else self.fmt.encode_markdown(page.markdown)
+                    )
+                except LayoutError as e:
+                    self.skipped[f"bad_label:{page.source}"] += 1
+                    print(f"warning: {page.source}/{page.key}: {e}; skipped", file=sys.stderr)
+                    continue
+                self.items.append(
+                    {
+                        "key": page.key,
+                        "source": page.source,
+                        "task": task,
+                        "page": page,
+                        "resized": resized,
+                        "flattened_patches": processed.flattened_patches,
+                        **enc.tensors(),
+                    }
+                )
+
+    def groups(self) -> list[tuple[str, str]]:
+        return sorted({(it["source"], it["task"]) for it in self.items})
+
+    @torch.no_grad()
+    def losses(
+        self, forward=None, rank: int = 0, world: int = 1, shuffle_images: bool = False, seed: int = 0
+    ):
+        """Token-weighted validation loss per (source, task) and per task, summed over all ranks.
+
+        `shuffle_images`: each target is scored with another page's image (a derangement within its task),
+        which measures how much of the loss the image explains."""
+        forward = forward or self.model
+        device = next(self.model.parameters()).device
+        patches = [it["flattened_patches"] for it in self.items]
+        if shuffle_images:
+            for task in ("ocr", "md"):
+                idx = [i for i, it in enumerate(self.items) if it["task"] == task]
+                if len(idx) > 1:
+                    shift = random.Random(seed).randrange(1, len(idx))
+                    moved = [patches[idx[(k + shift) % len(idx)]] for k in range(len(idx))]
+                    for i, p in zip(idx, moved, strict=True):
+                        patches[i] = p
+        order = list(range(len(self.items)))
+        batches = [order[i : i + self.batch] for i in range(0, len(order), self.batch)]
+        per_rank = -(-len(batches) // world) if batches else 0
+        groups = self.groups()
+        index = {g: i for i, g in enumerate(groups)}
+        totals = torch.zeros(len(groups), 2, dtype=torch.float64)
+        for b in range(per_rank):  # every rank runs the same number of forwards (ZeRO-3 gathers collectively)
+            k = rank + b * world
+            chosen = batches[k] if k < len(batches) else batches[0]
+            weight = 1.0 if k < len(batches) else 0.0
+            items = [{**self.items[i], "flattened_patches": patches[i]} for i in chosen]
+            batch = collate(items, self.tok.pad_id)
+            inputs = {
+                key: batch[key].to(device)
+                for key in ("flattened_patches", "input_ids", "labels", "image_embeds_position_mask")
+            }
+            if next(self.model.parameters()).dtype == torch.bfloat16:
+                inputs["flattened_patches"] = inputs["flattened_patches"].to(torch.bfloat16)
+            out = forward(**inputs, compute_logits=False)
+            for j, i in enumerate(chosen):
+                g = index[(self.items[i]["source"], self.items[i]["task"])]
+                totals[g, 0] += weight * float(out.sample_loss_sums[j])
+                totals[g, 1] += weight * float(out.sample_tokens[j])
+        if world > 1:
+            totals = totals.to(device)
+            torch.distributed.all_reduce(totals)
+            totals = totals.cpu()
+        result: dict[str, float] = {}
+        by_task: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        for (source, task), (s, n) in zip(groups, totals.tolist(), strict=True):
+            result[f"{source}/{task}"] = s / max(n, 1.0)
+            by_task[task][0] += s
+            by_task[task][1] += n
+        for task, (s, n) in by_task.items():
+            result[task] = s / max(n, 1.0)
+        return result
+
+    @torch.no_grad()
+    def predict(self, items: list[dict] | None = None, max_new_tokens: int = 512) -> list[dict]:
+        """Greedy generation for each item; layout predictions parsed into lines in the page's pixels."""
+        items = self.items if items is None else items
+        device = next(self.model.parameters()).device
+        dtype = next(self.model.parameters()).dtype
+        out = []
+        for task in ("ocr", "md"):
+            chosen = [it for it in items if it["task"] == task]
+            for i in range(0, len(chosen), self.batch):
+                group = chosen[i : i + self.batch]
+                prompt = self.fmt.prompt_batch(task, len(group))
+                ids = self.model.generate(
+                    torch.stack([it["flattened_patches"] for it in group]).to(device, dtype),
+                    prompt["input_ids"].to(device),
+                    prompt["image_embeds_position_mask"].to(device),
+                    max_new_tokens=max_new_tokens,
+                    eos_token_id=self.tok.eos_id,
+                )
+                for it, row in zip(group, ids.tolist(), strict=True):
+                    text = self.tok.decode(row)
+                    page = it["page"]
+                    record = {"key": it["key"], "source": it["source"], "task": task, "text": text}
+                    if task == "ocr":
+                        size = (page.image.width, page.image.height)
+                        record["lines"] = self.fmt.parse_layout(row, it["resized"], size)
+                    out.append(record)
+        return out
+
+    def score(self, predictions: list[dict]) -> dict:
+        """Per-source and overall means of the page scores."""
+        refs = {(it["key"], it["source"], it["task"]): it["page"] for it in self.items}
+        scores: dict[tuple[str, str], list[dict]] = defaultdict(list)
+        for p in predictions:
+            page = refs[(p["key"], p["source"], p["task"])]
+            if p["task"] == "ocr":
+                s = layout_scores(p["lines"], page.lines)
+            else:
+                s = markdown_scores(p["text"], page.markdown)
+            p["scores"] = s
+            scores[(p["source"], p["task"])].append(s)
+            scores[("overall", p["task"])].append(s)
+        table: dict[str, dict[str, dict]] = defaultdict(dict)
+        for (source, task), rows in sorted(scores.items()):
+            table[source][task] = {
+                "pages": len(rows),
+                **{m: sum(r[m] for r in rows) / len(rows) for m in METRICS[task]},
+            }
+        return dict(table)
+
+
+def markdown_table(metrics: dict, losses: dict, shuffled: dict) -> str:
+    out = []
+    for task, title in (("ocr", "Text recognition"), ("md", "Image to markdown")):
+        rows = [(src, t[task]) for src, t in metrics.items() if task in t]
+        if not rows:
+            continue
+        names = METRICS[task]
+        out += [
+            f"### {title} (`<{task}>`)",
+            "",
+            "| source | pages | "
+            + " | ".join(n.upper() if n != "f1" else "F1" for n in names)
+            + " | val loss | val loss, shuffled images |",
+            "|---|---:|" + "---:|" * (len(names) + 2),
+        ]
+        for src, row in sorted(rows, key=lambda r: (r[0] == "overall", r[0])):
+            key = task if src == "overall" else f"{src}/{task}"
+            cells = " | ".join(f"{100 * row[n]:.1f}" for n in names)
+            loss = f"{losses.get(key, float('nan')):.3f} | {shuffled.get(key, float('nan')):.3f}"
+            name = f"**{src}**" if src == "overall" else src
+            out.append(f"| {name} | {row['pages']} | {cells} | {loss} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def evaluate(
+    checkpoint: str,
+    data: str,
+    out: Path,
+    n: int = 64,
+    max_new_tokens: int = 512,
+    batch: int = 4,
+    tasks: tuple[str, ...] = ("ocr", "md"),
+    tokenizer: str | None = None,
+    draw: int = 8,
+    device: str = "cpu",
+    max_length: int = 4096,
+) -> dict:
+    from tqdm import tqdm
+
+    model, tok = load_model(checkpoint, tokenizer)
+    model.to(device)
+    pages = load_pages(data, n)
+    ev = Evaluator(model, tok, min(max_length, model.config.text.max_position_embeddings), batch)
+    ev.prepare(pages, tasks)
+    if not ev.items:
+        raise ValueError(f"{data}: no page has a label for tasks {list(tasks)}")
+    print(f"evaluating {len(ev.items)} (page, task) pairs from {len(pages)} pages", flush=True)
+    losses = ev.losses()
+    shuffled = ev.losses(shuffle_images=True)
+    predictions = []
+    for i in tqdm(range(0, len(ev.items), batch), desc="generating", unit="batch"):
+        predictions += ev.predict(ev.items[i : i + batch], max_new_tokens)
+    metrics = ev.score(predictions)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {
+        "checkpoint": str(checkpoint),
+        "data": str(data),
+        "pages": len(pages),
+        "metrics": metrics,
+        "val_loss": losses,
+        "val_loss_shuffled_images": shuffled,
+        "skipped": dict(ev.skipped),
+    }
+    (out / "metrics.json").write_text(json.dumps(result, indent=1))
+    (out / "metrics.md").write_text(markdown_table(metrics, losses, shuffled))
+    with open(out / "predictions.jsonl", "w") as f:
+        for p in predictions:
+            f.write(json.dumps(p, ensure_ascii=False) + "\n")
+    drawn = out / "pages"
+    drawn.mkdir(exist_ok=True)
+    refs = {(it["key"], it["source"]): it["page"] for it in ev.items}
+    for p in [p for p in predictions if p["task"] == "ocr"][:draw]:
+        page = refs[(p["key"], p["source"])]
+        draw_layout(page.image, p["lines"], page.lines).save(drawn / f"{p['source']}-{p['key']}.png")
+    return result
+
+
+def main(argv: list[str]) -> int:
+    args = dict(a.split("=", 1) for a in argv if "=" in a)
+    unknown = set(args) - {
+        "checkpoint", "data", "out", "n", "max_new_tokens", "batch", "tasks", "tokenizer", "draw", "device",
+        "max_length",
+    }  # fmt: skip
+    if not {"checkpoint", "data", "out"} <= set(args) or unknown:
+        print(
+            "usage: python -m train.evaluate checkpoint=<run, checkpoint or HF dir> data=<shards or image folder> "
+            "out=<dir> [n=64] [max_new_tokens=512] [batch=4] [tasks=ocr,md] [tokenizer=<dir>] [draw=8] [device=cpu]"
+            + (f"\nunknown: {', '.join(sorted(unknown))}" if unknown else ""),
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        result = evaluate(
+            args["checkpoint"],
+            args["data"],
+            Path(args["out"]),
+            n=int(args.get("n", 64)),
+            max_new_tokens=int(args.get("max_new_tokens", 512)),
+            batch=int(args.get("batch", 4)),
+            tasks=tuple(args.get("tasks", "ocr,md").split(",")),
+            tokenizer=args.get("tokenizer"),
+            draw=int(args.get("draw", 8)),
+            device=args.get("device", "cpu"),
+            max_length=int(args.get("max_length", 4096)),
+        )
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args["out"])
+    print((out / "metrics.md").read_text())
+    print(f"wrote {out / 'metrics.json'}, {out / 'metrics.md'}, {out / 'predictions.jsonl'}, {out / 'pages'}")
+    return 0 if result else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

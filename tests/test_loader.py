@@ -108,7 +108,7 @@ def test_changed_slot_count_is_refused(shards, tokenizer):
         _stream(shards, tokenizer, world=2, slots=3)
 
 
-def test_missing_shard_and_bad_images_are_reported(shards, tokenizer, tmp_path):
+def test_missing_shard_and_bad_images_are_reported(shards, tokenizer, tmp_path, capsys):
     import io
     import shutil
     import tarfile
@@ -116,9 +116,15 @@ def test_missing_shard_and_bad_images_are_reported(shards, tokenizer, tmp_path):
     root = tmp_path / "copy"
     shutil.copytree(shards["a"], root)
     (root / "shard-00003.tar").unlink()
-    with pytest.raises(FileNotFoundError, match="shard-00003.tar"):
+    found, _ = read_manifest(root)  # a deleted shard is reported and left out
+    assert root / "shard-00003.tar" not in found and len(found) == 5
+    assert "shard-00003.tar" in capsys.readouterr().err
+    for shard in found:
+        shard.unlink()
+    with pytest.raises(FileNotFoundError, match="none of its 6 shards"):
         read_manifest(root)
-    shutil.copy(shards["a"] / "shard-00003.tar", root / "shard-00003.tar")
+    shutil.rmtree(root)
+    shutil.copytree(shards["a"], root)
     # An undecodable image inside a shard: the sample is skipped and counted, the stream goes on.
     src = root / "shard-00000.tar"
     with tarfile.open(src) as tar:

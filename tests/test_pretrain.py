@@ -44,6 +44,14 @@ def sources(synthetic_shards, tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def val_sources(synthetic_shards, tmp_path_factory) -> Path:
+    """Held-out data for evaluation during training (source b under its own name)."""
+    path = tmp_path_factory.mktemp("val") / "val.json"
+    path.write_text(json.dumps([{"name": "heldout", "root": str(synthetic_shards["b"]), "task": "ocr"}]))
+    return path
+
+
 def _args(tokenizer, sources, run_dir, steps, *extra):
     return [
         "stage=layout",
@@ -84,10 +92,50 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_run_resume_and_preemption(tokenizer, sources, tmp_path):
+def _wandb_records(path: Path):
+    """The records of a W&B offline run file (a LevelDB-style log of protobuf `Record`s after a 7-byte header)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, block, buf = 7, 32768, b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if length == 0 and kind == 0:  # block padding
+            pos += left
+            continue
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        buf = chunk if kind in (1, 2) else buf + chunk  # full/first start a record, middle/last continue it
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(buf)
+            yield record
+
+
+def test_run_resume_and_preemption(tokenizer, sources, val_sources, tmp_path):
     run = tmp_path / "run"
+    evaluation = [
+        f"data.val_sources_file={val_sources}",
+        "eval.every=2",
+        "eval.predictions=2",
+        "eval.max_new_tokens=8",
+    ]
     r = subprocess.run(
-        [sys.executable, "-m", "train.pretrain", *_args(tokenizer, sources, run, 4), "wandb.mode=offline"],
+        [
+            sys.executable,
+            "-m",
+            "train.pretrain",
+            *_args(tokenizer, sources, run, 4),
+            "wandb.mode=offline",
+            *evaluation,
+        ],
         env={**ENV, "WANDB_SILENT": "true"},
         capture_output=True,
         text=True,
@@ -95,7 +143,22 @@ def test_run_resume_and_preemption(tokenizer, sources, tmp_path):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     offline = list((run / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert offline and offline[0].stat().st_size > 0  # the W&B offline run, for `wandb sync`
+    assert len(offline) == 1  # the W&B offline run, for `wandb sync`
+    keys, config = set(), None
+    for record in _wandb_records(offline[0]):
+        if record.WhichOneof("record_type") == "history":
+            keys |= {item.key or ".".join(item.nested_key) for item in record.history.item}
+        elif record.WhichOneof("record_type") == "run":
+            config = {item.key for item in record.run.config.update}
+    every_metric = {
+        "loss", "loss/ocr", "loss/source/a", "lr", "grad_norm", "target_tokens_per_s", "samples_per_s", "mfu",
+        "step_time_s", "data_wait_fraction", "max_rss_mb", "val/loss/ocr", "val/loss/heldout/ocr",
+        "val/loss_shuffled_images/ocr", "val/ocr/f1", "val/ocr/iou", "val/predictions._type",
+    }  # fmt: skip
+    assert every_metric <= keys, every_metric - keys
+    assert {"trainer", "optim", "model", "data", "stage"} <= config  # the resolved config
+    images = list(offline[0].parent.glob("files/media/images/val/predictions_*.png"))
+    assert len(images) == 3 * 2  # steps 0, 2 and 4, two pages each, with their predicted boxes drawn
     assert "batch: 8 = micro 2 x accumulation 4 x 1 ranks" in r.stdout
     m = _metrics(run)
     assert [x["step"] for x in m] == [1, 2, 3, 4] and m[-1]["lr"] == 0.0
@@ -161,9 +224,17 @@ def test_run_resume_and_preemption(tokenizer, sources, tmp_path):
     assert (run2 / "checkpoints" / f"step{step:07d}" / "loader_rank0.json").exists()
 
 
-def test_two_ranks_under_the_deepspeed_launcher(tokenizer, sources, tmp_path):
+def test_two_ranks_under_the_deepspeed_launcher(tokenizer, sources, val_sources, tmp_path):
+    """ZeRO-3 on 2 ranks, with evaluation: the validation batches are shared between the ranks, and the
+    generation on rank 0 uses the gathered weights."""
     run = tmp_path / "run"
-    cmd = _two_ranks(29633, [*_args(tokenizer, sources, run, 3), "deepspeed=zero3"])
+    evaluation = [
+        f"data.val_sources_file={val_sources}",
+        "eval.every=2",
+        "eval.predictions=2",
+        "eval.max_new_tokens=8",
+    ]
+    cmd = _two_ranks(29633, [*_args(tokenizer, sources, run, 3), "deepspeed=zero3", *evaluation])
     r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert "batch: 8 = micro 2 x accumulation 2 x 2 ranks" in r.stdout
@@ -171,6 +242,10 @@ def test_two_ranks_under_the_deepspeed_launcher(tokenizer, sources, tmp_path):
     assert (ckpt / "loader_rank0.json").exists() and (ckpt / "loader_rank1.json").exists()
     losses = [x["loss"] for x in _metrics(run)]
     assert len(losses) == 3 and all(loss == loss for loss in losses)  # finite, not NaN
+    evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [0, 2, 3]
+    assert evals[-1]["val/loss/ocr"] < evals[0]["val/loss/ocr"]  # it learns, measured on held-out pages
+    assert len(list((run / "eval" / "step0000003").glob("*.png"))) == 2
 
 
 @pytest.mark.parametrize(
@@ -192,6 +267,78 @@ def test_bad_configs_fail_before_any_work(tokenizer, sources, tmp_path, override
     )
     assert r.returncode == 2 and message in r.stderr
     assert not run.exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.micro_batchsize=2", "Key 'micro_batchsize' is not in struct"),
+        ("stage=pretraining", "Could not find 'stage/pretraining'"),
+        ("trainer.max_steps=many", "max_steps"),
+    ],
+)
+def test_bad_hydra_overrides_are_named(tokenizer, sources, tmp_path, override, message):
+    run = tmp_path / "run"
+    r = subprocess.run(
+        [sys.executable, "-m", "train.pretrain", *_args(tokenizer, sources, run, 2), override],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode != 0 and message in r.stderr, r.stderr[-2000:]
+    assert not run.exists()
+
+
+def test_a_run_goes_on_over_deleted_truncated_and_undecodable_data(tokenizer, synthetic_shards, tmp_path):
+    """A manifest naming a deleted shard, a truncated tar and an undecodable image: each named on stderr,
+    counted in the metrics, and the run finishes; a source whose manifest is missing stops it before work."""
+    import io
+    import shutil
+    import tarfile
+
+    root = tmp_path / "a"
+    shutil.copytree(synthetic_shards["a"], root)
+    (root / "shard-00001.tar").unlink()
+    truncated = root / "shard-00002.tar"
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 3])
+    with tarfile.open(root / "shard-00000.tar") as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar if m.isfile()]
+    with tarfile.open(root / "shard-00000.tar", "w") as tar:
+        for m, data in members:
+            data = b"\x89PNG not really" if m.name.endswith(".png") else data
+            m.size = len(data)
+            tar.addfile(m, io.BytesIO(data))
+    sources = tmp_path / "sources.json"
+    sources.write_text(json.dumps([{"name": "a", "root": str(root), "weight": 1.0, "task": "ocr"}]))
+    run = tmp_path / "run"
+    r = subprocess.run(
+        [sys.executable, "-m", "train.pretrain", *_args(tokenizer, sources, run, 4)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "shard-00001.tar" in r.stderr and "do not exist" in r.stderr
+    assert "shard-00002.tar: unreadable shard" in r.stderr
+    assert "bad_image; skipped" in r.stderr
+    last = _metrics(run)[-1]
+    assert (
+        last["step"] == 4 and last["data/bad_image"] >= 1 and last["data/corrupt_shard:shard-00002.tar"] >= 1
+    )
+
+    sources.write_text(
+        json.dumps([{"name": "a", "root": str(tmp_path / "nowhere"), "weight": 1.0, "task": "ocr"}])
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "train.pretrain", *_args(tokenizer, sources, tmp_path / "run2", 2)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2 and "nowhere/manifest.json: no manifest" in r.stderr
 
 
 def test_mixed_stage_starts_from_the_layout_weights(tokenizer, sources, tmp_path):
@@ -290,11 +437,17 @@ def test_two_ranks_match_one_rank_on_the_same_global_batches(tokenizer, sources,
 
 
 def test_two_rank_run_killed_and_resumed_continues_exactly(tokenizer, sources, tmp_path):
-    """SIGKILL after the checkpoint at step 3, start again: steps 4..8 repeat the uninterrupted losses."""
+    """SIGKILL after the checkpoint at step 3, start again: steps 4..13 take the same samples on every rank and
+    repeat the uninterrupted losses."""
 
     def launch(run, port):
-        extra = ["trainer.checkpoint_every=3", "data.slots=4", "trainer.dropout=0.1"]
-        cmd = _two_ranks(port, [*_args(tokenizer, sources, run, 8), *extra])
+        extra = [
+            "trainer.checkpoint_every=3",
+            "data.slots=4",
+            "trainer.dropout=0.1",
+            "trainer.log_sample_keys=true",
+        ]
+        cmd = _two_ranks(port, [*_args(tokenizer, sources, run, 13), *extra])
         return subprocess.Popen(
             cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
         )
@@ -315,5 +468,13 @@ def test_two_rank_run_killed_and_resumed_continues_exactly(tokenizer, sources, t
     assert proc.wait(timeout=600) == 0, proc.stderr.read()[-3000:]
     want = {m["step"]: m["loss"] for m in _metrics(ref)}
     got = {m["step"]: m["loss"] for m in _metrics(run)}  # a step logged twice: the resumed run's value wins
-    assert sorted(got) == list(range(1, 9))
-    assert max(abs(got[s] - want[s]) for s in range(4, 9)) < 1e-6
+    assert sorted(got) == list(range(1, 14))
+    assert max(abs(got[s] - want[s]) for s in range(4, 14)) < 1e-6
+
+    def keys(run, rank):  # a step logged twice: the resumed run's keys win
+        lines = (run / "sample_keys" / f"rank{rank}.jsonl").read_text().splitlines()
+        return {r["step"]: r["keys"] for r in map(json.loads, lines)}
+
+    for rank in (0, 1):
+        a, b = keys(ref, rank), keys(run, rank)
+        assert all(a[s] == b[s] for s in range(1, 14)) and len(a[4]) == 4

@@ -68,7 +68,7 @@ def _page_from_sample(sample: dict, source: str) -> EvalPage | None:
     return EvalPage(sample["__key__"], source, image.convert("RGB"), lines, md)
 
 
-def _shard_pages(shards: list[Path], source: str | None, n: int, drop: set[str] = frozenset()):
+def shard_pages(shards: list[Path], source: str | None, n: int, drop: set[str] = frozenset()):
     pages = []
     for shard in shards:
         for sample in iter_shard(shard):
@@ -112,12 +112,12 @@ def load_pages(data: str, n: int) -> list[EvalPage]:
         pages = []
         for entry in json.loads(path.read_text()):
             shards, drop = read_manifest(Path(entry["root"]))
-            pages += _shard_pages(shards, entry["name"], n, drop)
+            pages += shard_pages(shards, entry["name"], n, drop)
         return pages
     if path.is_dir() and (path / "manifest.json").exists():
         shards, drop = read_manifest(path)
         source = json.loads((path / "manifest.json").read_text()).get("source")
-        return _shard_pages(shards, source, n, drop)
+        return shard_pages(shards, source, n, drop)
     if path.is_dir():
         pages = _folder_pages(path, n)
         if not pages:
@@ -128,7 +128,7 @@ def load_pages(data: str, n: int) -> list[EvalPage]:
     if not shards or missing:
         raise FileNotFoundError(f"{data}: no such shard, folder or file {' '.join(missing[:3])}".rstrip())
     by_source: dict[str, list[EvalPage]] = defaultdict(list)
-    for page in _shard_pages(shards, None, 10**9):
+    for page in shard_pages(shards, None, 10**9):
         if len(by_source[page.source]) < n:
             by_source[page.source].append(page)
     return [p for group in by_source.values() for p in group]

@@ -16,6 +16,7 @@ import io
 import itertools
 import json
 import random
+import sys
 import tarfile
 from collections import Counter
 from collections.abc import Iterator
@@ -41,7 +42,10 @@ class SourceSpec:
 
 
 def read_manifest(root: Path) -> tuple[list[Path], set[str]]:
-    """The finished shards of a build and the keys its dedup pass dropped; missing shards are reported."""
+    """The finished shards of a build and the keys its dedup pass dropped.
+
+    Shards the manifest names but that are gone are reported and left out (the run goes on with the rest);
+    a manifest none of whose shards exist is an error."""
     manifest_file = root / "manifest.json"
     if not manifest_file.exists():
         raise FileNotFoundError(
@@ -50,8 +54,18 @@ def read_manifest(root: Path) -> tuple[list[Path], set[str]]:
     manifest = json.loads(manifest_file.read_text())
     shards = [root / s["url"] for s in manifest["shardlist"] if s["nsamples"] > 0]
     missing = [str(s) for s in shards if not s.exists()]
+    if missing and len(missing) == len(shards):
+        raise FileNotFoundError(
+            f"{manifest_file}: none of its {len(shards)} shards exists (first: {missing[0]})"
+        )
     if missing:
-        raise FileNotFoundError(f"{manifest_file} names shards that do not exist: {', '.join(missing[:5])}")
+        print(
+            f"warning: {manifest_file} names {len(missing)} shards that do not exist, left out: "
+            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}",
+            file=sys.stderr,
+            flush=True,
+        )
+        shards = [s for s in shards if s.exists()]
     drop: set[str] = set()
     if manifest.get("drop_list"):
         drop = set(json.loads((root / manifest["drop_list"]).read_text())["keys"])
@@ -158,7 +172,8 @@ class MixtureStream:
                 except (tarfile.TarError, OSError, EOFError) as e:
                     self.state.counts[f"corrupt_shard:{path.name}"] += 1
                     print(
-                        f"warning: {path}: unreadable shard ({type(e).__name__}: {e}); going on with the next one"
+                        f"warning: {path}: unreadable shard ({type(e).__name__}: {e}); going on with the next one",
+                        file=sys.stderr,
                     )
                 pos[1], pos[2] = pos[1] + 1, 0
             pos[0], pos[1], pos[2] = pos[0] + 1, 0, 0
@@ -307,6 +322,10 @@ class BatchStream(torch.utils.data.IterableDataset):
                 if not isinstance(out, str):
                     break
                 stream.state.counts[out] += 1
+                if sum(stream.state.counts.values()) <= 20:  # name the first few; all are counted
+                    print(
+                        f"warning: {spec.name}: sample {sample['__key__']}: {out}; skipped", file=sys.stderr
+                    )
             if out["truncated"]:
                 stream.state.counts["truncated"] += 1
             items.append(out)

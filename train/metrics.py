@@ -23,7 +23,7 @@ def peak_flops(cfg) -> float:
 
 class MetricsLogger:
     def __init__(self, cfg, run_dir: Path, rank: int, model, world: int):
-        self.rank, self.world = rank, world
+        self.rank, self.world, self.run_dir = rank, world, run_dir
         self.file = open(run_dir / "metrics.jsonl", "a") if rank == 0 else None  # noqa: SIM115 - closed in close()
         self.peak = peak_flops(cfg)
         self.model = model
@@ -56,6 +56,7 @@ class MetricsLogger:
         optimizer,
         seconds: float,
         wait: float,
+        skipped: dict[str, int] | None = None,
     ) -> None:
         """`loss`: the step's loss over the global batch; `per`: this rank's micro-batch details."""
         if self.file is None:
@@ -85,6 +86,8 @@ class MetricsLogger:
             "data_wait_fraction": wait / seconds,
             "mfu": flops / seconds / (self.peak * self.world),
             "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            # loader counters so far, all ranks: samples skipped (bad image/label), targets truncated, corrupt shards
+            **{f"data/{reason}": n for reason, n in sorted((skipped or {}).items())},
         }
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
@@ -94,6 +97,32 @@ class MetricsLogger:
             f"step {step}: loss {record['loss']:.4f} lr {record['lr']:.2e} {record['samples_per_s']:.1f} samples/s",
             flush=True,
         )
+
+    def eval(self, step: int, record: dict, images: list) -> None:
+        """An evaluation's scores (`eval.jsonl`), and pages with predicted boxes (`eval/stepN/*.png`, and
+        `wandb.Image`s under `val/predictions`)."""
+        if self.rank != 0:
+            return
+        with open(self.run_dir / "eval.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, **record}) + "\n")
+        folder = self.run_dir / "eval" / f"step{step:07d}"
+        if images:
+            folder.mkdir(parents=True, exist_ok=True)
+        for image, _, name in images:
+            image.save(folder / (name.replace("/", "_") + ".png"))
+        if self.wandb is not None:
+            import wandb
+
+            logged = dict(record)
+            if images:
+                logged["val/predictions"] = [wandb.Image(im, caption=caption) for im, caption, _ in images]
+            self.wandb.log(logged, step=step)
+        losses = ", ".join(
+            f"{k.removeprefix('val/loss/')} {v:.4f}"
+            for k, v in record.items()
+            if k.startswith("val/loss/") and "/" not in k.removeprefix("val/loss/")
+        )
+        print(f"eval at step {step}: val loss {losses}", flush=True)
 
     def close(self) -> None:
         if self.file is not None:

@@ -29,6 +29,33 @@ class ConfigError(ValueError):
     pass
 
 
+NUMBERS = {
+    int: (
+        "trainer.train_batch_size", "trainer.micro_batch_size", "trainer.max_steps", "trainer.max_length",
+        "trainer.checkpoint_every", "trainer.keep_checkpoints", "optim.warmup_steps", "data.workers", "seed",
+        "eval.every", "eval.samples_per_source", "eval.batch", "eval.predictions", "eval.max_new_tokens",
+    ),
+    float: ("optim.lr", "optim.eps", "optim.weight_decay", "optim.grad_clip", "trainer.dropout"),
+}  # fmt: skip
+
+
+def check_numbers(cfg: DictConfig) -> None:
+    """Numeric settings are numbers and counts are not negative: a typo fails before any work."""
+    for kind, keys in NUMBERS.items():
+        for key in keys:
+            value = OmegaConf.select(cfg, key)
+            try:
+                number = kind(value)
+            except (TypeError, ValueError):
+                raise ConfigError(
+                    f"{key}={value!r}: expected {'an integer' if kind is int else 'a number'}"
+                ) from None
+            if kind is int and (number != float(value) or number < 0):
+                raise ConfigError(f"{key}={value!r}: expected a whole number >= 0")
+    if int(cfg.trainer.max_steps) < 1:
+        raise ConfigError(f"trainer.max_steps={cfg.trainer.max_steps}: a stage needs at least one step")
+
+
 def batch_math(global_batch: int, micro: int, world: int) -> int:
     """Gradient accumulation steps so that micro x accumulation x ranks = the global batch."""
     if micro < 1 or world < 1 or global_batch % (micro * world):
@@ -81,22 +108,24 @@ def deepspeed_config(cfg: DictConfig, accumulation: int, use_bf16: bool) -> dict
     }
 
 
-def load_sources(cfg: DictConfig):
+def load_sources(cfg: DictConfig, validation: bool = False):
+    """The training sources of the stage's tasks (or, with `validation`, the held-out ones)."""
     from train.loader import SourceSpec
 
     data = cfg.data
+    prefix = "val_" if validation else ""
+    file = data.get(f"{prefix}sources_file")
+    listed = data.get(f"{prefix}sources")
     entries = (
-        json.loads(Path(data.sources_file).read_text())
-        if data.get("sources_file")
-        else OmegaConf.to_container(data.sources)
+        json.loads(Path(file).read_text()) if file else (OmegaConf.to_container(listed) if listed else [])
     )
     tasks = set(cfg.stage.tasks)
     specs = [
-        SourceSpec(e["name"], Path(e["root"]), float(e["weight"]), e["task"])
+        SourceSpec(e["name"], Path(e["root"]), float(e.get("weight", 1.0)), e["task"])
         for e in entries
-        if e["task"] in tasks and float(e["weight"]) > 0
+        if e["task"] in tasks and float(e.get("weight", 1.0)) > 0
     ]
-    if not specs:
+    if not specs and not validation:
         raise ConfigError(f"data: no source trains the stage's tasks {sorted(tasks)}")
     from train.loader import read_manifest
 
@@ -125,6 +154,7 @@ def run(cfg: DictConfig) -> int:
     rank = int(os.environ.get("RANK", "0"))
     # Everything checkable is checked before any process group, model or data is touched.
     try:
+        check_numbers(cfg)
         accumulation = batch_math(int(cfg.trainer.train_batch_size), int(cfg.trainer.micro_batch_size), world)
         tok = Tokenizer(cfg.tokenizer)
         overrides = OmegaConf.to_container(cfg.model, resolve=True)
@@ -138,6 +168,7 @@ def run(cfg: DictConfig) -> int:
                 f"{model_cfg.text.max_position_embeddings} positions"
             )
         sources = load_sources(cfg)
+        val_sources = load_sources(cfg, validation=True) if int(cfg.eval.every) > 0 else []
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -252,6 +283,11 @@ def run(cfg: DictConfig) -> int:
         if cuda and rng_state["cuda"]:
             torch.cuda.set_rng_state_all(rng_state["cuda"])
     logger = MetricsLogger(cfg, run_dir, rank, engine.module, world)
+    validate = (
+        Validation(cfg, engine, tok, val_sources, model_cfg, logger, rank, world) if val_sources else None
+    )
+    if validate and cfg.eval.at_start and step == 0:
+        validate(0)
 
     stop = {"signal": None}
 
@@ -282,9 +318,25 @@ def run(cfg: DictConfig) -> int:
             loader_state.update(batch)
             micro.append(batch)
         wait = time.perf_counter() - t0
+        if cfg.trainer.log_sample_keys:
+            keys_dir = run_dir / "sample_keys"
+            keys_dir.mkdir(parents=True, exist_ok=True)
+            with open(keys_dir / f"rank{rank}.jsonl", "a") as f:
+                f.write(json.dumps({"step": step + 1, "keys": [k for b in micro for k in b["keys"]]}) + "\n")
         global_loss, per = train_step(engine, micro, world, use_bf16)
         step += 1
-        logger.step(step, global_loss, per, engine, optimizer, time.perf_counter() - t0, wait)
+        logger.step(
+            step,
+            global_loss,
+            per,
+            engine,
+            optimizer,
+            time.perf_counter() - t0,
+            wait,
+            skipped_samples(loader_state, world),
+        )
+        if validate and (step % int(cfg.eval.every) == 0 or step == steps):
+            validate(step)
         if step % int(cfg.trainer.checkpoint_every) == 0 or step == steps or stop["signal"] is not None:
             save(step)
         if stop["signal"] is not None:
@@ -299,6 +351,74 @@ def run(cfg: DictConfig) -> int:
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
     return 0
+
+
+class Validation:
+    """Every `eval.every` steps: validation loss per source and task on held-out shards (all ranks share the
+    batches; with the images shuffled across pages too), and a few pages generated greedily on rank 0, scored
+    and logged with their predicted boxes."""
+
+    def __init__(self, cfg, engine, tok, specs, model_cfg, logger, rank: int, world: int):
+        from train.evaluate import Evaluator, shard_pages
+        from train.loader import read_manifest
+
+        self.cfg, self.engine, self.model_cfg, self.logger = cfg.eval, engine, model_cfg, logger
+        self.rank, self.world = rank, world
+        self.evaluator = Evaluator(engine.module, tok, int(cfg.trainer.max_length), int(cfg.eval.batch))
+        for spec in specs:
+            shards, drop = read_manifest(spec.root)
+            pages = shard_pages(shards, spec.name, int(cfg.eval.samples_per_source), drop)
+            self.evaluator.prepare(pages, (spec.task,))
+        if rank == 0:
+            print(
+                f"validation: {len(self.evaluator.items)} held-out samples from {len(specs)} sources "
+                f"every {cfg.eval.every} steps",
+                flush=True,
+            )
+
+    def _generator_model(self):
+        """The model to generate with on rank 0: the engine's own, or under ZeRO-3 a gathered copy."""
+        if not self.engine.zero_optimization_partition_weights():
+            return self.engine.module
+        state = _full_state(self.engine)  # collective: every rank takes part
+        if self.rank != 0:
+            return None
+        from model.kosmos import Kosmos25
+
+        copy = Kosmos25(self.model_cfg).to(self.engine.device)
+        copy.load_full_state_dict({k: v.float() for k, v in state.items()}, "gathered ZeRO-3 weights")
+        return copy.eval()
+
+    def __call__(self, step: int) -> None:
+        from train.evaluate import draw_layout
+
+        ev, engine = self.evaluator, self.engine
+        engine.eval()
+        record = {f"val/loss/{k}": v for k, v in ev.losses(engine, self.rank, self.world).items()}
+        if self.cfg.shuffled_images:
+            shuffled = ev.losses(engine, self.rank, self.world, shuffle_images=True)
+            record.update({f"val/loss_shuffled_images/{k}": v for k, v in shuffled.items()})
+        images = []
+        n = int(self.cfg.predictions)
+        if n:
+            model = self._generator_model()
+            if self.rank == 0:
+                items = sorted(ev.items, key=lambda it: it["task"] != "ocr")[:n]
+                ev.model = model
+                predictions = ev.predict(items, int(self.cfg.max_new_tokens))
+                ev.model = engine.module
+                for task, row in ev.score(predictions).get("overall", {}).items():
+                    record.update({f"val/{task}/{k}": v for k, v in row.items() if k != "pages"})
+                for p, it in zip(predictions, items, strict=True):
+                    page = it["page"]
+                    if p["task"] == "ocr":
+                        image = draw_layout(page.image, p["lines"], page.lines)
+                        caption = (
+                            f"{p['source']}/{p['key']}: {len(p['lines'])} lines, F1 {p['scores']['f1']:.2f}"
+                        )
+                        images.append((image, caption, f"{p['source']}-{p['key']}"))
+        engine.train()
+        self.logger.eval(step, record, images)
 
 
 MODEL_INPUTS = ("flattened_patches", "input_ids", "labels", "image_embeds_position_mask")
@@ -338,6 +458,23 @@ def train_step(engine, micro: list[dict], world: int, use_bf16: bool) -> tuple[f
     totals[1] = sums
     torch.distributed.all_reduce(totals[1:])
     return totals[1].item() / max(totals[0].item(), 1.0), per
+
+
+def skipped_samples(loader_state, world: int) -> dict[str, int]:
+    """The loader counters of all ranks so far, by reason: skipped samples, truncated targets, corrupt shards."""
+    from collections import Counter
+
+    mine = Counter()
+    for state in loader_state.states.values():
+        mine.update(state["counts"])
+    if world == 1:
+        return dict(mine)
+    gathered = [None] * world
+    torch.distributed.all_gather_object(gathered, dict(mine))
+    total = Counter()
+    for counts in gathered:
+        total.update(counts)
+    return dict(total)
 
 
 def _free_port() -> int:

@@ -1,15 +1,18 @@
-"""A small, deterministic corpus that exercises the builders: PDFs (columns, a table, a rotated page,
-Unicode, a page without text), scan-like TIFFs rendered from known text, a PowerPoint deck and a LaTeX paper.
-Tests and the demo make their documents here; nothing is downloaded.
+"""A small, deterministic corpus that exercises every builder: PDFs (columns, a table, a rotated page,
+Unicode, a page without text), scan-like TIFFs rendered from known text, PowerPoint decks, LaTeX papers, HTML
+pages, READMEs, DOCX reports and text snippets for synthetic pages. Tests and the demo make their documents
+here; nothing is downloaded.
 
-    python -m data_pipeline.demo_corpus <dir>
+    python -m data_pipeline.demo_corpus <dir> [--scale 1.0]     # <dir>/<builder>/{train,val}/
 """
 
 from __future__ import annotations
 
 import math
 import random
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -203,21 +206,6 @@ def make_latex_paper(folder: str | Path, seed: int = 0, paragraphs: int = 6) -> 
     return folder
 
 
-def main(argv: list[str] | None = None) -> int:
-    out = Path((argv or sys.argv[1:])[0])
-    for i in range(3):
-        make_pdf(out / "pdf" / f"doc{i}.pdf", seed=i)
-        make_scan(out / "scan" / f"scan{i}.tiff", seed=i)
-        make_pptx(out / "powerpoint" / f"deck{i}.pptx", seed=i)
-    make_latex_paper(out / "arxiv" / "paper0", seed=0)
-    print(f"demo corpus written to {out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def make_docx(path: str | Path, seed: int = 0, sections: int = 5) -> Path:
     """A DOCX of three or more pages: headings, paragraphs, bulleted and numbered lists, and a table."""
     from docx import Document
@@ -316,3 +304,97 @@ def make_readme(path: str | Path, seed: int = 0) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n\n".join(parts) + "\n", encoding="utf-8")
     return path
+
+
+# Documents per builder in the demo corpus: (training, held-out). Held-out documents use other seeds.
+DEMO_COUNTS = {
+    "pdf": (10, 2),
+    "scan": (8, 2),
+    "powerpoint": (3, 1),
+    "arxiv": (2, 1),
+    "web": (8, 2),
+    "readme": (16, 4),
+    "docx": (3, 1),
+    "synthetic": (40, 2),
+}
+HELD_OUT_SEED = 1000
+
+
+def make_snippets(path: str | Path, seed: int = 0, lines: int = 120) -> Path:
+    """A text file of short snippets (one to six words, some numbers) for the synthetic source."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(lines):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(1, 6))]
+        if rng.random() < 0.2:
+            words.append(str(rng.randint(1, 2030)))
+        out.append(" ".join(words).capitalize() if rng.random() < 0.5 else " ".join(words))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(out) + "\n")
+    return path
+
+
+def make_demo_corpus(out: str | Path, scale: float = 1.0) -> dict[str, dict[str, int]]:
+    """`<out>/<builder>/{train,val}/...`: documents for every builder, training and held-out, deterministic.
+    The `html` builder reads the `web` pages. Returns the document counts."""
+    out = Path(out)
+    makers = {
+        "pdf": lambda d, s: make_pdf(d / f"doc{s}.pdf", seed=s),
+        "scan": lambda d, s: make_scan(d / f"scan{s}.tiff", seed=s, pages=1),
+        "powerpoint": lambda d, s: make_pptx(d / f"deck{s}.pptx", seed=s),
+        "arxiv": lambda d, s: make_arxiv_pair(d, seed=s),
+        "web": lambda d, s: make_web_page(d / f"page{s}.html", seed=s),
+        "readme": lambda d, s: make_readme(d / f"README{s}.md", seed=s),
+        "docx": lambda d, s: make_docx(d / f"report{s}.docx", seed=s),
+        "synthetic": lambda d, s: make_snippets(d / f"snippets{s}.txt", seed=s),
+    }
+    counts: dict[str, dict[str, int]] = {}
+    for name, make in makers.items():
+        n_train, n_val = DEMO_COUNTS[name]
+        n_train = max(1, round(n_train * scale))
+        for split, seeds in (("train", range(n_train)), ("val", range(HELD_OUT_SEED, HELD_OUT_SEED + n_val))):
+            folder = out / name / split
+            folder.mkdir(parents=True, exist_ok=True)
+            for seed in seeds:
+                make(folder, seed)
+            counts.setdefault(name, {})[split] = len(seeds)
+    return counts
+
+
+def make_arxiv_pair(folder: str | Path, seed: int = 0) -> Path:
+    """`paperN.pdf` (compiled with pdflatex, twice for references) beside its source folder `paperN/`, as
+    arXiv's bulk data pairs them."""
+    import subprocess
+
+    folder = Path(folder)
+    src = make_latex_paper(folder / f"paper{seed}", seed=seed)
+    with tempfile.TemporaryDirectory() as build:
+        for _ in range(2):
+            subprocess.run(
+                ["pdflatex", "-interaction=nonstopmode", "-output-directory", build, "main.tex"],
+                cwd=src,
+                capture_output=True,
+                check=True,
+                timeout=300,
+            )
+        shutil.copy(Path(build) / "main.pdf", folder / f"paper{seed}.pdf")
+    return folder / f"paper{seed}.pdf"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m data_pipeline.demo_corpus", description=__doc__)
+    parser.add_argument("out", help="folder to write <builder>/{train,val}/ into")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiplies the training document counts")
+    args = parser.parse_args(argv)
+    counts = make_demo_corpus(args.out, args.scale)
+    for name, c in counts.items():
+        print(f"{name:11s} {c['train']:3d} training, {c['val']:2d} held-out documents")
+    print(f"demo corpus written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -248,7 +248,8 @@ class Evaluator:
     def losses(
         self, forward=None, rank: int = 0, world: int = 1, shuffle_images: bool = False, seed: int = 0
     ):
-        """Token-weighted validation loss per (source, task) and per task, summed over all ranks.
+        """Token-weighted validation loss per (source, task), per task and over all tasks ("all"), summed over
+        all ranks.
 
         `shuffle_images`: each target is scored with another page's image (a derangement within its task),
         which measures how much of the loss the image explains."""
@@ -298,6 +299,8 @@ class Evaluator:
             by_task[task][1] += n
         for task, (s, n) in by_task.items():
             result[task] = s / max(n, 1.0)
+        if len(by_task) > 1:
+            result["all"] = sum(s for s, _ in by_task.values()) / max(sum(n for _, n in by_task.values()), 1.0)
         return result
 
     @torch.no_grad()

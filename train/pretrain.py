@@ -119,7 +119,7 @@ def load_sources(cfg: DictConfig, validation: bool = False):
     entries = (
         json.loads(Path(file).read_text()) if file else (OmegaConf.to_container(listed) if listed else [])
     )
-    tasks = set(cfg.stage.tasks)
+    tasks = set(cfg.eval.tasks or cfg.stage.tasks) if validation else set(cfg.stage.tasks)
     specs = [
         SourceSpec(e["name"], Path(e["root"]), float(e.get("weight", 1.0)), e["task"])
         for e in entries

@@ -74,7 +74,7 @@ def main() -> None:
     )
 
     def optimizer_for(m):
-        opt = torch.optim.AdamW(param_groups(m, 0.01), lr=2e-4, betas=(0.9, 0.98), eps=1e-6)
+        opt = torch.optim.AdamW(param_groups(m, 0.01, 2e-4), lr=2e-4, betas=(0.9, 0.98), eps=1e-6)
         return opt, torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(2, 10**6))
 
     opt, sched = optimizer_for(model)

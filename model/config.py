@@ -58,6 +58,11 @@ class ModelConfig:
     latent_query_num: int = 2048  # image tokens the resampler hands to the decoder
     max_patches: int = 4096  # patches per page seen by the image processor (zero-padded up to this)
     init_std: float = 0.02
+    # Initial std of the resampler's input projection (None: init_std, as the reference). Its input is the
+    # unit-norm image features, so at 0.02 the projected patches start ~50x smaller than the latent queries
+    # (std 1), which then attend to themselves: a model trained from scratch starts blind to its image.
+    # 1.0 starts patches and queries at the same scale.
+    image_proj_init_std: float | None = None
     # Recompute each layer's activations in the backward pass instead of storing them.
     activation_checkpointing: bool = False
     # torch.compile each Transformer layer (GPU runs; off by default so tests start fast).

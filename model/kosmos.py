@@ -94,6 +94,8 @@ class Kosmos25(nn.Module):
             elif isinstance(m, RMSNorm):
                 nn.init.ones_(m.weight)
         nn.init.normal_(self.image_to_text_projection.latent_query, std=1.0)
+        if self.config.image_proj_init_std is not None:
+            nn.init.normal_(self.image_to_text_projection.dense.weight, std=self.config.image_proj_init_std)
         # Sub-LN initialisation (Magneto / torchscale): scale the value, output and FFN projections.
         gain = math.sqrt(math.log(2 * self.config.text.layers))
         for block in self.text_model.model.layers:

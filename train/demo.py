@@ -65,10 +65,10 @@ def _run(cmd: list[str], log: Path | None = None, env: dict | None = None) -> No
             )
 
 
-def build_shards(out: Path, python: str) -> dict[str, dict[str, int]]:
+def build_shards(out: Path, python: str, scale: float = 1.0) -> dict[str, dict[str, int]]:
     corpus = out / "corpus"
     if not (corpus / ".done").exists():
-        _run([python, "-m", "data_pipeline.demo_corpus", corpus])
+        _run([python, "-m", "data_pipeline.demo_corpus", corpus, "--scale", str(scale)])
         (corpus / ".done").touch()
     counts: dict[str, dict[str, int]] = {}
     for name, (folder, _, _) in SOURCES.items():
@@ -77,7 +77,7 @@ def build_shards(out: Path, python: str) -> dict[str, dict[str, int]]:
             if not (target / "manifest.json").exists():
                 cmd = [
                     python, "-m", "data_pipeline.build", f"source={name}", f"input={corpus / folder / split}",
-                    f"output={target}", "workers=2", "filters.languages=all",
+                    f"output={target}", "workers=2", "filters.languages=all", "image.max_side=1024",
                 ]  # fmt: skip
                 _run(cmd, out / "logs" / f"build-{name}-{split}.log")
             manifest = json.loads((target / "manifest.json").read_text())
@@ -100,7 +100,9 @@ def sources_files(out: Path) -> tuple[Path, Path]:
     return files[0], files[1]
 
 
-def train_stage(out: Path, stage: str, steps: int, args, tokenizer: Path, train: Path, val: Path) -> Path:
+def train_stage(
+    out: Path, stage: str, steps: int, args, tokenizer: Path, train: Path, val: Path, init: Path | None
+) -> Path:
     run_dir = out / stage
     if (run_dir / "model.pt").exists():
         print(f"{run_dir}/model.pt exists: stage {stage} already trained")
@@ -110,13 +112,13 @@ def train_stage(out: Path, stage: str, steps: int, args, tokenizer: Path, train:
         f"stage={stage}", "model=tiny", f"tokenizer={tokenizer}", f"data.sources_file={train}",
         f"data.val_sources_file={val}", "data.workers=1", f"trainer.max_steps={steps}",
         f"trainer.train_batch_size={args.batch}", f"trainer.micro_batch_size={args.batch // (2 * args.ranks)}",
-        f"trainer.max_length={args.max_length}", f"optim.lr={args.lr}", f"optim.warmup_steps={args.warmup}",
+        f"trainer.max_length={args.max_length}", f"optim.lr={args.lr}", f"optim.warmup_steps={args.lr_warmup}",
+        f"optim.image_lr_scale={args.image_lr_scale}",
         "trainer.dropout=0", f"trainer.checkpoint_every={max(steps // 2, 1)}", "trainer.keep_checkpoints=1",
         f"run_dir={run_dir}", f"run_name=demo-{stage}", "wandb.mode=offline", "eval.tasks=[ocr,md]",
         f"eval.every={args.eval_every}", "eval.samples_per_source=8", "eval.predictions=2", "eval.max_new_tokens=160",
     ]  # fmt: skip
-    if stage == "mixed":
-        overrides.append(f"stage.init_from_dir={out / 'layout'}")
+    overrides.append(f"stage.init_from_dir={init}" if init else "stage.init_from=null")
     cmd = [
         deepspeed, "--num_accelerators", str(args.ranks), "--no_local_rank", "--master_port", str(args.port),
         "--module", "train.pretrain", *overrides,
@@ -130,60 +132,90 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def plot_curves(out: Path, layout_steps: int) -> tuple[Path, Path]:
+def plot_curves(out: Path, stages: list[tuple[str, int]]) -> tuple[Path, Path]:
+    """Training loss per task and validation loss per task (own and shuffled images) over the stages, one
+    step axis with the stage boundaries marked."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train = {s: _jsonl(out / s / "metrics.jsonl") for s in ("layout", "mixed")}
-    evals = {s: _jsonl(out / s / "eval.jsonl") for s in ("layout", "mixed")}
-    offset = {"layout": 0, "mixed": layout_steps}
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for key, label in (("loss/ocr", "layout task (<ocr>)"), ("loss/md", "markdown task (<md>)")):
-        xs = [r["step"] + offset[s] for s in train for r in train[s] if key in r]
-        ys = [r[key] for s in train for r in train[s] if key in r]
-        ax.plot(xs, ys, label=label, linewidth=1)
-    ax.axvline(layout_steps, color="grey", linestyle="--", linewidth=1)
-    ax.text(layout_steps, ax.get_ylim()[1] * 0.95, " mixed stage", color="grey")
-    ax.set(xlabel="step", ylabel="training loss (nats/token)", title="Training loss per task")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    train_png = out / "loss_train.png"
-    fig.tight_layout()
-    fig.savefig(train_png, dpi=110)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for task, colour in (("ocr", "tab:blue"), ("md", "tab:orange")):
-        for kind, style in (("val/loss", "-"), ("val/loss_shuffled_images", ":")):
-            key = f"{kind}/{task}"
-            xs = [r["step"] + offset[s] for s in evals for r in evals[s] if key in r]
-            ys = [r[key] for s in evals for r in evals[s] if key in r]
-            label = f"<{task}> " + ("own images" if kind == "val/loss" else "images shuffled across pages")
-            ax.plot(xs, ys, style, color=colour, marker="o", markersize=3, label=label)
-    ax.axvline(layout_steps, color="grey", linestyle="--", linewidth=1)
-    ax.set(xlabel="step", ylabel="validation loss (nats/token)", title="Held-out pages")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    val_png = out / "loss_val.png"
-    fig.tight_layout()
-    fig.savefig(val_png, dpi=110)
-    plt.close(fig)
-    return train_png, val_png
+    offset, total = {}, 0
+    for name, steps in stages:
+        offset[name], total = total, total + steps
+    train = {s: _jsonl(out / s / "metrics.jsonl") for s, _ in stages}
+    evals = {s: _jsonl(out / s / "eval.jsonl") for s, _ in stages}
+
+    def boundaries(ax):
+        for name, _ in stages:
+            ax.axvline(offset[name], color="grey", linestyle="--", linewidth=0.8)
+            ax.annotate(
+                f" {name}", (offset[name], 1.0), xycoords=("data", "axes fraction"), va="top", color="grey"
+            )
+
+    paths = []
+    for title, ylabel, series, file in (
+        (
+            "Training loss per task",
+            "training loss (nats/token)",
+            [(train, "loss/ocr", "<ocr>", "tab:blue", "-"), (train, "loss/md", "<md>", "tab:orange", "-")],
+            "loss_train.png",
+        ),
+        (
+            "Validation loss on held-out pages: own images (solid) and images shuffled across pages (dotted)",
+            "validation loss (nats/token)",
+            [
+                (evals, f"{kind}/{task}", f"<{task}> {label}", colour, style)
+                for task, colour in (("ocr", "tab:blue"), ("md", "tab:orange"))
+                for kind, label, style in (
+                    ("val/loss", "own", "-"),
+                    ("val/loss_shuffled_images", "shuffled", ":"),
+                )
+            ],
+            "loss_val.png",
+        ),
+    ):
+        fig, ax = plt.subplots(figsize=(9, 4.8))
+        for records, key, label, colour, style in series:
+            points = [(r["step"] + offset[s], r[key]) for s in records for r in records[s] if key in r]
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.plot(
+                    xs,
+                    ys,
+                    style,
+                    color=colour,
+                    label=label,
+                    linewidth=1,
+                    marker="o" if records is evals else None,
+                    markersize=3,
+                )
+        boundaries(ax)
+        ax.set(xlabel="step (all stages)", ylabel=ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / file, dpi=110)
+        plt.close(fig)
+        paths.append(out / file)
+    return paths[0], paths[1]
 
 
-def write_report(out: Path, counts: dict, timings: dict, layout_steps: int, args) -> Path:
-    train_png, val_png = plot_curves(out, layout_steps)
-    evals = _jsonl(out / "layout" / "eval.jsonl") + _jsonl(out / "mixed" / "eval.jsonl")
+def write_report(out: Path, counts: dict, timings: dict, stages: list[tuple[str, int]], args) -> Path:
+    train_png, val_png = plot_curves(out, stages)
+    evals = [r for s, _ in stages for r in _jsonl(out / s / "eval.jsonl")]
     start, end = evals[0], evals[-1]
     result = json.loads((out / "eval" / "metrics.json").read_text())
     own, shuffled = result["val_loss"], result["val_loss_shuffled_images"]
+    recipe = ", then ".join(f"stage `{name}` for {steps} steps" for name, steps in stages)
     lines = [
         "# Literate demo report",
         "",
         f"The tiny model ({args.params / 1e6:.1f}M parameters) trained on CPU through the `deepspeed` launcher with "
-        f"{args.ranks} ranks (gloo): stage `layout` for {args.layout_steps} steps, then stage `mixed` for "
-        f"{args.mixed_steps} steps from its weights; global batch {args.batch}, lr {args.lr}, warm-up {args.warmup}.",
+        f"{args.ranks} ranks (gloo): {recipe}, each from the previous one's weights; global batch {args.batch}, "
+        f"lr {args.lr} (x{args.image_lr_scale} for the vision encoder and resampler), lr warm-up {args.lr_warmup} "
+        "steps per stage. Both tasks are evaluated on the held-out pages from the first step on.",
         "",
         "## Time",
         "",
@@ -258,10 +290,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "demo")
     parser.add_argument("--layout-steps", type=int, default=300)
     parser.add_argument("--mixed-steps", type=int, default=200)
+    parser.add_argument("--scale", type=float, default=1.0, help="multiplies the training documents")
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--batch", type=int, default=16, help="global batch")
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--lr-warmup", type=int, default=30, help="learning-rate warm-up steps of each stage")
+    parser.add_argument("--image-lr-scale", type=float, default=10.0)
+    parser.add_argument(
+        "--warmup-steps", type=int, default=0, help="steps of the synthetic warm-up stage (0: none)"
+    )
     parser.add_argument("--max-length", type=int, default=640)
     parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--port", type=int, default=29710)
@@ -280,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         timings[name] = time.perf_counter() - t
         return result
 
-    counts = timed("corpus and shards (every builder)", build_shards, out, python)
+    counts = timed("corpus and shards (every builder)", build_shards, out, python, args.scale)
     train, val = sources_files(out)
     tokenizer = out / "tokenizer"
 
@@ -291,8 +328,28 @@ def main(argv: list[str] | None = None) -> int:
                   "--coord-bins", "512"])  # fmt: skip
 
     timed("tokenizer", make_tokenizer)
-    timed("stage layout", train_stage, out, "layout", args.layout_steps, args, tokenizer, train, val)
-    timed("stage mixed", train_stage, out, "mixed", args.mixed_steps, args, tokenizer, train, val)
+    init = None
+    if args.warmup_steps:  # the v2 warm-up: synthetic pages only, where the text can only come from the image
+        synthetic = out / "sources-warmup.json"
+        synthetic.write_text(
+            json.dumps([e for e in json.loads(train.read_text()) if e["name"] == "synthetic"])
+        )
+        init = timed(
+            "stage warmup",
+            train_stage,
+            out,
+            "warmup",
+            args.warmup_steps,
+            args,
+            tokenizer,
+            synthetic,
+            val,
+            None,
+        )
+    layout = timed(
+        "stage layout", train_stage, out, "layout", args.layout_steps, args, tokenizer, train, val, init
+    )
+    timed("stage mixed", train_stage, out, "mixed", args.mixed_steps, args, tokenizer, train, val, layout)
 
     def evaluate():
         if (out / "eval" / "metrics.json").exists():
@@ -304,7 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     from train.evaluate import load_model
 
     args.params = load_model(str(out / "mixed"))[0].num_parameters()
-    report = write_report(out, counts, timings, args.layout_steps, args)
+    stages = [("warmup", args.warmup_steps)] if args.warmup_steps else []
+    stages += [("layout", args.layout_steps), ("mixed", args.mixed_steps)]
+    report = write_report(out, counts, timings, stages, args)
     _phase("done")
     print(f"report: {report}")
     return 0

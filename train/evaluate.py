@@ -300,7 +300,9 @@ class Evaluator:
         for task, (s, n) in by_task.items():
             result[task] = s / max(n, 1.0)
         if len(by_task) > 1:
-            result["all"] = sum(s for s, _ in by_task.values()) / max(sum(n for _, n in by_task.values()), 1.0)
+            result["all"] = sum(s for s, _ in by_task.values()) / max(
+                sum(n for _, n in by_task.values()), 1.0
+            )
         return result
 
     @torch.no_grad()
@@ -428,7 +430,8 @@ def evaluate(
     refs = {(it["key"], it["source"]): it["page"] for it in ev.items}
     for p in [p for p in predictions if p["task"] == "ocr"][:draw]:
         page = refs[(p["key"], p["source"])]
-        draw_layout(page.image, p["lines"], page.lines).save(drawn / f"{p['source']}-{p['key']}.png")
+        name = f"{p['source']}-{p['key']}".replace("/", "_")
+        draw_layout(page.image, p["lines"], page.lines).save(drawn / f"{name}.png")
     return result
 
 

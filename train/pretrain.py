@@ -35,7 +35,7 @@ NUMBERS = {
         "trainer.checkpoint_every", "trainer.keep_checkpoints", "optim.warmup_steps", "data.workers", "seed",
         "eval.every", "eval.samples_per_source", "eval.batch", "eval.predictions", "eval.max_new_tokens",
     ),
-    float: ("optim.lr", "optim.eps", "optim.weight_decay", "optim.grad_clip", "trainer.dropout"),
+    float: ("optim.lr", "optim.image_lr_scale", "optim.eps", "optim.weight_decay", "optim.grad_clip", "trainer.dropout"),
 }  # fmt: skip
 
 
@@ -77,16 +77,29 @@ def lr_lambda(warmup: int, total: int):
     return f
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only: not on norms, biases, embeddings or the latent queries."""
-    decay, no_decay, seen = [], [], set()
+def param_groups(
+    model: torch.nn.Module, weight_decay: float, lr: float, image_lr_scale: float = 1.0
+) -> list[dict]:
+    """Weight decay on matrices only: not on norms, biases, embeddings or the latent queries. The image path
+    (vision encoder and resampler) can learn at `image_lr_scale` x the learning rate: from scratch, its
+    output starts far smaller than the text embeddings and a small model is slow to start reading."""
+    groups: dict[tuple[bool, bool], list] = {}
+    seen = set()
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:
             continue
         seen.add(id(p))
         skip = p.ndim < 2 or "embed" in name or "latent_query" in name or "norm" in name
-        (no_decay if skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        image = name.startswith(("vision_model.", "image_to_text_projection."))
+        groups.setdefault((not skip, image and image_lr_scale != 1.0), []).append(p)
+    return [
+        {
+            "params": ps,
+            "weight_decay": weight_decay if decay else 0.0,
+            "lr": lr * (image_lr_scale if scaled else 1.0),
+        }
+        for (decay, scaled), ps in sorted(groups.items(), key=lambda g: (not g[0][0], g[0][1]))
+    ]
 
 
 def deepspeed_config(cfg: DictConfig, accumulation: int, use_bf16: bool) -> dict:
@@ -218,7 +231,9 @@ def run(cfg: DictConfig) -> int:
             print(f"stage {cfg.stage.name}: starting from {weights}", flush=True)
     steps = int(cfg.trainer.max_steps)
     optimizer = torch.optim.AdamW(
-        param_groups(model, float(cfg.optim.weight_decay)),
+        param_groups(
+            model, float(cfg.optim.weight_decay), float(cfg.optim.lr), float(cfg.optim.image_lr_scale)
+        ),
         lr=float(cfg.optim.lr),
         betas=tuple(cfg.optim.betas),
         eps=float(cfg.optim.eps),

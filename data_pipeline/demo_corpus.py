@@ -308,14 +308,14 @@ def make_readme(path: str | Path, seed: int = 0) -> Path:
 
 # Documents per builder in the demo corpus: (training, held-out). Held-out documents use other seeds.
 DEMO_COUNTS = {
-    "pdf": (10, 2),
+    "pdf": (30, 3),
     "scan": (8, 2),
     "powerpoint": (3, 1),
     "arxiv": (2, 1),
     "web": (8, 2),
-    "readme": (16, 4),
+    "readme": (24, 4),
     "docx": (3, 1),
-    "synthetic": (40, 2),
+    "synthetic": (60, 2),
 }
 HELD_OUT_SEED = 1000
 

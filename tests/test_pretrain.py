@@ -24,6 +24,17 @@ def test_batch_math():
         batch_math(1024, 3, 2)
 
 
+def test_paper_batch_on_two_ranks_prints_its_accumulation(tokenizer, sources):
+    """Global batch 1024, micro batch 4, 2 ranks under the launcher: accumulation 128, printed (dry run)."""
+    args = [a for a in _args(tokenizer, sources, "unused", 2) if "batch_size" not in a]
+    cmd = _two_ranks(
+        29636, [*args, "trainer.train_batch_size=1024", "trainer.micro_batch_size=4", "trainer.dry_run=true"]
+    )
+    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-2000:]
+    assert "batch: 1024 = micro 4 x accumulation 128 x 2 ranks" in r.stdout
+
+
 def test_schedule_warms_up_then_decays_to_zero():
     f = lr_lambda(375, 1000)
     assert f(0) == pytest.approx(1 / 375) and f(374) == pytest.approx(1.0)

@@ -113,8 +113,8 @@ def train_stage(
         f"data.val_sources_file={val}", "data.workers=1", f"trainer.max_steps={steps}",
         f"trainer.train_batch_size={args.batch}", f"trainer.micro_batch_size={args.batch // (2 * args.ranks)}",
         f"trainer.max_length={args.max_length}", f"optim.lr={args.lr}", f"optim.warmup_steps={args.lr_warmup}",
-        f"optim.image_lr_scale={args.image_lr_scale}",
-        "trainer.dropout=0", f"trainer.checkpoint_every={max(steps // 2, 1)}", "trainer.keep_checkpoints=1",
+        f"optim.image_lr_scale={args.image_lr_scale}", f"+model.image_proj_init_std={args.image_proj_init_std}",
+        f"trainer.dropout={args.dropout}", f"trainer.checkpoint_every={max(steps // 2, 1)}", "trainer.keep_checkpoints=1",
         f"run_dir={run_dir}", f"run_name=demo-{stage}", "wandb.mode=offline", "eval.tasks=[ocr,md]",
         f"eval.every={args.eval_every}", "eval.samples_per_source=8", "eval.predictions=2", "eval.max_new_tokens=160",
     ]  # fmt: skip
@@ -288,19 +288,28 @@ def write_report(out: Path, counts: dict, timings: dict, stages: list[tuple[str,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "demo")
-    parser.add_argument("--layout-steps", type=int, default=300)
-    parser.add_argument("--mixed-steps", type=int, default=200)
+    parser.add_argument("--layout-steps", type=int, default=600)
+    parser.add_argument("--mixed-steps", type=int, default=500)
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies the training documents")
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--batch", type=int, default=16, help="global batch")
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--lr-warmup", type=int, default=30, help="learning-rate warm-up steps of each stage")
-    parser.add_argument("--image-lr-scale", type=float, default=10.0)
+    parser.add_argument(
+        "--image-lr-scale", type=float, default=10.0, help="lr multiplier of the vision encoder and resampler"
+    )
+    parser.add_argument(
+        "--image-proj-init-std",
+        type=float,
+        default=1.0,
+        help="initial std of the resampler's input projection (the reference's 0.02 starts the model blind)",
+    )
     parser.add_argument(
         "--warmup-steps", type=int, default=0, help="steps of the synthetic warm-up stage (0: none)"
     )
     parser.add_argument("--max-length", type=int, default=640)
-    parser.add_argument("--eval-every", type=int, default=50)
+    parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--port", type=int, default=29710)
     args = parser.parse_args(argv)
     if args.batch % (2 * args.ranks):

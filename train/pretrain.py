@@ -186,6 +186,14 @@ def run(cfg: DictConfig) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
+    if cfg.trainer.dry_run:  # the checks above and the batch math, nothing started
+        if rank == 0:
+            print(
+                f"batch: {cfg.trainer.train_batch_size} = micro {cfg.trainer.micro_batch_size} x accumulation "
+                f"{accumulation} x {world} ranks; {len(sources)} training sources; dry run, exiting",
+                flush=True,
+            )
+        return 0
     cuda = torch.cuda.is_available()
     if "RANK" not in os.environ:  # started without a launcher: a one-process group on this machine
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")

@@ -181,8 +181,11 @@ class Kosmos25(nn.Module):
         top_p: float = 1.0,
         eos_token_id: int | None = None,
         generator: torch.Generator | None = None,
+        logits_processor=None,
     ) -> torch.Tensor:
         """Continue each prompt. Greedy when `temperature == 0`, else temperature (and nucleus) sampling.
+        `logits_processor(generated, logits) -> logits`, if given, sees the tokens generated so far `(B, t)`
+        and the next token's logits `(B, V)` (e.g. `TaskFormat.layout_grammar()` keeps boxes well formed).
 
         Returns the new tokens `(B, <= max_new_tokens)`; a row that has produced `eos_token_id` is padded
         with the pad id afterwards.
@@ -205,6 +208,9 @@ class Kosmos25(nn.Module):
         out: list[torch.Tensor] = []
         for _ in range(max_new_tokens):
             logits = self.text_model.lm_head(hidden[:, -1]).float()
+            if logits_processor is not None:
+                so_far = torch.stack(out, dim=1) if out else input_ids.new_zeros((b, 0))
+                logits = logits_processor(so_far, logits)
             tok = _pick(logits, temperature, top_p, generator)
             tok = torch.where(done, torch.full_like(tok, text.pad_token_id), tok)
             out.append(tok)

@@ -142,6 +142,45 @@ class TaskFormat:
             truncated=truncated,
         )
 
+    def layout_grammar(self):
+        """A `logits_processor` for `Kosmos25.generate` that keeps layout output well formed: after `<bbox>`
+        come exactly x0, y0, x1, y1 (with x1 >= x0 and y1 >= y0), then `</bbox>`; coordinates and `</bbox>`
+        appear nowhere else, and a line's text is not empty. A weak model otherwise tends to close a box
+        early, because `</bbox>` is likelier than any single coordinate bin."""
+        x_ids = torch.tensor(self.tok.x_ids)
+        y_ids = torch.tensor(self.tok.y_ids)
+        coords = torch.cat([x_ids, y_ids])
+        x_index = {int(t): i for i, t in enumerate(x_ids)}
+        y_index = {int(t): i for i, t in enumerate(y_ids)}
+        bbox, ebbox = self.bbox_id, self.ebbox_id
+        stops = (self.newline_id, self.tok.eos_id, bbox)
+
+        def process(generated: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+            allowed = torch.zeros_like(logits, dtype=torch.bool)
+            for row, ids in enumerate(generated.tolist()):
+                opened = max((i for i, t in enumerate(ids) if t == bbox), default=-1)
+                closed = max((i for i, t in enumerate(ids) if t == ebbox), default=-1)
+                if opened > closed:  # inside a box: the k-th coordinate, then the closing token
+                    box = ids[opened + 1 :]
+                    k = len(box)
+                    if k == 4:
+                        allowed[row, ebbox] = True
+                    elif k in (0, 2):
+                        low = x_index.get(box[0], 0) if k == 2 else 0
+                        allowed[row, x_ids[low:].to(logits.device)] = True
+                    else:
+                        low = y_index.get(box[1], 0) if k == 3 else 0
+                        allowed[row, y_ids[low:].to(logits.device)] = True
+                else:
+                    allowed[row] = True
+                    allowed[row, coords.to(logits.device)] = False
+                    allowed[row, ebbox] = False
+                    if ids and ids[-1] == ebbox:  # a line has text
+                        allowed[row, list(stops)] = False
+            return logits.masked_fill(~allowed, float("-inf"))
+
+        return process
+
     # ----------------------------------------------------------------- parse
     def parse_layout(
         self, generated: str | list[int], resized_size: tuple[int, int], image_size: tuple[int, int]

@@ -187,3 +187,52 @@ def test_tokenizer_trains_from_webdataset_shards(tmp_path):
     assert "ocr line 7 ünï" in texts and "# heading 7" in texts and "markdown body 7" in texts
     tok = train_tokenizer(texts, tmp_path / "tok", vocab_size=800, coord_bins=32)
     assert tok.decode(tok.encode("ocr line 7 ünï")) == "ocr line 7 ünï"
+
+
+def test_layout_grammar_keeps_generated_boxes_well_formed(tokenizer):
+    """Random logits through the grammar: every box has four ordered coordinates, then text; no coordinate or
+    `</bbox>` outside a box. Without it, the same logits scatter coordinates anywhere."""
+    import torch
+
+    fmt = TaskFormat(tokenizer, 8, 1024)
+    grammar = fmt.layout_grammar()
+    gen = torch.Generator().manual_seed(0)
+    xs = {t: i for i, t in enumerate(tokenizer.x_ids)}
+    ys = {t: i for i, t in enumerate(tokenizer.y_ids)}
+
+    def sample(process):
+        ids = torch.zeros((2, 0), dtype=torch.long)
+        for _ in range(300):
+            logits = torch.randn(2, tokenizer.vocab_size, generator=gen)
+            logits[:, fmt.bbox_id] += 6.0  # boxes often
+            logits[:, tokenizer.x_ids + tokenizer.y_ids] += 2.0
+            if process:
+                logits = grammar(ids, logits)
+            ids = torch.cat([ids, logits.argmax(-1, keepdim=True)], dim=1)
+        return ids.tolist()
+
+    def violations(row):
+        bad, boxes, i = 0, 0, 0
+        while i < len(row):
+            t = row[i]
+            if t == fmt.bbox_id:
+                box = row[i + 1 : i + 6]
+                if len(box) < 5:
+                    return bad, boxes  # still open when generation stopped
+                x0, y0, x1, y1, end = box
+                ok = x0 in xs and y0 in ys and x1 in xs and y1 in ys and end == fmt.ebbox_id
+                ok = ok and xs[x1] >= xs[x0] and ys[y1] >= ys[y0]
+                ok = ok and (
+                    i + 6 >= len(row) or row[i + 6] not in (fmt.bbox_id, fmt.newline_id, tokenizer.eos_id)
+                )
+                bad += not ok
+                boxes += ok
+                i += 6
+                continue
+            bad += t in xs or t in ys or t == fmt.ebbox_id
+            i += 1
+        return bad, boxes
+
+    results = [violations(row) for row in sample(True)]
+    assert all(bad == 0 for bad, _ in results) and sum(b for _, b in results) >= 10
+    assert any(violations(row)[0] for row in sample(False))

@@ -323,6 +323,7 @@ class Evaluator:
                     prompt["image_embeds_position_mask"].to(device),
                     max_new_tokens=max_new_tokens,
                     eos_token_id=self.tok.eos_id,
+                    logits_processor=self.fmt.layout_grammar() if task == "ocr" else None,
                 )
                 for it, row in zip(group, ids.tolist(), strict=True):
                     text = self.tok.decode(row)

@@ -108,11 +108,17 @@ def _folder_pages(folder: Path, n: int) -> list[EvalPage]:
 def load_pages(data: str, n: int) -> list[EvalPage]:
     """Up to `n` labelled pages per source from shards, a build folder, a sources JSON or an image folder."""
     path = Path(data)
-    if path.suffix == ".json" and path.is_file():
+    if path.suffix == ".json" and path.is_file():  # the trainer's sources: each entry scored on its own task
         pages = []
         for entry in json.loads(path.read_text()):
             shards, drop = read_manifest(Path(entry["root"]))
-            pages += shard_pages(shards, entry["name"], n, drop)
+            for page in shard_pages(shards, entry["name"], n, drop):
+                if entry.get("task") == "ocr":
+                    page.markdown = None
+                elif entry.get("task") == "md":
+                    page.lines = None
+                if page.tasks():
+                    pages.append(page)
         return pages
     if path.is_dir() and (path / "manifest.json").exists():
         shards, drop = read_manifest(path)
@@ -429,7 +435,18 @@ def evaluate(
     drawn = out / "pages"
     drawn.mkdir(exist_ok=True)
     refs = {(it["key"], it["source"]): it["page"] for it in ev.items}
-    for p in [p for p in predictions if p["task"] == "ocr"][:draw]:
+    by_source: dict[str, list[dict]] = defaultdict(list)
+    for p in predictions:
+        if p["task"] == "ocr":
+            by_source[p["source"]].append(p)
+    # pages of every source in turn, so a few drawings show the sources' variety
+    turns = [
+        group[i]
+        for i in range(max(map(len, by_source.values()), default=0))
+        for group in by_source.values()
+        if i < len(group)
+    ]
+    for p in turns[:draw]:
         page = refs[(p["key"], p["source"])]
         name = f"{p['source']}-{p['key']}".replace("/", "_")
         draw_layout(page.image, p["lines"], page.lines).save(drawn / f"{name}.png")

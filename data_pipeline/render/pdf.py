@@ -12,7 +12,7 @@ from PIL import Image
 from data_pipeline.schema import DocumentError, Skip
 
 # TEXTFLAGS_TEXT: the flags of `page.get_text("text")`, so lines and plain text agree (images excluded).
-TEXT_FLAGS = pymupdf.TEXTFLAGS_TEXT
+TEXT_FLAGS = pymupdf.TEXTFLAGS_TEXT | pymupdf.TEXT_ACCURATE_SIDE_BEARINGS
 
 
 def open_pdf(path: str | Path, max_pages: int) -> pymupdf.Document:

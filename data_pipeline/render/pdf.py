@@ -11,7 +11,9 @@ from PIL import Image
 
 from data_pipeline.schema import DocumentError, Skip
 
-# TEXTFLAGS_TEXT: the flags of `page.get_text("text")`, so lines and plain text agree (images excluded).
+# TEXTFLAGS_TEXT: the flags of `page.get_text("text")`, so lines and plain text agree (images excluded). With
+# accurate side bearings, glyphs without advance (lone combining marks, U+200C) get a box that the media-box clip
+# keeps, as the plain-text path does; without it `dict` drops them (99.73% vs 98.95% equal pages on texlive docs).
 TEXT_FLAGS = pymupdf.TEXTFLAGS_TEXT | pymupdf.TEXT_ACCURATE_SIDE_BEARINGS
 
 

@@ -78,6 +78,7 @@ def test_pdf_build_follows_the_schema(built):
         for line in layout["lines"]:
             x0, y0, x1, y1 = line["bbox"]
             assert 0 <= x0 < x1 <= layout["width"] and 0 <= y0 < y1 <= layout["height"]
+            assert y1 - y0 >= 15  # the box covers the glyphs: 10-18 pt text at 200 dpi is 28-60 px tall
         # The lines carry exactly PyMuPDF's own text of the page, in its order.
         page = pymupdf.open(meta["origin"])[meta["page"]]
         assert " ".join(" ".join(ln["text"] for ln in layout["lines"]).split()) == " ".join(

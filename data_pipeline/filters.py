@@ -4,14 +4,19 @@ Near-duplicate removal runs over built shards: see `data_pipeline/dedup.py`."""
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from functools import lru_cache
 
 import numpy as np
+from PIL import Image
 
+from data_pipeline.imageio import PageImage, grey_levels
 from data_pipeline.schema import Sample
 
 _GOOD_CATEGORIES = {"L", "N", "P", "Z", "S", "M"}
+_ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # control characters but tab and newline
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
 
 
 def garbled_fraction(text: str) -> float:
@@ -20,8 +25,18 @@ def garbled_fraction(text: str) -> float:
     if not text:
         return 0.0
     bad = text.count("\ufffd") + 6 * text.count("(cid:")
-    bad += sum(1 for ch in text if ch not in "\n\t" and unicodedata.category(ch)[0] not in _GOOD_CATEGORIES)
+    bad += len(_ASCII_CONTROL.findall(text))  # ASCII is otherwise all good: only the rest is looked up
+    bad += sum(1 for ch in _NON_ASCII.findall(text) if unicodedata.category(ch)[0] not in _GOOD_CATEGORIES)
     return min(1.0, bad / len(text))
+
+
+def grey_spread(image: PageImage) -> float:
+    """Standard deviation of a page's grey levels. PIL images (scans, photos, screenshots) are averaged over
+    4x4 blocks first, so sensor noise does not pass for content; arrays (rendered PDF pages, noise-free)
+    are sampled every 8th pixel of every 8th row."""
+    if isinstance(image, Image.Image):
+        return float(np.asarray(image.convert("L").reduce(4)).std())
+    return float(grey_levels(image).std())
 
 
 @lru_cache(maxsize=1)
@@ -56,10 +71,7 @@ class SampleFilter:
         text = sample.text()
         if len("".join(text.split())) < self.min_chars:
             return "too_little_text"
-        if (
-            self.blank_std > 0
-            and float(np.asarray(sample.image.convert("L").reduce(4)).std()) < self.blank_std
-        ):
+        if self.blank_std > 0 and grey_spread(sample.image) < self.blank_std:
             return "blank_page"
         if garbled_fraction(text) > self.max_garbled:
             return "garbled_text"

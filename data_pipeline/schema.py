@@ -6,13 +6,12 @@ Builders yield `Sample`s (or `Skip`s); `encode_sample` turns one into the member
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from PIL import Image
+from data_pipeline.imageio import PageImage, encode_image, image_size, resize_long_side
 
 BUILDER_VERSION = "0.1.0"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-/]")
@@ -25,11 +24,15 @@ class Sample:
     source: str
     doc_id: str
     page: int
-    image: Image.Image
+    image: PageImage  # PIL image, or uint8 array (H, W) grey / (H, W, 3) RGB
     origin: str
     lines: list[dict] | None = None  # [{"text", "bbox": [x0, y0, x1, y1]}] in pixels of `image`
     md: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return image_size(self.image)
 
     @property
     def key(self) -> str:
@@ -97,31 +100,27 @@ def encode_sample(
     sample: Sample, image_format: str = "png", quality: int = 90, max_side: int = 2048, png_level: int = 1
 ) -> dict[str, Any]:
     """The tar members of a sample. The image's long side is capped at `max_side` (boxes scaled along);
-    grey pages stay 8-bit grey. PNG uses zlib level `png_level` (1: ~2x faster than 6, ~10% larger)."""
-    img = sample.image if sample.image.mode in ("RGB", "L") else sample.image.convert("RGB")
-    scale = min(1.0, max_side / max(img.size))
-    if scale < 1.0:
-        img = img.resize(
-            (max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.LANCZOS
-        )
-    buf = io.BytesIO()
-    fmt = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}[image_format]
-    img.save(buf, fmt, **({"compress_level": png_level} if fmt == "PNG" else {"quality": quality}))
-    members: dict[str, Any] = {"__key__": sample.key, image_format: buf.getvalue()}
+    grey pages stay 8-bit grey. PNG deflates at `png_level` (see `data_pipeline.imageio`)."""
+    img = resize_long_side(sample.image, max_side)
+    (width, height), (w0, h0) = image_size(img), image_size(sample.image)
+    members: dict[str, Any] = {
+        "__key__": sample.key,
+        image_format: encode_image(img, image_format, quality, png_level),
+    }
     if sample.lines is not None:
-        sx, sy = img.width / sample.image.width, img.height / sample.image.height
-        scaled = [
-            {
-                "text": ln["text"],
-                "bbox": [ln["bbox"][0] * sx, ln["bbox"][1] * sy, ln["bbox"][2] * sx, ln["bbox"][3] * sy],
-            }
-            for ln in sample.lines
-        ]
-        layout = {
-            "width": img.width,
-            "height": img.height,
-            "lines": clean_lines(scaled, img.width, img.height),
-        }
+        sx, sy = width / w0, height / h0
+        scaled = (
+            sample.lines
+            if sx == sy == 1.0
+            else [
+                {
+                    "text": ln["text"],
+                    "bbox": [ln["bbox"][0] * sx, ln["bbox"][1] * sy, ln["bbox"][2] * sx, ln["bbox"][3] * sy],
+                }
+                for ln in sample.lines
+            ]
+        )
+        layout = {"width": width, "height": height, "lines": clean_lines(scaled, width, height)}
         members["layout.json"] = json.dumps(layout, ensure_ascii=False).encode()
     if sample.md is not None:
         members["md"] = sample.md.encode()

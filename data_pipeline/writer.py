@@ -3,15 +3,15 @@ JSON written last. A shard is finished iff its JSON exists; a tar without one is
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import tarfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import webdataset as wds
 
 
 def shard_name(index: int) -> str:
@@ -68,15 +68,23 @@ class ShardWriter:
 
     def __enter__(self) -> ShardWriter:
         self._stream = open(self._tmp, "wb")
-        self._tar = wds.TarWriter(self._stream, encoder=False)
+        # PAX: plain ustar headers, plus an extended header only for a name over ustar's 256 characters.
+        self._tar = tarfile.open(fileobj=self._stream, mode="w|", format=tarfile.PAX_FORMAT)
         return self
 
     def write(self, members: dict[str, Any]) -> None:
+        """One sample: `{"__key__": key, ext: bytes, ...}` → tar members `key.ext`, in sorted order, as
+        webdataset writes them. Fixed owner, mode and time, so equal samples make equal bytes."""
         key = members["__key__"]
         if key in self._keys:
             raise ValueError(f"duplicate key {key} in {self.name}")
         self._keys.add(key)
-        self._tar.write(members)
+        for ext in sorted(k for k in members if not k.startswith("_")):
+            data = members[ext]
+            info = tarfile.TarInfo(f"{key}.{ext}")
+            info.size, info.mode, info.mtime = len(data), 0o444, 0
+            info.uname = info.gname = "bigdata"
+            self._tar.addfile(info, io.BytesIO(data))
         self.stats.samples += 1
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -6,6 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from data_pipeline.render.ocr import tesseract_lines
 from data_pipeline.render.pdf import iter_pdf_pages
 from data_pipeline.schema import Sample, Skip, clean_lines
@@ -19,15 +22,17 @@ def pdf_samples(path: Path, doc_id: str, cfg, source: str) -> Iterator[Sample | 
         if isinstance(item, Skip):
             yield item
             continue
-        index, image, lines = item
-        lines = clean_lines(lines, image.width, image.height)
+        index, image, lines = item  # lines with text; their boxes are clamped when the sample is encoded
         meta = {}
         if not lines:
             if not cfg.get("ocr_fallback", False):
                 yield Skip("no_text_layer", detail=f"{path} page {index}")
                 continue
+            height, width = image.shape[:2]
             lines = clean_lines(
-                tesseract_lines(image, cfg.ocr_lang, cfg.ocr_timeout), image.width, image.height
+                tesseract_lines(Image.fromarray(np.array(image)), cfg.ocr_lang, cfg.ocr_timeout),
+                width,
+                height,
             )
             meta["ocr"] = "tesseract"
             if not lines:

@@ -1,0 +1,66 @@
+"""Page images: our PNG writer, grey/colour rendering of PDF pages, and the arrays that share pixmap memory."""
+
+from __future__ import annotations
+
+import gc
+import io
+
+import numpy as np
+import pymupdf
+import pytest
+from PIL import Image
+
+from data_pipeline.imageio import encode_image, encode_png, grey_levels, resize_long_side
+from data_pipeline.render.pdf import render_page
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (64, 31, 3), (1, 1), (1, 1, 3), (2048, 1449)])
+def test_png_writer_round_trips(shape):
+    rng = np.random.default_rng(sum(shape))
+    a = rng.integers(0, 256, shape, dtype=np.uint8)
+    a[: shape[0] // 2] = 255  # flat background, as on pages
+    for level in (0, 1, 3, 9):
+        decoded = np.asarray(Image.open(io.BytesIO(encode_png(a, level))))
+        assert decoded.shape == a.shape and (decoded == a).all()
+
+
+def test_png_writer_takes_views_and_other_modes_and_refuses_the_rest():
+    a = np.arange(60 * 80 * 3, dtype=np.uint8).reshape(60, 80, 3)
+    view = a[::2, 5:70]  # not contiguous
+    assert (np.asarray(Image.open(io.BytesIO(encode_image(view, "png")))) == view).all()
+    rgba = Image.new("RGBA", (9, 7), (10, 20, 30, 128))
+    assert Image.open(io.BytesIO(encode_image(rgba, "png"))).mode == "RGB"
+    assert Image.open(io.BytesIO(encode_image(a, "jpg"))).size == (80, 60)
+    with pytest.raises(ValueError, match="uint8"):
+        encode_png(a.astype(np.float32))
+    with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
+        encode_png(np.zeros((4, 4, 4), np.uint8))
+
+
+def test_resize_and_grey_levels():
+    a = np.full((400, 100, 3), (255, 0, 0), np.uint8)
+    small = resize_long_side(a, 200)
+    assert small.size == (50, 200) and resize_long_side(a, 400) is a
+    assert np.allclose(grey_levels(a), 0.299 * 255, atol=0.01)
+
+
+def _pdf(colour: tuple[float, float, float]) -> pymupdf.Document:
+    doc = pymupdf.open()
+    page = doc.new_page(width=300, height=200)
+    page.insert_text((20, 100), "Literate pages", fontsize=24, color=colour)
+    return doc
+
+
+def test_grey_pages_render_grey_and_coloured_pages_rgb():
+    grey = render_page(_pdf((0.2, 0.2, 0.2))[0], 144, 2048, 10**9)
+    red = render_page(_pdf((1, 0, 0))[0], 144, 2048, 10**9)
+    (g, _, zoom), (r, _, _) = grey, red
+    assert zoom == 2 and g.shape == (400, 600) and r.shape == (400, 600, 3)
+    assert g.min() < 100  # the text is drawn
+    ink = r[(r[..., 1] < 128)]
+    assert len(ink) > 100 and (ink[:, 0] > 200).all()  # red, not grey
+    # The arrays share the pixmaps' memory and keep them alive.
+    rows = g[100:300]
+    del grey, g
+    gc.collect()
+    assert rows.min() < 100 and Image.open(io.BytesIO(encode_png(rows))).size == (600, 200)

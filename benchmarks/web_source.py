@@ -3,7 +3,8 @@
     python -m benchmarks.web_source [--input <dir|glob|list>] [--max-docs 50] [--check]
 
 Throughput: the same pages rendered into tiles with one Chromium reused across pages (what a worker does)
-vs a fresh Chromium per page, one process, same run; prints pages/s of both and the ratio.
+vs a fresh Chromium per page, one process, same run; prints pages/s of both and the ratio, then the same
+for a bare Playwright loop that only loads and captures each page (the ceiling of that ratio here).
 Check: builds `web` and `html` shards of the pages, then measures every box inside its image, the share of
 line texts found verbatim in the page's `innerText` (white space normalised), how many of the pages'
 headings, lists, code blocks and tables reach the markdown, and the mean normalised edit similarity between
@@ -31,22 +32,57 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "browser" / "default.
 
 
 def throughput(urls: list[str]) -> tuple[float, float]:
+    """(pages/s with one reused browser, pages/s with a fresh browser per page) of `Browser.render`."""
     from data_pipeline.render.browser import Browser
 
     cfg = OmegaConf.load(CONFIG)
-    shared = Browser()
+    return _reused_vs_fresh(urls, Browser, lambda b, u: b.render(u, cfg), lambda b: b.close())
+
+
+def bare_throughput(urls: list[str]) -> tuple[float, float]:
+    """The same for the least a builder that captures whole pages does, with bare Playwright: a context and
+    page, `goto`, the page height, one capture of the page, close. Its ratio bounds what any such builder
+    can gain from reusing the browser on these pages."""
+    from playwright.sync_api import sync_playwright
+
+    from data_pipeline.render.browser import CHROMIUM_ARGS, chromium_path
+
+    def launch():
+        pw = sync_playwright().start()
+        return pw, pw.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True)
+
+    def page(pair, url):
+        context = pair[1].new_context(viewport={"width": 1024, "height": 1448})
+        p = context.new_page()
+        p.goto(url, wait_until="load")
+        h = min(14480, p.evaluate("document.documentElement.scrollHeight"))
+        clip = {"x": 0, "y": 0, "width": 1024, "height": max(h, 1), "scale": 1}
+        context.new_cdp_session(p).send(
+            "Page.captureScreenshot",
+            {"format": "png", "clip": clip, "captureBeyondViewport": True, "optimizeForSpeed": True},
+        )
+        context.close()
+
+    def close(pair):
+        pair[1].close()
+        pair[0].stop()
+
+    return _reused_vs_fresh(urls, launch, page, close)
+
+
+def _reused_vs_fresh(urls, launch, page, close) -> tuple[float, float]:
+    shared = launch()
     t = time.perf_counter()
     for u in urls:
-        shared.render(u, cfg)
+        page(shared, u)
     reused = len(urls) / (time.perf_counter() - t)
-    shared.close()
+    close(shared)
     t = time.perf_counter()
     for u in urls:
-        b = Browser()
-        b.render(u, cfg)
-        b.close()
-    fresh = len(urls) / (time.perf_counter() - t)
-    return reused, fresh
+        b = launch()
+        page(b, u)
+        close(b)
+    return reused, len(urls) / (time.perf_counter() - t)
 
 
 def _plain(md: str) -> str:
@@ -218,10 +254,17 @@ def main() -> None:
         sys.exit(f"no pages match {args.input} (Debian's python3-doc installs the default set)")
     urls = [Path(f).resolve().as_uri() for f in files]
     if args.only is None:
-        reused, fresh = throughput(urls[:20])
+        n = min(20, len(urls))
+        reused, fresh = throughput(urls[:n])
         print(
-            f"{min(20, len(urls))} pages: reused browser {reused:.2f} pages/s, fresh browser per page {fresh:.2f} pages/s, "
-            f"ratio {reused / fresh:.1f}x"
+            f"{n} pages: reused browser {reused:.2f} pages/s, fresh browser per page {fresh:.2f} pages/s, "
+            f"ratio {reused / fresh:.2f}x"
+        )
+        bare_reused, bare_fresh = bare_throughput(urls[:n])
+        print(
+            f"bare Playwright (load + one capture, nothing else): reused {bare_reused:.2f} pages/s, fresh "
+            f"{bare_fresh:.2f} pages/s, ratio {bare_reused / bare_fresh:.2f}x; ours reused runs at "
+            f"{reused / bare_reused:.2f}x the bare loop's pages/s"
         )
     if args.check:
         with tempfile.TemporaryDirectory() as tmp:

@@ -197,6 +197,16 @@ class PageTimeout(Exception):
     pass
 
 
+# One round trip once the page has loaded: wait for its fonts, then its height, words and blocks.
+MEASURE_JS = f"""
+async () => {{
+  if (document.fonts) await document.fonts.ready;
+  const full = Math.max(document.documentElement.scrollHeight, document.body ? document.body.scrollHeight : 0);
+  return [full, ({EXTRACT_WORDS_JS})(), ({BLOCKS_JS})()];
+}}
+"""
+
+
 @dataclass
 class RenderedPage:
     url: str
@@ -278,17 +288,11 @@ class Browser:
                 raise PageTimeout(f"{url}: not loaded within {cfg.page_timeout}s") from e
             except PlaywrightError as e:
                 raise DocumentError("page_load_failed", f"{url}: {str(e).splitlines()[0]}") from e
-            page.evaluate("document.fonts ? document.fonts.ready : null")
-            full = int(
-                page.evaluate(
-                    "Math.max(document.documentElement.scrollHeight, document.body ? document.body.scrollHeight : 0)"
-                )
-            )
+            full, words, blocks = page.evaluate(MEASURE_JS)
+            full = int(full)
             height = min(full, int(cfg.max_height))
-            words = page.evaluate(EXTRACT_WORDS_JS)
             inner = page.evaluate("document.body ? document.body.innerText : ''") if with_text else ""
             html = page.evaluate(ANNOTATE_JS) if with_html else None
-            blocks = page.evaluate(BLOCKS_JS)
             # One capture of the whole (capped) page, cut into tiles between blocks, not through them.
             # Chromium's own capture with its fast PNG encoder: about twice as fast as page.screenshot().
             cdp = context.new_cdp_session(page)

@@ -51,6 +51,8 @@ def validate(cfg: DictConfig):
     langs = cfg.filters.languages
     if not (langs == "all" or OmegaConf.is_list(langs)):
         raise ConfigError(f"filters.languages={langs!r}: a list of ISO codes or 'all'")
+    if cfg.filters.get("lang_scope", "document") not in ("document", "page"):
+        raise ConfigError(f"filters.lang_scope={cfg.filters.lang_scope!r}: choose document or page")
     for tool in getattr(source, "REQUIRED_TOOLS", ()):
         if shutil.which(tool) is None:
             raise ConfigError(

@@ -163,7 +163,7 @@ def run_task(task: Task, cfg, progress=None) -> dict:
         return {**stats, "skipped": True}
     source = get_source(cfg.source.name)
     keep = SampleFilter(cfg.filters)
-    img = cfg.image
+    img = (str(cfg.image.format), int(cfg.image.quality), int(cfg.image.max_side), int(cfg.image.png_level))
     with ShardWriter(out, task.index) as writer:
         stats = writer.stats
         for doc in task.docs:
@@ -179,9 +179,7 @@ def run_task(task: Task, cfg, progress=None) -> dict:
                         if reason is not None:
                             stats.skips[reason] += 1
                             continue
-                        _write(
-                            writer, encode_sample(item, img.format, img.quality, img.max_side, img.png_level)
-                        )
+                        _write(writer, encode_sample(item, *img))
             except DocTimeout as e:
                 _count(stats, Skip("doc_timeout", detail=str(e), error=True), doc.path)
             stats.docs += 1

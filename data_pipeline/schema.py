@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from data_pipeline.imageio import PageImage, encode_image, image_size, resize_long_side
 
 BUILDER_VERSION = "0.1.0"
@@ -76,24 +78,20 @@ def make_key(source: str, doc_id: str, page: int) -> str:
 def clean_lines(lines: list[dict], width: int, height: int) -> list[dict]:
     """Clamp boxes into the image and drop lines without text. A box with no area (a zero-width glyph such
     as U+200C, a combining mark on its own) is widened to one pixel rather than losing its text."""
-    out = []
-    for line in lines:
-        text = " ".join(str(line["text"]).split())
-        if not text:
-            continue
-        x0, y0, x1, y1 = line["bbox"]
-        x0, x1 = _span(min(x0, x1), max(x0, x1), width)
-        y0, y1 = _span(min(y0, y1), max(y0, y1), height)
-        out.append({"text": text, "bbox": [round(x0, 2), round(y0, 2), round(x1, 2), round(y1, 2)]})
-    return out
-
-
-def _span(lo: float, hi: float, size: int) -> tuple[float, float]:
-    lo, hi = min(max(lo, 0.0), float(size)), min(max(hi, 0.0), float(size))
-    if hi - lo < 1.0:
-        lo = min(lo, max(size - 1.0, 0.0))
-        hi = min(lo + 1.0, float(size))
-    return lo, hi
+    texts = [" ".join(str(line["text"]).split()) for line in lines]
+    kept = [i for i, text in enumerate(texts) if text]
+    if not kept:
+        return []
+    boxes = np.array([lines[i]["bbox"] for i in kept], dtype=np.float64).reshape(-1, 4)
+    xs, ys = np.sort(boxes[:, 0::2], axis=1), np.sort(boxes[:, 1::2], axis=1)  # (x0, x1) and (y0, y1) pairs
+    for span, size in ((xs, float(width)), (ys, float(height))):
+        np.clip(span, 0.0, size, out=span)
+        thin = span[:, 1] - span[:, 0] < 1.0
+        if thin.any():
+            low = np.minimum(span[thin, 0], max(size - 1.0, 0.0))
+            span[thin, 0], span[thin, 1] = low, np.minimum(low + 1.0, size)
+    rounded = np.round(np.stack([xs[:, 0], ys[:, 0], xs[:, 1], ys[:, 1]], axis=1), 2).tolist()
+    return [{"text": texts[i], "bbox": box} for i, box in zip(kept, rounded, strict=True)]
 
 
 def encode_sample(
@@ -121,7 +119,7 @@ def encode_sample(
             ]
         )
         layout = {"width": width, "height": height, "lines": clean_lines(scaled, width, height)}
-        members["layout.json"] = json.dumps(layout, ensure_ascii=False).encode()
+        members["layout.json"] = json.dumps(layout, ensure_ascii=False, separators=(",", ":")).encode()
     if sample.md is not None:
         members["md"] = sample.md.encode()
     meta = {
@@ -133,5 +131,5 @@ def encode_sample(
         "lang": sample.meta.get("lang"),
         **{k: v for k, v in sample.meta.items() if k != "lang"},
     }
-    members["meta.json"] = json.dumps(meta, ensure_ascii=False).encode()
+    members["meta.json"] = json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode()
     return members

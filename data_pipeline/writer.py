@@ -3,7 +3,6 @@ JSON written last. A shard is finished iff its JSON exists; a tar without one is
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import tarfile
@@ -12,6 +11,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+_ZEROS = bytes(tarfile.BLOCKSIZE)
 
 
 def shard_name(index: int) -> str:
@@ -68,8 +69,7 @@ class ShardWriter:
 
     def __enter__(self) -> ShardWriter:
         self._stream = open(self._tmp, "wb")
-        # PAX: plain ustar headers, plus an extended header only for a name over ustar's 256 characters.
-        self._tar = tarfile.open(fileobj=self._stream, mode="w|", format=tarfile.PAX_FORMAT)
+        self._offset = 0
         return self
 
     def write(self, members: dict[str, Any]) -> None:
@@ -84,11 +84,23 @@ class ShardWriter:
             info = tarfile.TarInfo(f"{key}.{ext}")
             info.size, info.mode, info.mtime = len(data), 0o444, 0
             info.uname = info.gname = "bigdata"
-            self._tar.addfile(info, io.BytesIO(data))
+            # The bytes `tarfile` writes (PAX: a plain ustar header, plus an extended header only for a name
+            # over ustar's 256 characters), without its copy of the data through small buffers.
+            header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+            pad = _ZEROS[: -len(data) % tarfile.BLOCKSIZE]
+            if len(data) < 65536:  # one write; a large member (an image) is written from its own bytes
+                self._stream.write(b"".join((header, data, pad)))
+            else:
+                self._stream.write(header)
+                self._stream.write(data)
+                self._stream.write(pad)
+            self._offset += len(header) + len(data) + len(pad)
         self.stats.samples += 1
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self._tar.close()
+        # The end of the archive as tarfile writes it: two zero blocks, then zeros to a whole record.
+        end = self._offset + 2 * tarfile.BLOCKSIZE
+        self._stream.write(bytes(end - self._offset + (-end % tarfile.RECORDSIZE)))
         self._stream.close()
         if exc_type is not None:
             self._tmp.unlink(missing_ok=True)

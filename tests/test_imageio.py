@@ -10,7 +10,8 @@ import pymupdf
 import pytest
 from PIL import Image
 
-from data_pipeline.imageio import encode_image, encode_png, grey_levels, resize_long_side
+from data_pipeline.filters import grey_spread
+from data_pipeline.imageio import ScanlineImage, encode_image, encode_png, resize_long_side
 from data_pipeline.render.pdf import render_page
 
 
@@ -37,11 +38,17 @@ def test_png_writer_takes_views_and_other_modes_and_refuses_the_rest():
         encode_png(np.zeros((4, 4, 4), np.uint8))
 
 
-def test_resize_and_grey_levels():
+def test_resize_and_grey_spread():
     a = np.full((400, 100, 3), (255, 0, 0), np.uint8)
     small = resize_long_side(a, 200)
     assert small.size == (50, 200) and resize_long_side(a, 400) is a
-    assert np.allclose(grey_levels(a), 0.299 * 255, atol=0.01)
+    assert grey_spread(a) == pytest.approx(0, abs=1e-3)  # one colour: blank, whatever the colour
+    grey = np.full((512, 100), 255, np.uint8)
+    grey[:256] = 0  # half black, half white: a spread of 127.5 from the histogram as from the pixels
+    assert grey_spread(grey) == pytest.approx(grey[::8, ::8].std()) == pytest.approx(127.5)
+    a = np.full((512, 100, 3), (255, 0, 0), np.uint8)
+    a[:256] = 0
+    assert grey_spread(a) == pytest.approx(0.299 * 255 / 2, rel=1e-4)
 
 
 def _pdf(colour: tuple[float, float, float]) -> pymupdf.Document:
@@ -64,3 +71,19 @@ def test_grey_pages_render_grey_and_coloured_pages_rgb():
     del grey, g
     gc.collect()
     assert rows.min() < 100 and Image.open(io.BytesIO(encode_png(rows))).size == (600, 200)
+
+
+def test_rendered_pages_are_png_scanlines_and_encode_like_a_copy():
+    for colour in ((0.2, 0.2, 0.2), (1, 0, 0)):
+        image, dlist, zoom = render_page(_pdf(colour)[0], 144, 2048, 10**9)
+        assert isinstance(image, ScanlineImage) and (image.scanlines[:, 0] == 0).all()
+        # drawn as get_pixmap draws it
+        space = pymupdf.csRGB if image.ndim == 3 else pymupdf.csGRAY
+        pix = dlist.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), colorspace=space, alpha=False)
+        want = np.frombuffer(pix.samples, np.uint8).reshape(image.shape)
+        assert (np.asarray(image) == want).all()
+        png = encode_png(image)
+        assert png == encode_png(np.array(image))  # the scanlines deflated as they are = a copy's PNG
+        assert (np.asarray(Image.open(io.BytesIO(png))) == want).all()
+        crop = image[10:50, 20:]  # a crop is no longer the scanlines: encoded from a copy
+        assert (np.asarray(Image.open(io.BytesIO(encode_png(crop)))) == crop).all()

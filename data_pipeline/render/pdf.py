@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-import difflib
-import unicodedata
+import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pymupdf
 
+from data_pipeline.imageio import ScanlineImage, scanline_image
 from data_pipeline.schema import DocumentError, Skip
 
 # TEXTFLAGS_TEXT: the flags of `page.get_text("text")`, so lines and plain text agree (images excluded).
 TEXT_FLAGS = pymupdf.TEXTFLAGS_TEXT
-# With accurate side bearings, glyphs without advance (lone combining marks, U+200C) keep their place in the text,
-# as in MuPDF's plain text, but glyph boxes collapse to their baseline: text from one, boxes from the other.
-TEXT_FLAGS_EXACT = TEXT_FLAGS | pymupdf.TEXT_ACCURATE_SIDE_BEARINGS
 _mupdf = pymupdf.mupdf
-_INVISIBLE = ("Mn", "Me", "Cf", "Cc", "Co", "Zs")
+# MuPDF's JSON gives coordinates as whole numbers: asked for in 1/16 px, they are exact to a 1/8 px.
+_SUBPIXEL = 16
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def open_pdf(path: str | Path, max_pages: int) -> pymupdf.Document:
@@ -62,49 +62,50 @@ def display_list(page: pymupdf.Page) -> tuple[pymupdf.DisplayList, bool]:
 
 
 def page_lines(dlist: pymupdf.DisplayList, zoom: float) -> list[dict]:
-    """Text lines in content order with boxes in pixels of the display list rendered at `zoom`."""
+    """Text lines in MuPDF's reading order with boxes in pixels of the display list drawn at `zoom`. MuPDF
+    writes its structured text as JSON in C, each line with its box and its characters (exactly those of
+    its plain text): a third of the time of building `get_text("dict")`'s spans in Python."""
+    buf = _mupdf.FzBuffer(1 << 16)
+    out = _mupdf.FzOutput(buf)
+    _mupdf.fz_print_stext_page_as_json(out, dlist.get_textpage(TEXT_FLAGS), zoom * _SUBPIXEL)
+    out.fz_close_output()
+    raw = buf.fz_buffer_extract()
+    try:  # characters are written as UTF-8 even when they are no valid code point (broken font maps)
+        text = raw.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8", "replace")
     lines = []
-    for block in pymupdf.TextPage(dlist.get_textpage(TEXT_FLAGS)).extractDICT()["blocks"]:
+    for block in json.loads(text, strict=False)["blocks"]:
         for line in block.get("lines", ()):
-            text = "".join(span["text"] for span in line["spans"])
-            if text.strip():
-                x0, y0, x1, y1 = line["bbox"]
-                lines.append({"text": text, "bbox": [x0 * zoom, y0 * zoom, x1 * zoom, y1 * zoom]})
-    # The exact extraction's plain text has one line per line, in the same order (MuPDF ends every line with a
-    # newline and every block with one more); mostly it equals the lines above, and then there is no more to do.
-    exact = pymupdf.TextPage(dlist.get_textpage(TEXT_FLAGS_EXACT))
-    exact_texts = [t for t in exact.extractText().split("\n") if t.strip()]
-    if exact_texts == [line["text"] for line in lines]:
-        return lines
-    # Lines both found (equal but for invisible characters) take the exact text; lines of invisible characters
-    # only the exact one found are added with its box; the rest stay as they are.
-    a, b = [_visible(line["text"]) for line in lines], [_visible(t) for t in exact_texts]
-    out: list[dict] = []
-    for tag, i0, i1, j0, j1 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
-        if tag == "equal":
-            out += [{**lines[i0 + k], "text": exact_texts[j0 + k]} for k in range(i1 - i0)]
-            continue
-        out += lines[i0:i1]
-        if tag == "insert" and not any(b[j0:j1]):
-            boxes = _line_boxes(exact, zoom)
-            out += [
-                {"text": exact_texts[j], "bbox": boxes.get(exact_texts[j], [0, 0, 0, 0])}
-                for j in range(j0, j1)
-            ]
-    return out
+            chars = line["text"]
+            if not chars.strip():
+                continue
+            if _SURROGATE.search(chars):  # as in `get_text()`: an invalid code point reads U+FFFD
+                chars = _SURROGATE.sub("\ufffd", chars)
+            b = line["bbox"]
+            x0, y0 = b["x"] / _SUBPIXEL, b["y"] / _SUBPIXEL
+            lines.append({"text": chars, "bbox": [x0, y0, x0 + b["w"] / _SUBPIXEL, y0 + b["h"] / _SUBPIXEL]})
+    return lines
 
 
-def _line_boxes(textpage: pymupdf.TextPage, zoom: float) -> dict[str, list[float]]:
-    boxes = {}
-    for block in textpage.extractDICT()["blocks"]:
-        for line in block.get("lines", ()):
-            text = "".join(span["text"] for span in line["spans"])
-            boxes.setdefault(text, [v * zoom for v in line["bbox"]])
-    return boxes
-
-
-def _visible(text: str) -> str:
-    return "".join(c for c in text if unicodedata.category(c) not in _INVISIBLE)
+def draw_page(dlist: pymupdf.DisplayList, zoom: float, colour: bool) -> ScanlineImage:
+    """The display list drawn at `zoom` as `get_pixmap` draws it (white background, no alpha), into a new
+    grey or RGB image laid out as PNG scanlines, which the PNG writer then deflates without a copy."""
+    matrix = _mupdf.FzMatrix(zoom, 0, 0, zoom, 0, 0)
+    box = _mupdf.fz_round_rect(_mupdf.fz_transform_rect(_mupdf.fz_bound_display_list(dlist.this), matrix))
+    width, height = box.x1 - box.x0, box.y1 - box.y0
+    image = scanline_image(height, width, 3 if colour else 1)
+    space = _mupdf.FzColorspace(_mupdf.FzColorspace.Fixed_RGB if colour else _mupdf.FzColorspace.Fixed_GRAY)
+    samples = _mupdf.python_mutable_buffer_data(memoryview(image.scanlines.reshape(-1))[1:])
+    stride = image.scanlines.strides[0]
+    pix = _mupdf.fz_new_pixmap_with_data(space, width, height, _mupdf.FzSeparations(), 0, stride, samples)
+    pix.m_internal.x, pix.m_internal.y = box.x0, box.y0
+    _mupdf.fz_clear_pixmap_with_value(pix, 0xFF)
+    device = _mupdf.fz_new_draw_device(matrix, pix)
+    everything = _mupdf.FzRect(_mupdf.FzRect.Fixed_INFINITE)
+    _mupdf.fz_run_display_list(dlist.this, device, _mupdf.FzMatrix(), everything, _mupdf.FzCookie())
+    _mupdf.fz_close_device(device)
+    return image
 
 
 def render_page(
@@ -122,9 +123,7 @@ def render_page(
         return Skip("pixel_cap", detail=f"{native / 1e6:.0f} MP at {dpi} dpi")
     zoom = min(dpi / 72, max_side / max(rect.width, rect.height))
     dlist, colour = display_list(page)
-    space = pymupdf.csRGB if colour else pymupdf.csGRAY
-    pix = dlist.get_pixmap(matrix=pymupdf.Matrix(zoom, zoom), colorspace=space, alpha=False)
-    return pixmap_array(pix), dlist, zoom
+    return draw_page(dlist, zoom, colour), dlist, zoom
 
 
 class _PixmapArray(np.ndarray):
@@ -143,11 +142,12 @@ def pixmap_array(pix: pymupdf.Pixmap) -> np.ndarray:
 def iter_pdf_pages(path: str | Path, cfg) -> Iterator[tuple[int, np.ndarray, list[dict]] | Skip]:
     """Each page as (page index, image, lines) or a `Skip`; raises `DocumentError` for the whole file."""
     doc = open_pdf(path, cfg.max_pages_per_doc)
+    dpi, max_side, max_pixels = float(cfg.dpi), int(cfg.max_side), int(cfg.max_page_pixels)
     try:
         for i in range(doc.page_count):
             try:
                 page = doc.load_page(i)
-                rendered = render_page(page, cfg.dpi, cfg.max_side, cfg.max_page_pixels)
+                rendered = render_page(page, dpi, max_side, max_pixels)
                 if isinstance(rendered, Skip):
                     yield rendered
                     continue

@@ -1,0 +1,108 @@
+"""Pieces of the shard contract: line cleaning, the tar writer's bytes, and the per-sample filter."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from data_pipeline.filters import LANG_ID_CHARS, SampleFilter
+from data_pipeline.schema import Sample, clean_lines
+from data_pipeline.writer import ShardWriter
+
+
+def test_clean_lines_clamps_orders_widens_and_drops_empty_text():
+    lines = [
+        {"text": "  two   words ", "bbox": [10.004, 5, 20.5, 15]},
+        {"text": " \n\t", "bbox": [1, 1, 5, 5]},  # no text: dropped
+        {"text": "inverted", "bbox": [30, 18, 20, 8]},  # corners swapped: put in order
+        {"text": "outside", "bbox": [-5, -5, 200, 200]},  # clamped to the 100 x 50 image
+        {"text": "\u200c", "bbox": [40, 10, 40, 20]},  # zero width: widened to one pixel
+        {"text": "edge", "bbox": [100, 50, 100, 50]},  # a point on the far corner: the last pixel
+    ]
+    assert clean_lines(lines, 100, 50) == [
+        {"text": "two words", "bbox": [10.0, 5.0, 20.5, 15.0]},
+        {"text": "inverted", "bbox": [20.0, 8.0, 30.0, 18.0]},
+        {"text": "outside", "bbox": [0.0, 0.0, 100.0, 50.0]},
+        {"text": "\u200c", "bbox": [40.0, 10.0, 41.0, 20.0]},
+        {"text": "edge", "bbox": [99.0, 49.0, 100.0, 50.0]},
+    ]
+    assert clean_lines([{"text": "", "bbox": [0, 0, 1, 1]}], 10, 10) == []
+
+
+def test_shard_writer_writes_the_bytes_tarfile_writes(tmp_path):
+    rng = np.random.default_rng(0)
+    samples = [
+        {
+            "__key__": f"pdf/{'d' * (300 if i == 2 else 8)}{i}/{i:05d}",  # one name needs a PAX header
+            "png": rng.bytes(1000 + 70_000 * (i == 1)),  # one member over the single-write size
+            "layout.json": b"{}" * i,
+            "meta.json": "é".encode() * i,
+        }
+        for i in range(4)
+    ]
+    with ShardWriter(tmp_path, 0) as writer:
+        for sample in samples:
+            writer.write(sample)
+    reference = io.BytesIO()
+    with tarfile.open(fileobj=reference, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for sample in samples:
+            for ext in sorted(k for k in sample if not k.startswith("_")):
+                info = tarfile.TarInfo(f"{sample['__key__']}.{ext}")
+                info.size, info.mode, info.mtime = len(sample[ext]), 0o444, 0
+                info.uname = info.gname = "bigdata"
+                tar.addfile(info, io.BytesIO(sample[ext]))
+    assert (tmp_path / "shard-00000.tar").read_bytes() == reference.getvalue()
+    with tarfile.open(tmp_path / "shard-00000.tar") as tar:
+        assert tar.getnames()[6] == samples[2]["__key__"] + ".layout.json"
+
+
+def _filter(**overrides):
+    cfg = {
+        "min_chars": 10,
+        "blank_std": 2.0,
+        "max_garbled": 0.1,
+        "languages": ["en"],
+        "lang_threshold": 0.5,
+        **overrides,
+    }
+    return SampleFilter(OmegaConf.create(cfg))
+
+
+def _page(doc: str, page: int, text: str) -> Sample:
+    image = np.full((64, 64), 255, np.uint8)
+    image[8:16, 8:56] = 0
+    return Sample("pdf", doc, page, image, "x.pdf", lines=[{"text": text, "bbox": [8, 8, 56, 16]}])
+
+
+ENGLISH = "The quick brown fox jumps over the lazy dog while the committee reads its report. " * 14
+FRENCH = "Ceci est une page écrite en français, avec des phrases complètes et assez longues. " * 3
+
+
+@pytest.mark.parametrize("scope", ["document", "page"])
+def test_language_is_decided_per_document_or_per_page(scope):
+    keep = _filter(lang_scope=scope)
+    assert len(ENGLISH) >= LANG_ID_CHARS > len(FRENCH)
+    short = _page("a", 0, FRENCH)  # before a page long enough to decide the document: decided alone
+    assert keep(short) == "language" and short.meta["lang"] == "fr"
+    assert keep(_page("a", 1, ENGLISH)) is None
+    later = _page("a", 2, FRENCH)
+    if scope == "document":  # the document was decided by page 1: English
+        assert keep(later) is None and later.meta["lang"] == "en"
+    else:
+        assert keep(later) == "language" and later.meta["lang"] == "fr"
+    other = _page("b", 0, FRENCH)  # another document starts afresh
+    assert keep(other) == "language"
+
+
+def test_quality_reasons():
+    keep = _filter(languages="all")
+    assert keep(_page("a", 0, "tiny")) == "too_little_text"
+    blank = _page("a", 1, ENGLISH)
+    blank.image[:] = 255  # text in the layer, nothing drawn (invisible text)
+    assert keep(blank) == "blank_page"
+    assert keep(_page("a", 2, "\ue000" * 40 + "some text here")) == "garbled_text"
+    assert keep(_page("a", 3, ENGLISH)) is None

@@ -1,6 +1,6 @@
 """`source=pdf` throughput against raw PyMuPDF on the same pages, same run.
 
-    python -m benchmarks.pdf_source [--input <dir|glob|list>] [--max-docs 20] [--rounds 3] [--check]
+    python -m benchmarks.pdf_source [--input <dir|glob|list>] [--max-docs 40] [--rounds 3] [--check]
 
 Reference: in one process, PyMuPDF renders every page at the builder's resolution (`dpi` capped to the long
 side) and extracts `get_text("dict")`: the least any PDF builder must do. Ours: the builder's task function
@@ -123,7 +123,7 @@ def main() -> None:
         default=None,
         help="PDFs to use (default: those under /usr/share/doc, else the demo corpus)",
     )
-    ap.add_argument("--max-docs", type=int, default=20)
+    ap.add_argument("--max-docs", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=3, help="counted rounds (after one warm-up round)")
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--image-format", default="png", choices=["png", "jpg", "webp"])

@@ -179,7 +179,7 @@ def main() -> None:
         all_s = time.perf_counter() - t
         all_pages = sum(json.loads(p.read_text())["pages"] for p in (tmp / "all").glob("shard-*.json"))
         all_rate = all_pages / all_s
-        rates, stats = rounds[-1]
+        stats = rounds[-1][1]
 
         def median(key: str, over: str = "raw") -> float:
             return statistics.median(r[key] / r[over] for r, _ in rounds)

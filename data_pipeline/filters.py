@@ -87,24 +87,26 @@ class SampleFilter:
 
     def __call__(self, sample: Sample) -> str | None:
         text = sample.text()
-        if len("".join(text.split())) < self.min_chars:
+        words = text.split()
+        chars = sum(map(len, words))
+        if chars < self.min_chars:
             return "too_little_text"
         if self.blank_std > 0 and grey_spread(sample.image) < self.blank_std:
             return "blank_page"
         if garbled_fraction(text) > self.max_garbled:
             return "garbled_text"
-        lang, score = self._language(sample, text)
+        lang, score = self._language(sample, text, folded_length=chars + len(words) - 1)
         sample.meta["lang"] = lang
         sample.meta["lang_score"] = round(score, 3)
         if self.languages is not None and (lang not in self.languages or score < self.threshold):
             return "language"
         return None
 
-    def _language(self, sample: Sample, text: str) -> tuple[str, float]:
+    def _language(self, sample: Sample, text: str, folded_length: int) -> tuple[str, float]:
         doc = (sample.source, sample.doc_id)
         if self.per_document and self._document is not None and self._document[0] == doc:
             return self._document[1], self._document[2]
         lang, score = detect_language(text)
-        if self.per_document and len(" ".join(text.split())) >= LANG_ID_CHARS:
+        if self.per_document and folded_length >= LANG_ID_CHARS:
             self._document = (doc, lang, score)
         return lang, score

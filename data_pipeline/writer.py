@@ -69,7 +69,6 @@ class ShardWriter:
 
     def __enter__(self) -> ShardWriter:
         self._stream = open(self._tmp, "wb")
-        self._offset = 0
         return self
 
     def write(self, members: dict[str, Any]) -> None:
@@ -87,20 +86,15 @@ class ShardWriter:
             # The bytes `tarfile` writes (PAX: a plain ustar header, plus an extended header only for a name
             # over ustar's 256 characters), without its copy of the data through small buffers.
             header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-            pad = _ZEROS[: -len(data) % tarfile.BLOCKSIZE]
-            if len(data) < 65536:  # one write; a large member (an image) is written from its own bytes
-                self._stream.write(b"".join((header, data, pad)))
-            else:
-                self._stream.write(header)
-                self._stream.write(data)
-                self._stream.write(pad)
-            self._offset += len(header) + len(data) + len(pad)
+            self._stream.write(header)  # small writes gather in the file's buffer; an image goes straight out
+            self._stream.write(data)
+            self._stream.write(_ZEROS[: -len(data) % tarfile.BLOCKSIZE])
         self.stats.samples += 1
 
     def __exit__(self, exc_type, exc, tb) -> None:
         # The end of the archive as tarfile writes it: two zero blocks, then zeros to a whole record.
-        end = self._offset + 2 * tarfile.BLOCKSIZE
-        self._stream.write(bytes(end - self._offset + (-end % tarfile.RECORDSIZE)))
+        end = self._stream.tell() + 2 * tarfile.BLOCKSIZE
+        self._stream.write(bytes(2 * tarfile.BLOCKSIZE + (-end % tarfile.RECORDSIZE)))
         self._stream.close()
         if exc_type is not None:
             self._tmp.unlink(missing_ok=True)

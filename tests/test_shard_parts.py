@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from data_pipeline.filters import LANG_ID_CHARS, SampleFilter
 from data_pipeline.schema import Sample, clean_lines
-from data_pipeline.writer import ShardWriter
+from data_pipeline.writer import ShardWriter, _header
 
 
 def test_clean_lines_clamps_orders_widens_and_drops_empty_text():
@@ -58,6 +58,15 @@ def test_shard_writer_writes_the_bytes_tarfile_writes(tmp_path):
     assert (tmp_path / "shard-00000.tar").read_bytes() == reference.getvalue()
     with tarfile.open(tmp_path / "shard-00000.tar") as tar:
         assert tar.getnames()[6] == samples[2]["__key__"] + ".layout.json"
+
+
+@pytest.mark.parametrize("name", ["pdf/a/00000.png", "x" * 100, "x" * 101, "pdf/é/00000.md", "a.b/c d.json"])
+@pytest.mark.parametrize("size", [0, 1, 511, 512, 123_456_789, 8**11 - 1, 8**11])
+def test_member_headers_are_tarfiles(name, size):
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, 0o444, 0
+    info.uname = info.gname = "bigdata"
+    assert _header(name, size) == info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
 def _filter(**overrides):

@@ -22,6 +22,7 @@ def test_clean_lines_clamps_orders_widens_and_drops_empty_text():
         {"text": "outside", "bbox": [-5, -5, 200, 200]},  # clamped to the 100 x 50 image
         {"text": "\u200c", "bbox": [40, 10, 40, 20]},  # zero width: widened to one pixel
         {"text": "edge", "bbox": [100, 50, 100, 50]},  # a point on the far corner: the last pixel
+        {"text": "nowhere", "bbox": [1, float("nan"), 5, float("inf")]},  # non-finite: dropped
     ]
     assert clean_lines(lines, 100, 50) == [
         {"text": "two words", "bbox": [10.0, 5.0, 20.5, 15.0]},

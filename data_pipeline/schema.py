@@ -88,8 +88,9 @@ def make_key(source: str, doc_id: str, page: int) -> str:
 
 
 def clean_lines(lines: list[dict], width: int, height: int) -> list[dict]:
-    """Clamp boxes into the image and drop lines without text or with a non-finite coordinate. A box with no area (a zero-width glyph such
-    as U+200C, a combining mark on its own) is widened to one pixel rather than losing its text."""
+    """Clamp boxes into the image and drop lines without text or with a non-finite coordinate. A box with no
+    area (a zero-width glyph such as U+200C, a combining mark on its own) is widened to one pixel rather than
+    losing its text."""
     texts = [" ".join(str(line["text"]).split()) for line in lines]
     kept = [i for i, text in enumerate(texts) if text]
     if not kept:

@@ -66,7 +66,7 @@ def test_grey_pages_render_grey_and_coloured_pages_rgb():
     assert g.min() < 100  # the text is drawn
     ink = r[(r[..., 1] < 128)]
     assert len(ink) > 100 and (ink[:, 0] > 200).all()  # red, not grey
-    # The arrays share the pixmaps' memory and keep them alive.
+    # A view keeps the image's scanline buffer alive.
     rows = g[100:300]
     del grey, g
     gc.collect()

@@ -133,19 +133,6 @@ def render_page(
     return draw_page(dlist, zoom, colour), dlist, zoom
 
 
-class _PixmapArray(np.ndarray):
-    """An array over a pixmap's samples that keeps the pixmap alive (its memory is the pixmap's)."""
-
-
-def pixmap_array(pix: pymupdf.Pixmap) -> np.ndarray:
-    """A grey or RGB pixmap as an (H, W) or (H, W, 3) uint8 array sharing its memory (no copy)."""
-    flat = np.frombuffer(pix.samples_mv, dtype=np.uint8).reshape(pix.height, pix.stride)
-    rows = flat[:, : pix.width * pix.n]
-    array = (rows if pix.n == 1 else rows.reshape(pix.height, pix.width, pix.n)).view(_PixmapArray)
-    array.pixmap = pix
-    return array
-
-
 def iter_pdf_pages(path: str | Path, cfg) -> Iterator[tuple[int, np.ndarray, list[dict]] | Skip]:
     """Each page as (page index, image, lines) or a `Skip`; raises `DocumentError` for the whole file."""
     doc = open_pdf(path, cfg.max_pages_per_doc)

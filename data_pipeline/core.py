@@ -18,8 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_pipeline.filters import SampleFilter
-from data_pipeline.schema import DocumentError, Sample, Skip, encode_sample
+from data_pipeline.filters import VOTE_CHARS, SampleFilter
+from data_pipeline.schema import DocumentError, Sample, Skip, compact_json, encode_sample, sample_meta
 from data_pipeline.sources import get_source
 from data_pipeline.writer import ShardStats, ShardWriter, is_finished, read_stats
 
@@ -152,6 +152,48 @@ def build_document(doc: Document, source, cfg) -> Iterator[Sample | Skip]:
 POLICY_REASONS = {"too_many_pages", "no_pages"}
 
 
+class PendingPages:
+    """A document's encoded samples, held until its language is decided (`lang_scope: document`), then
+    written with the document's language in their `meta.json`, or counted as `language` skips. The
+    document is decided at its end, once its votes have settled (`DocumentLanguage.settled`), or when the
+    held pages outgrow `limit` bytes; its later pages follow the decision."""
+
+    def __init__(self, keep: SampleFilter, limit: int):
+        self.keep, self.limit = keep, limit
+        self.votes = keep.document()
+        self.held: list[tuple[dict, dict]] = []  # (tar members, meta)
+        self.bytes = 0
+        self.decided: tuple[str, float] | None = None
+
+    def add(self, sample: Sample, img: tuple, writer: ShardWriter, stats: ShardStats) -> None:
+        if self.decided is None:
+            self.votes.add(self.keep.page_language(sample, VOTE_CHARS))
+            members = encode_sample(sample, *img)
+            self.held.append((members, sample_meta(sample)))
+            self.bytes += sum(len(v) for k, v in members.items() if k != "__key__")
+            if self.bytes > self.limit or self.votes.settled():
+                self.flush(writer, stats)
+        elif self.keep.accepts(*self.decided):
+            sample.meta["lang"], sample.meta["lang_score"] = self.decided[0], round(self.decided[1], 3)
+            _write(writer, encode_sample(sample, *img))
+        else:
+            stats.skips["language"] += 1
+
+    def flush(self, writer: ShardWriter, stats: ShardStats) -> None:
+        """Decide the document's language (if not yet) and write or count the held pages."""
+        if self.decided is None:
+            self.decided = self.votes.decide()
+        lang, score = self.decided
+        held, self.held, self.bytes = self.held, [], 0
+        if not self.keep.accepts(lang, score):
+            stats.skips["language"] += len(held)
+            return
+        for members, meta in held:
+            meta["lang"], meta["lang_score"] = lang, round(score, 3)
+            members["meta.json"] = compact_json(meta)
+            _write(writer, members)
+
+
 def run_task(task: Task, cfg, progress=None) -> dict:
     """Build shard `task.index` unless finished; returns its stats as a dict (with `"skipped": True` when
     the shard was already there). `progress`, when given, is a queue receiving per-document counts."""
@@ -164,10 +206,12 @@ def run_task(task: Task, cfg, progress=None) -> dict:
     source = get_source(cfg.source.name)
     keep = SampleFilter(cfg.filters)
     img = (str(cfg.image.format), int(cfg.image.quality), int(cfg.image.max_side), int(cfg.image.png_level))
+    hold_limit = int(float(cfg.filters.get("lang_hold_mb", 256)) * 2**20)
     with ShardWriter(out, task.index) as writer:
         stats = writer.stats
         for doc in task.docs:
             before = (stats.pages, stats.samples, sum(stats.errors.values()))
+            pending = PendingPages(keep, hold_limit) if keep.per_document else None
             try:
                 with time_limit(float(cfg.source.doc_timeout)):
                     for item in build_document(doc, source, cfg):
@@ -175,13 +219,22 @@ def run_task(task: Task, cfg, progress=None) -> dict:
                             _count(stats, item, doc.path)
                             continue
                         stats.pages += 1
-                        reason = keep(item)
+                        reason = keep.quality(item)
                         if reason is not None:
                             stats.skips[reason] += 1
-                            continue
-                        _write(writer, encode_sample(item, *img))
+                        elif pending is not None:
+                            pending.add(item, img, writer, stats)
+                        else:
+                            lang = keep.page_language(item)
+                            item.meta["lang"], item.meta["lang_score"] = lang.lang, round(lang.score, 3)
+                            if keep.accepts(lang.lang, lang.score):
+                                _write(writer, encode_sample(item, *img))
+                            else:
+                                stats.skips["language"] += 1
             except DocTimeout as e:
                 _count(stats, Skip("doc_timeout", detail=str(e), error=True), doc.path)
+            if pending is not None:  # the pages built before a time-out are kept too
+                pending.flush(writer, stats)
             stats.docs += 1
             if progress is not None:
                 now = (stats.pages, stats.samples, sum(stats.errors.values()))

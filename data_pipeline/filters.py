@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections import Counter
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -68,12 +70,117 @@ def detect_language(text: str) -> tuple[str, float]:
     return best["lang"], float(best["score"])
 
 
-class SampleFilter:
-    """`reason = SampleFilter(cfg)(sample)`: None to keep (and `sample.meta["lang"]` set), else why not.
+# Tokens that are syntax, not prose: options and macros (`-x`, `--flag`, `\\cmd`), and anything holding
+# code characters (`a_b`, `x=1`, paths, e-mail, markup). Anchored at a token's start, so each token is
+# scanned once.
+_SYNTAX = re.compile(r"(?<!\S)(?:[-\\]|[^\s@_{}=\\/<>|#$%&~^]*[@_{}=\\/<>|#$%&~^])\S*")
+_DIGITS = re.compile(r"[\d_]+")
 
-    With `lang_scope: document` (default; the paper filters documents by language), a document's language
-    is decided once, by its first page with at least `LANG_ID_CHARS` characters, and holds for its later
-    pages; pages before that one are decided on their own text. `lang_scope: page` decides every page."""
+
+def _combining_marks() -> str:
+    """Ranges of the combining marks (Unicode category M) below U+20000, as a regex character class body:
+    `\\w` leaves them out, and Devanagari, Thai or Bengali words would fall apart at their vowel signs."""
+    ranges, start = [], None
+    for cp in range(0x300, 0x20001):
+        mark = cp < 0x20000 and unicodedata.category(chr(cp))[0] == "M"
+        if mark and start is None:
+            start = cp
+        elif not mark and start is not None:
+            last = cp - 1
+            ranges.append(
+                f"\\u{start:04x}-\\u{last:04x}" if last < 0x10000 else f"\\U{start:08x}-\\U{last:08x}"
+            )
+            start = None
+    return "".join(ranges)
+
+
+# Words: runs of two or more letters and marks, once digits and underscores are gone (punctuation falls out).
+_WORD = re.compile(f"[\\w{_combining_marks()}]{{2,}}")
+# A page with less prose than this is identified on its whole text (a title page, a figure's labels).
+MIN_PROSE_CHARS = 40
+
+
+def prose_text(text: str, limit: int = LANG_ID_CHARS) -> str:
+    """The words of `text` that carry its language, up to about `limit` characters: option, macro and code
+    tokens dropped, and of the rest the runs of two or more letters. Dot leaders, page and section
+    numbers, option lists and code give fastText nothing to go on but pull it off English (a table of
+    contents reads English at 0.41), so they get no weight."""
+    words = _WORD.findall(_DIGITS.sub(" ", _SYNTAX.sub(" ", text[: 8 * limit])))
+    return " ".join(words)[:limit]
+
+
+@dataclass(frozen=True)
+class PageLanguage:
+    lang: str
+    score: float  # fastText's probability of `lang`
+    weight: int  # characters of text it was decided on (at most LANG_ID_CHARS): the page's vote weight
+
+
+def page_language(text: str, chars: int = LANG_ID_CHARS) -> PageLanguage:
+    """A page's language from its prose (`prose_text`, up to `chars` characters), weighing as many
+    characters as it read. A page with little prose is identified on its whole text, and weighs no more
+    than that little prose would."""
+    prose = prose_text(text, chars)
+    if len(prose) >= MIN_PROSE_CHARS:
+        return PageLanguage(*detect_language(prose), len(prose))
+    whole = " ".join(text.split())[:chars]
+    return PageLanguage(*detect_language(whole), min(len(whole), MIN_PROSE_CHARS))
+
+
+# A vote reads VOTE_CHARS of a page's prose. A document is settled once SETTLE_PAGES pages have voted and one
+# language holds SETTLE_SHARE of the confident votes' weight; its later pages follow without being read.
+# On 16,721 pages of 473 real documents (texlive manuals, Debian's translated manuals) this identifies 27%
+# of the pages on half the characters and decides every document as reading all of them on LANG_ID_CHARS
+# does, but two short ones (one kept, one dropped; both are mostly code).
+VOTE_CHARS = 500
+SETTLE_PAGES = 16
+SETTLE_SHARE = 0.9
+
+
+class DocumentLanguage:
+    """A document's language from its pages' votes: each page identified with probability >= `threshold`
+    votes for its language with its weight (characters of prose); the language with the most weight wins,
+    its score the weighted mean probability of the pages that voted for it. With no confident page, the
+    language with the most weight among all pages wins, with its (low) mean probability."""
+
+    def __init__(self, threshold: float):
+        self.threshold = threshold
+        self.pages: list[PageLanguage] = []
+
+    def add(self, page: PageLanguage) -> None:
+        self.pages.append(page)
+
+    def settled(self) -> bool:
+        """Whether enough pages agree that the rest cannot be expected to change the outcome."""
+        if len(self.pages) < SETTLE_PAGES:
+            return False
+        weight = Counter()
+        for p in self.pages:
+            if p.score >= self.threshold:
+                weight[p.lang] += max(p.weight, 1)
+        return bool(weight) and max(weight.values()) >= SETTLE_SHARE * sum(weight.values())
+
+    def decide(self) -> tuple[str, float]:
+        """(language, score) of the document."""
+        voters = [p for p in self.pages if p.score >= self.threshold] or self.pages
+        if not voters:
+            return "unknown", 0.0
+        weight, mass = Counter(), Counter()
+        for p in voters:
+            weight[p.lang] += max(p.weight, 1)
+            mass[p.lang] += max(p.weight, 1) * p.score
+        lang = max(sorted(weight), key=weight.__getitem__)  # a tie goes to the first code: runs agree
+        return lang, mass[lang] / weight[lang]
+
+
+class SampleFilter:
+    """Quality and language filters of one worker.
+
+    `quality(sample)` gives the reason a page is dropped (too little text, blank, garbled) or None;
+    `page_language(sample)` identifies the page's language and `accepts(lang, score)` says whether it is
+    kept. With `lang_scope: document` (default; the paper filters documents by language) the caller
+    collects the pages' `PageLanguage`s in a `DocumentLanguage` and applies its decision to every page;
+    with `lang_scope: page` each page is decided on its own."""
 
     def __init__(self, cfg):
         self.min_chars = int(cfg.min_chars)
@@ -83,30 +190,22 @@ class SampleFilter:
         self.languages = None if langs in ("all", None) or "all" in list(langs) else {str(x) for x in langs}
         self.threshold = float(cfg.lang_threshold)
         self.per_document = str(cfg.get("lang_scope", "document")) == "document"
-        self._document: tuple[tuple[str, str], str, float] | None = None  # (source, doc id), lang, score
 
-    def __call__(self, sample: Sample) -> str | None:
+    def quality(self, sample: Sample) -> str | None:
         text = sample.text()
-        words = text.split()
-        chars = sum(map(len, words))
-        if chars < self.min_chars:
+        if sum(map(len, text.split())) < self.min_chars:
             return "too_little_text"
         if self.blank_std > 0 and grey_spread(sample.image) < self.blank_std:
             return "blank_page"
         if garbled_fraction(text) > self.max_garbled:
             return "garbled_text"
-        lang, score = self._language(sample, text, folded_length=chars + len(words) - 1)
-        sample.meta["lang"] = lang
-        sample.meta["lang_score"] = round(score, 3)
-        if self.languages is not None and (lang not in self.languages or score < self.threshold):
-            return "language"
         return None
 
-    def _language(self, sample: Sample, text: str, folded_length: int) -> tuple[str, float]:
-        doc = (sample.source, sample.doc_id)
-        if self.per_document and self._document is not None and self._document[0] == doc:
-            return self._document[1], self._document[2]
-        lang, score = detect_language(text)
-        if self.per_document and folded_length >= LANG_ID_CHARS:
-            self._document = (doc, lang, score)
-        return lang, score
+    def page_language(self, sample: Sample, chars: int = LANG_ID_CHARS) -> PageLanguage:
+        return page_language(sample.text(), chars)
+
+    def accepts(self, lang: str, score: float) -> bool:
+        return self.languages is None or (lang in self.languages and score >= self.threshold)
+
+    def document(self) -> DocumentLanguage:
+        return DocumentLanguage(self.threshold)

@@ -138,7 +138,13 @@ def encode_sample(
         members["layout.json"] = compact_json(layout)
     if sample.md is not None:
         members["md"] = sample.md.encode()
-    meta = {
+    members["meta.json"] = compact_json(sample_meta(sample))
+    return members
+
+
+def sample_meta(sample: Sample) -> dict[str, Any]:
+    """The contents of a sample's `meta.json`."""
+    return {
         "source": sample.source,
         "doc_id": sample.doc_id,
         "page": sample.page,
@@ -147,5 +153,3 @@ def encode_sample(
         "lang": sample.meta.get("lang"),
         **{k: v for k, v in sample.meta.items() if k != "lang"},
     }
-    members["meta.json"] = compact_json(meta)
-    return members

@@ -71,9 +71,7 @@ def _header(name: str, size: int) -> bytes:
     if len(name) <= tarfile.LENGTH_NAME and name.isascii() and size < 8**11:
         raw, size_field = name.encode(), b"%011o\0" % size
         checksum = _FIXED_SUM + sum(raw) + sum(size_field)
-        return b"".join(
-            (raw.ljust(100, b"\0"), _MODE_IDS, size_field, _MTIME, b"%06o\0 " % checksum, _TAIL)
-        )
+        return b"".join((raw.ljust(100, b"\0"), _MODE_IDS, size_field, _MTIME, b"%06o\0 " % checksum, _TAIL))
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime = size, 0o444, 0
     info.uname = info.gname = _OWNER

@@ -292,6 +292,40 @@ def test_language_filter_and_dedup(tmp_path):
     assert json.loads((out / "manifest.json").read_text())["dropped"] == len(copies)
 
 
+def _text_pdf(path: Path, pages: list[str]) -> None:
+    doc = pymupdf.open()
+    for text in pages:
+        doc.new_page().insert_textbox(pymupdf.Rect(54, 54, 558, 780), text, fontsize=8)
+    doc.save(path)
+
+
+def test_language_is_the_documents_not_its_first_long_page(tmp_path):
+    from tests.test_shard_parts import CONTENTS, ENGLISH, FRENCH
+
+    src = tmp_path / "in"
+    src.mkdir()
+    # An English manual opening with a table of contents (which alone reads English below 0.5) and holding a
+    # French page; a French manual with a short English page.
+    _text_pdf(src / "manual.pdf", [CONTENTS, ENGLISH, FRENCH, ENGLISH])
+    _text_pdf(src / "roman.pdf", [FRENCH * 4, "Run the command below to install it.", FRENCH * 4])
+    args = ["source=pdf", f"input={src}", "workers=1", "dedup=false", "filters.languages=[en]"]
+    s = summary(build(*args, f"output={tmp_path / 'doc'}"))
+    assert s["samples"] == 4 and s["skips"] == {"language": 3}
+    samples = read_shards(tmp_path / "doc")
+    assert sorted(samples) == [f"pdf/manual/{i:05d}" for i in range(4)]
+    assert all(json.loads(x["meta.json"])["lang"] == "en" for x in samples.values())
+    # Page by page, the contents and the French page go, and the French manual's English page stays.
+    build(*args, f"output={tmp_path / 'page'}", "filters.lang_scope=page")
+    assert sorted(read_shards(tmp_path / "page")) == [
+        "pdf/manual/00001",
+        "pdf/manual/00003",
+        "pdf/roman/00001",
+    ]
+    # Past the hold limit a document is decided on the pages so far: here its contents page alone.
+    s = summary(build(*args, f"output={tmp_path / 'hold'}", "filters.lang_hold_mb=0"))
+    assert s["samples"] == 0 and s["skips"] == {"language": 7}
+
+
 def test_inspect_draws_samples_and_reports_a_corrupt_shard(built, tmp_path):
     out, _ = built
     r = subprocess.run(

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from data_pipeline.filters import LANG_ID_CHARS, SampleFilter
+from data_pipeline.filters import (
+    MIN_PROSE_CHARS,
+    DocumentLanguage,
+    SampleFilter,
+    detect_language,
+    page_language,
+    prose_text,
+)
 from data_pipeline.schema import Sample, clean_lines
 from data_pipeline.writer import ShardWriter, _header
 
@@ -90,29 +97,58 @@ def _page(doc: str, page: int, text: str) -> Sample:
 
 ENGLISH = "The quick brown fox jumps over the lazy dog while the committee reads its report. " * 14
 FRENCH = "Ceci est une page écrite en français, avec des phrases complètes et assez longues. " * 3
+# A table of contents like the first page of many manuals: dot leaders and numbers pull fastText off
+# English (0.42 on LaTeX's usrguide), so deciding a document by such a page dropped whole English manuals.
+TITLES = [
+    "Introduction", "Creating document commands and environments", "Describing argument types",
+    "Modifying argument descriptions", "Optional arguments", "Spacing and optional arguments",
+    "Testing special values", "Argument processors", "Body of an environment", "Fully expandable commands",
+    "Details about argument delimiters", "Creating new argument processors", "Access to the argument",
+    "Case changing", "Preserving the case of names",
+]  # fmt: skip
+CONTENTS = "The manual for authors Contents " + " ".join(
+    f"{i // 4 + 1}.{i % 4 + 1} {title} " + ". " * 24 + str(i + 2) for i, title in enumerate(TITLES)
+)
 
 
-@pytest.mark.parametrize("scope", ["document", "page"])
-def test_language_is_decided_per_document_or_per_page(scope):
-    keep = _filter(lang_scope=scope)
-    assert len(ENGLISH) >= LANG_ID_CHARS > len(FRENCH)
-    short = _page("a", 0, FRENCH)  # before a page long enough to decide the document: decided alone
-    assert keep(short) == "language" and short.meta["lang"] == "fr"
-    assert keep(_page("a", 1, ENGLISH)) is None
-    later = _page("a", 2, FRENCH)
-    if scope == "document":  # the document was decided by page 1: English
-        assert keep(later) is None and later.meta["lang"] == "en"
-    else:
-        assert keep(later) == "language" and later.meta["lang"] == "fr"
-    other = _page("b", 0, FRENCH)  # another document starts afresh
-    assert keep(other) == "language"
+def test_page_language_reads_prose_not_dot_leaders_or_syntax():
+    raw = detect_language(CONTENTS)
+    assert raw[0] == "en" and raw[1] < 0.45  # the page as it is: too weak to keep
+    page = page_language(CONTENTS)
+    assert page.lang == "en" and page.score > raw[1] + 0.1
+    assert prose_text("1.2 Usage . . . . 7 -x, --flag=VALUE \\usepackage{x} a_b x=1 see the manual") == (
+        "Usage see the manual"
+    )
+    # A page with almost no prose is identified on its whole text, and weighs little.
+    assert page_language("\\setpagebl{height}{width}{ratio}").weight <= MIN_PROSE_CHARS
+
+
+def test_document_language_is_the_vote_of_its_pages():
+    doc = DocumentLanguage(threshold=0.5)
+    for text in (CONTENTS, ENGLISH, FRENCH, ENGLISH):
+        doc.add(page_language(text))
+    lang, score = doc.decide()
+    assert lang == "en" and score >= 0.5
+    french = DocumentLanguage(threshold=0.5)
+    for text in (FRENCH * 3, "The commands below are used as follows.", FRENCH * 3):
+        french.add(page_language(text))
+    assert french.decide()[0] == "fr"
+    assert DocumentLanguage(0.5).decide() == ("unknown", 0.0)
+
+
+def test_language_decision_per_page():
+    keep = _filter(lang_scope="page")
+    assert not keep.per_document
+    fr, en = keep.page_language(_page("a", 0, FRENCH)), keep.page_language(_page("a", 1, ENGLISH))
+    assert not keep.accepts(fr.lang, fr.score) and keep.accepts(en.lang, en.score)
+    assert _filter(languages="all").accepts("fr", 0.1)
 
 
 def test_quality_reasons():
     keep = _filter(languages="all")
-    assert keep(_page("a", 0, "tiny")) == "too_little_text"
+    assert keep.quality(_page("a", 0, "tiny")) == "too_little_text"
     blank = _page("a", 1, ENGLISH)
     blank.image[:] = 255  # text in the layer, nothing drawn (invisible text)
-    assert keep(blank) == "blank_page"
-    assert keep(_page("a", 2, "\ue000" * 40 + "some text here")) == "garbled_text"
-    assert keep(_page("a", 3, ENGLISH)) is None
+    assert keep.quality(blank) == "blank_page"
+    assert keep.quality(_page("a", 2, "\ue000" * 40 + "some text here")) == "garbled_text"
+    assert keep.quality(_page("a", 3, ENGLISH)) is None

@@ -87,7 +87,9 @@ def page_lines(dlist: pymupdf.DisplayList, zoom: float) -> list[dict]:
             chars = line["text"]
             if not chars.strip():
                 continue
-            if not clean and _SURROGATE.search(chars):  # as in `get_text()`: an invalid code point reads U+FFFD
+            if not clean and _SURROGATE.search(
+                chars
+            ):  # as in `get_text()`: an invalid code point reads U+FFFD
                 chars = _SURROGATE.sub("\ufffd", chars)
             b = line["bbox"]
             x0, y0 = b["x"] / _SUBPIXEL, b["y"] / _SUBPIXEL

@@ -53,6 +53,8 @@ def validate(cfg: DictConfig):
         raise ConfigError(f"filters.languages={langs!r}: a list of ISO codes or 'all'")
     if cfg.filters.get("lang_scope", "document") not in ("document", "page"):
         raise ConfigError(f"filters.lang_scope={cfg.filters.lang_scope!r}: choose document or page")
+    if not 0 <= float(cfg.filters.lang_threshold) <= 1 or float(cfg.filters.get("lang_hold_mb", 0)) < 0:
+        raise ConfigError("filters.lang_threshold must be in [0, 1] and filters.lang_hold_mb >= 0")
     for tool in getattr(source, "REQUIRED_TOOLS", ()):
         if shutil.which(tool) is None:
             raise ConfigError(

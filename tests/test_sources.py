@@ -8,22 +8,27 @@ import shutil
 import subprocess
 import tarfile
 
+import numpy as np
 import pymupdf
 import pytest
+from PIL import Image
 
 from data_pipeline.align import markdown_words, token_recall, words
 from data_pipeline.demo_corpus import make_latex_paper, make_pptx, make_scan
 from data_pipeline.render.html_markdown import html_to_markdown
+from data_pipeline.sources.scan import page_image
 from tests.test_build_pdf import build, read_shards, summary
 from train.scoring import match_lines, word_prf
 
 
 def test_scan_ocr_reads_degraded_pages(tmp_path):
     truth = make_scan(
-        tmp_path / "in" / "box" / "scan.tiff", seed=7, pages=2, rotation=2.0, noise=15.0, blur=0.8
+        tmp_path / "in" / "box" / "scan.tiff", seed=7, pages=3, rotation=2.0, noise=15.0, blur=0.8
     )
-    s = summary(build("source=scan", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}", "workers=2"))
-    assert s["samples"] == 2 and s["error_rate"] == 0
+    # Three pages in Tesseract runs of two: each page must get its own lines back.
+    args = ["source=scan", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}", "source.ocr_batch=2"]
+    s = summary(build(*args, "workers=2"))
+    assert s["samples"] == 3 and s["error_rate"] == 0
     for key, sample in read_shards(tmp_path / "out").items():
         layout, meta = json.loads(sample["layout.json"]), json.loads(sample["meta.json"])
         ref = truth[meta["page"]]
@@ -32,6 +37,15 @@ def test_scan_ocr_reads_degraded_pages(tmp_path):
         assert f1 >= 0.9, key
         assert len(matches) >= 0.9 * len(ref) and all(iou >= 0.5 for _, _, iou in matches), key
         assert meta["ocr"] == "tesseract"
+
+
+def test_scan_pages_of_16_bit_grey_are_scaled_not_clipped():
+    levels = np.full((40, 60), 60000, np.uint16)
+    levels[10:30, 10:50] = 1000  # dark text on a light page, in 16-bit levels
+    page = page_image(Image.fromarray(levels))
+    assert page.mode == "L" and np.asarray(page)[0, 0] == 234 and np.asarray(page)[20, 20] == 3
+    assert page_image(Image.new("1", (8, 8), 1)).mode == "L"
+    assert page_image(Image.new("P", (8, 8))).mode == "RGB"
 
 
 def test_scan_uses_azure_read_results_when_present(tmp_path):

@@ -29,11 +29,10 @@ def pdf_samples(path: Path, doc_id: str, cfg, source: str) -> Iterator[Sample | 
                 yield Skip("no_text_layer", detail=f"{path} page {index}")
                 continue
             height, width = image.shape[:2]
-            lines = clean_lines(
-                tesseract_lines(Image.fromarray(np.array(image)), cfg.ocr_lang, cfg.ocr_timeout),
-                width,
-                height,
+            ocr = tesseract_lines(
+                Image.fromarray(np.array(image)), cfg.ocr_lang, cfg.ocr_timeout, threads=int(cfg.ocr_threads)
             )
+            lines = clean_lines(ocr, width, height)
             meta["ocr"] = "tesseract"
             if not lines:
                 yield Skip("no_text_found", detail=f"{path} page {index}")

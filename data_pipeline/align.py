@@ -15,6 +15,9 @@ from difflib import SequenceMatcher
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _MATH = re.compile(r"\$\$.*?\$\$|\$[^$\n]+\$", re.DOTALL)
+# Code fences and inline code spans, kept whole by `re.split` (odd items).
+_CODE = re.compile(r"(```.*?```|`[^`\n]+`)", re.DOTALL)
+_LIST_NUMBER = re.compile(r"^(?:\s*>)*\s*\d+[.)](?=\s)", re.MULTILINE)
 _WHOLE_BLOCK = re.compile(r"^(#|\||```|\$\$|>|\s*[-*+] |\s*\d+[.)] )")
 
 
@@ -22,9 +25,15 @@ def words(text: str) -> list[str]:
     return [w.lower() for w in _WORD.findall(text)]
 
 
-def markdown_words(md: str) -> list[str]:
-    """The words a reader sees in rendered markdown, math excluded."""
-    return words(_MATH.sub(" ", md))
+def markdown_words(md: str, list_numbers: bool = True) -> list[str]:
+    """The words a reader sees in rendered markdown, math excluded (dollar signs in code are code, not
+    math). `list_numbers=False` leaves out ordered lists' numbers, which a browser draws as list markers,
+    outside the page's text."""
+    if "$" in md:
+        md = "".join(part if i % 2 else _MATH.sub(" ", part) for i, part in enumerate(_CODE.split(md)))
+    if not list_numbers:
+        md = _LIST_NUMBER.sub(" ", md)
+    return words(md)
 
 
 def token_iou(a: list[str], b: list[str]) -> float:

@@ -194,7 +194,7 @@ def test_html_to_markdown_keeps_structure_and_drops_chrome():
     </body></html>"""
     md = html_to_markdown(html)
     assert md == (
-        "# Title\n\nSome *emphasis* , a link and `code()`.\n\n- one\n  1. nested\n- two\n\n"
+        "# Title\n\nSome *emphasis*, a link and `code()`.\n\n- one\n  1. nested\n- two\n\n"
         "```\ndef f():\n    return 1\n```\n\n| A | B |\n|---|---|\n| 1 | x\\|y |\n\n"
         "Inline $a^2$ and display\n\n$$\\frac{1}{2}$$\n"
     )

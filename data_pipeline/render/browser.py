@@ -77,7 +77,8 @@ EXTRACT_WORDS_JS = r"""
     return ok;
   };
   const clipOf = (el) => {
-    if (!el || el === document.body || el === document.documentElement) return [-1e9, -1e9, 1e9, 1e9];
+    // the page itself clips at the captured width: what overflows to the right is not in any tile
+    if (!el || el === document.body || el === document.documentElement) return [-1e9, -1e9, window.innerWidth + sx, 1e9];
     if (clips.has(el)) return clips.get(el);
     let r = clipOf(el.parentElement);
     const cs = getComputedStyle(el);
@@ -140,8 +141,45 @@ ANNOTATE_JS = r"""
     const ok = el.checkVisibility ? el.checkVisibility({checkOpacity: true, checkVisibilityCSS: true}) : true;
     if (!ok) el.setAttribute('data-lt-hidden', '1');
   }
+  // Code blocks: where each of their lines starts and ends (a wrapped line spans several rows), so a block
+  // cut by a tile gives each tile its lines. -1 for a line with nothing drawn (an empty line).
+  const range = document.createRange();
+  for (const pre of document.body.querySelectorAll('pre')) {
+    const spans = [];
+    const walker = document.createTreeWalker(pre, NodeFilter.SHOW_TEXT);
+    let node, cur = [1e9, -1e9];
+    while ((node = walker.nextNode())) {
+      const t = node.nodeValue;
+      let start = 0;
+      while (start <= t.length) {
+        const nl = t.indexOf('\n', start), end = nl < 0 ? t.length : nl;
+        if (end > start) {
+          range.setStart(node, start);
+          range.setEnd(node, end);
+          for (const r of range.getClientRects()) {
+            if (r.height > 0) { cur[0] = Math.min(cur[0], r.top + sy); cur[1] = Math.max(cur[1], r.bottom + sy); }
+          }
+        }
+        if (nl < 0) break;
+        spans.push(cur[0] < 1e9 ? cur.map(Math.round).join(':') : '-1');
+        cur = [1e9, -1e9];
+        start = nl + 1;
+      }
+    }
+    spans.push(cur[0] < 1e9 ? cur.map(Math.round).join(':') : '-1');
+    pre.setAttribute('data-lt-lines', spans.join(','));
+  }
   return document.documentElement.outerHTML;
 }
+"""
+
+# Markdown renders (html, readme): long code lines wrap and wide tables fit the page, so nothing a label
+# holds is scrolled or clipped out of the picture.
+WRAP_CSS = """
+pre, pre code, pre span { white-space: pre-wrap !important; overflow-wrap: anywhere !important; }
+pre { overflow: visible !important; max-height: none !important; }
+table { max-width: 100% !important; }
+td, th { overflow-wrap: anywhere !important; }
 """
 
 
@@ -197,9 +235,11 @@ class PageTimeout(Exception):
     pass
 
 
-# One round trip once the page has loaded: wait for its fonts, then its height, words and blocks.
+# One round trip once the page has loaded: open every <details> (a collapsed block would show only its
+# summary, so its content is drawn and labelled instead), wait for fonts, then the height, words and blocks.
 MEASURE_JS = f"""
 async () => {{
+  for (const d of document.querySelectorAll('details')) d.open = true;
   if (document.fonts) await document.fonts.ready;
   const full = Math.max(document.documentElement.scrollHeight, document.body ? document.body.scrollHeight : 0);
   return [full, ({EXTRACT_WORDS_JS})(), ({BLOCKS_JS})()];
@@ -288,24 +328,15 @@ class Browser:
                 raise PageTimeout(f"{url}: not loaded within {cfg.page_timeout}s") from e
             except PlaywrightError as e:
                 raise DocumentError("page_load_failed", f"{url}: {str(e).splitlines()[0]}") from e
+            if with_html:
+                page.add_style_tag(content=WRAP_CSS)
             full, words, blocks = page.evaluate(MEASURE_JS)
             full = int(full)
             height = min(full, int(cfg.max_height))
             inner = page.evaluate("document.body ? document.body.innerText : ''") if with_text else ""
             html = page.evaluate(ANNOTATE_JS) if with_html else None
-            # One capture of the whole (capped) page, cut into tiles between blocks, not through them.
-            # Chromium's own capture with its fast PNG encoder: about twice as fast as page.screenshot().
-            cdp = context.new_cdp_session(page)
-            clip = {"x": 0, "y": 0, "width": width, "height": max(height, 1), "scale": 1}
-            png = cdp.send(
-                "Page.captureScreenshot",
-                {"format": "png", "clip": clip, "captureBeyondViewport": True, "optimizeForSpeed": True},
-            )["data"]
-            shot = Image.open(BytesIO(base64.b64decode(png))).convert("RGB")
-            tiles = [
-                (top, shot.crop((0, top, shot.width, bottom)))
-                for top, bottom in tile_cuts(height, tile_h, int(cfg.min_tile_height), blocks, words)
-            ]
+            cuts = tile_cuts(height, tile_h, int(cfg.min_tile_height), blocks, words)
+            tiles = capture_tiles(context.new_cdp_session(page), width, cuts)
             return RenderedPage(url, width, height, full, tiles, words, inner, html, blocked, full > height)
         except PlaywrightTimeout as e:
             raise PageTimeout(f"{url}: {str(e).splitlines()[0]}") from e
@@ -314,6 +345,33 @@ class Browser:
                 context.close()
             except PlaywrightError:
                 self.close()  # a wedged renderer: start a new browser for the next page
+
+
+# Chromium draws a capture as one texture: past 16,384 px the rest comes out blank, so a page is captured in
+# runs of whole tiles up to this height.
+MAX_CAPTURE_PX = 16384
+
+
+def capture_tiles(cdp, width: int, cuts: list[tuple[int, int]]) -> list[tuple[int, Image.Image]]:
+    """The page's tiles `[(top, image)]` for tile cuts `[(top, bottom)]`, captured in as few runs of
+    consecutive tiles as fit in `MAX_CAPTURE_PX` (Chromium's own capture with its fast PNG encoder: about
+    twice as fast as `page.screenshot()`), so memory stays that of one run however tall the page."""
+    tiles: list[tuple[int, Image.Image]] = []
+    i = 0
+    while i < len(cuts):
+        j = i + 1
+        while j < len(cuts) and cuts[j][1] - cuts[i][0] <= MAX_CAPTURE_PX:
+            j += 1
+        top, bottom = cuts[i][0], cuts[j - 1][1]
+        clip = {"x": 0, "y": top, "width": width, "height": max(bottom - top, 1), "scale": 1}
+        png = cdp.send(
+            "Page.captureScreenshot",
+            {"format": "png", "clip": clip, "captureBeyondViewport": True, "optimizeForSpeed": True},
+        )["data"]
+        shot = Image.open(BytesIO(base64.b64decode(png))).convert("RGB")
+        tiles += [(a, shot.crop((0, a - top, shot.width, b - top))) for a, b in cuts[i:j]]
+        i = j
+    return tiles
 
 
 def _guarded_route(route, cfg, blocked: list[str], budget: dict) -> None:

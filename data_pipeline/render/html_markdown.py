@@ -41,10 +41,26 @@ BLOCK_TAGS = {
     "dt",
     "dd",
     "center",
+    "details",
+    "summary",
+    "hgroup",
+    "fieldset",
+    "legend",
+    "menu",
     "body",
     "html",
 }
 _SPACES = re.compile(r"[ \t\r\f\v\n]+")
+
+
+def code_span(text: str) -> str:
+    """`text` as inline code: fenced with one more backtick than its longest run of them."""
+    if not text:
+        return ""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _classes(el) -> str:
@@ -100,13 +116,16 @@ class _Converter:
             elif tag == "br":
                 parts.append("\n")
             elif tag == "code":
-                parts.append(f"`{' '.join(''.join(child.itertext()).split())}`")
-            elif tag in ("em", "i"):
+                parts.append(code_span(" ".join("".join(child.itertext()).split())))
+            elif tag in ("em", "i", "strong", "b"):
+                # The delimiters go right around the text, as the page shows it: `**HTTP/2**,` not
+                # `**HTTP/2** ,`; white space inside the element moves outside them.
+                raw = self._inline(child)
                 inner = self.inline(child)
-                parts.append(f" *{inner}* " if inner else "")
-            elif tag in ("strong", "b"):
-                inner = self.inline(child)
-                parts.append(f" **{inner}** " if inner else "")
+                mark = "*" if tag in ("em", "i") else "**"
+                lead = " " if raw[:1].isspace() else ""
+                trail = " " if raw[-1:].isspace() else ""
+                parts.append(f"{lead}{mark}{inner}{mark}{trail}" if inner else raw)
             elif tag == "img":
                 pass  # an image shows a picture, not its alt text
             else:
@@ -119,23 +138,26 @@ class _Converter:
             self.blocks.append(text.strip("\n"))
 
     def pre(self, el) -> None:
-        code = "".join(el.itertext()).strip("\n")
-        top, bottom = el.get("data-lt-top"), el.get("data-lt-bottom")
-        if self.window is not None and top is not None and bottom is not None:
-            # Lines are spread evenly over the block's height: keep those whose middle is in the window.
+        code = "".join(el.itertext())
+        if self.window is not None and el.get("data-lt-lines"):
+            # A code block cut by a tile: the lines drawn inside the window (by their middle).
             lines = code.split("\n")
-            step = (int(bottom) - int(top)) / max(len(lines), 1)
-            lines = [
-                ln
-                for i, ln in enumerate(lines)
-                if self.window[0] <= int(top) + (i + 0.5) * step < self.window[1]
-            ]
-            code = "\n".join(lines)
-            if not lines:
+            spans = el.get("data-lt-lines").split(",")
+            if len(spans) != len(lines):  # a parser dropped the newline after <pre>: align from the end
+                spans = (["-1"] * len(lines) + spans)[-len(lines) :]
+            kept, inside = [], False
+            for line, span in zip(lines, spans, strict=True):
+                if span != "-1":
+                    top, bottom = (int(v) for v in span.split(":"))
+                    inside = self.window[0] <= (top + bottom) / 2 < self.window[1]
+                if inside:  # an empty line goes with the line before it
+                    kept.append(line)
+            code = "\n".join(kept).strip("\n")
+            if not code.strip():
                 return
         elif not self.keep(el):
             return
-        self.emit(f"```\n{code}\n```")
+        self.emit(f"```\n{code.strip(chr(10))}\n```")
 
     def table(self, el) -> None:
         rows = []
@@ -218,7 +240,7 @@ class _Converter:
             tex, _ = _math(el)
             self.emit(f"$${tex}$$")
         elif tag == "blockquote":
-            inner = _Converter()
+            inner = _Converter(self.keep, self.window)  # a quote cut by a tile keeps its tile's part
             for child in el:
                 inner.walk(child)
             self.emit("\n".join("> " + line for b in inner.blocks for line in b.split("\n")))

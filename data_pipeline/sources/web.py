@@ -55,7 +55,9 @@ def browser_samples(
             md = tile_markdown(page.html, top, top + tile.height)
             # Navigation and footers are visible but not content: the markdown leaves them out, so does this.
             content = tile_lines(words_to_lines([w for w in page.words if not w[7]]), top, tile)
-            iou = token_iou(markdown_words(md), words(" ".join(ln["text"] for ln in content)))
+            iou = token_iou(
+                markdown_words(md, list_numbers=False), words(" ".join(ln["text"] for ln in content))
+            )
             sample.meta["md_token_iou"] = round(iou, 3)
             sample.meta["md_edit_similarity"] = round(edit_similarity(md, content), 3)
             if iou < float(cfg.md_min_iou):
@@ -70,7 +72,8 @@ def edit_similarity(md: str, lines: list[dict]) -> float:
     from rapidfuzz.distance import Levenshtein
 
     return Levenshtein.normalized_similarity(
-        " ".join(markdown_words(md)), " ".join(words(" ".join(ln["text"] for ln in lines)))
+        " ".join(markdown_words(md, list_numbers=False)),
+        " ".join(words(" ".join(ln["text"] for ln in lines))),
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import json
 import os
 import re
 import shutil
@@ -24,6 +25,7 @@ from io import BytesIO
 
 from PIL import Image
 
+from data_pipeline.render.html_markdown import BLOCK_NAMES, CHROME_SELECTOR
 from data_pipeline.schema import DocumentError
 
 CHROMIUM_ARGS = [
@@ -134,16 +136,56 @@ EXTRACT_WORDS_JS = r"""
 ANNOTATE_JS = r"""
 () => {
   const sy = window.scrollY;
+  const range = document.createRange();
+  // Where an element's content is drawn: the middle of its first line of text (a list item's box or a
+  // paragraph's margin may start in the tile above its text), else the top of its box. Tiles take an
+  // element by this y, as they take a text line by its middle.
+  const lineOf = (node) => {  // a text node: the middle of its first drawn character, or null
+    const m = /\S/.exec(node.nodeValue);
+    if (!m) return null;
+    range.setStart(node, m.index);
+    range.setEnd(node, m.index + 1);
+    const r = range.getClientRects()[0];
+    return r && r.height > 0 ? (r.top + r.bottom) / 2 : null;
+  };
+  const firstLine = (el) => {
+    const walker = document.createTreeWalker(el, NodeFilter.SHOW_TEXT);
+    let node;
+    while ((node = walker.nextNode())) {
+      const y = lineOf(node);
+      if (y !== null) return y;
+    }
+    return null;
+  };
+  // A container holding blocks and inline content between them: the y of each run of inline content
+  // (the runs as the markdown converter cuts them: split by children whose tags are blocks).
+  const BLOCKS = new Set(__BLOCK_NAMES__);
+  const runsOf = (el) => {
+    const runs = [];
+    let open = false, y = null;
+    for (const node of el.childNodes) {
+      if (node.nodeType === 1 && BLOCKS.has(node.localName)) {
+        if (open) runs.push(y === null ? -1 : Math.round(y + sy));
+        open = false;
+        y = null;
+      } else if (node.nodeType === 1 || node.nodeType === 3) {
+        open = true;
+        if (y === null) y = node.nodeType === 1 ? firstLine(node) : lineOf(node);
+      }
+    }
+    if (open) runs.push(y === null ? -1 : Math.round(y + sy));
+    return runs;
+  };
   for (const el of document.body.querySelectorAll('*')) {
     const r = el.getBoundingClientRect();
-    el.setAttribute('data-lt-top', String(Math.round(r.top + sy)));
-    el.setAttribute('data-lt-bottom', String(Math.round(r.bottom + sy)));
+    const y = firstLine(el);
+    el.setAttribute('data-lt-y', String(Math.round((y === null ? r.top : y) + sy)));
     const ok = el.checkVisibility ? el.checkVisibility({checkOpacity: true, checkVisibilityCSS: true}) : true;
     if (!ok) el.setAttribute('data-lt-hidden', '1');
+    if ([...el.children].some((c) => BLOCKS.has(c.localName))) el.setAttribute('data-lt-runs', runsOf(el).join(','));
   }
   // Code blocks: where each of their lines starts and ends (a wrapped line spans several rows), so a block
   // cut by a tile gives each tile its lines. -1 for a line with nothing drawn (an empty line).
-  const range = document.createRange();
   for (const pre of document.body.querySelectorAll('pre')) {
     const spans = [];
     const walker = document.createTreeWalker(pre, NodeFilter.SHOW_TEXT);
@@ -173,13 +215,17 @@ ANNOTATE_JS = r"""
 }
 """
 
+ANNOTATE_JS = ANNOTATE_JS.replace("__BLOCK_NAMES__", json.dumps(BLOCK_NAMES))
+
 # Markdown renders (html, readme): long code lines wrap and wide tables fit the page, so nothing a label
-# holds is scrolled or clipped out of the picture.
-WRAP_CSS = """
-pre, pre code, pre span { white-space: pre-wrap !important; overflow-wrap: anywhere !important; }
-pre { overflow: visible !important; max-height: none !important; }
-table { max-width: 100% !important; }
-td, th { overflow-wrap: anywhere !important; }
+# holds is scrolled or clipped out of the picture; page chrome and controls, which labels leave out, are
+# not drawn.
+MARKDOWN_RENDER_CSS = f"""
+pre, pre code, pre span {{ white-space: pre-wrap !important; overflow-wrap: anywhere !important; }}
+pre {{ overflow: visible !important; max-height: none !important; }}
+table {{ max-width: 100% !important; }}
+td, th {{ overflow-wrap: anywhere !important; }}
+{CHROME_SELECTOR} {{ display: none !important; }}
 """
 
 
@@ -188,7 +234,11 @@ td, th { overflow-wrap: anywhere !important; }
 BLOCKS_JS = r"""
 () => {
   const sy = window.scrollY, out = [];
-  for (const el of document.body.querySelectorAll('p, pre, li, tr, dt, dd, h1, h2, h3, h4, h5, h6, blockquote, figure, img, caption')) {
+  const sel = 'p, pre, li, tr, dt, dd, h1, h2, h3, h4, h5, h6, blockquote, figure, img, caption';
+  for (const el of document.body.querySelectorAll(sel)) {
+    // leaf blocks only: a definition or list item holding paragraphs spans them all and would leave no
+    // place to cut between them
+    if (el.querySelector(sel)) continue;
     if (el.checkVisibility && !el.checkVisibility({checkOpacity: true, checkVisibilityCSS: true})) continue;
     const r = el.getBoundingClientRect();
     if (r.height > 0) out.push([r.top + sy, r.bottom + sy]);
@@ -201,11 +251,12 @@ BLOCKS_JS = r"""
 def tile_cuts(
     height: int, tile_h: int, min_h: int, blocks: list[list[float]], words: list[list]
 ) -> list[tuple[int, int]]:
-    """Tiles `[(top, bottom)]` of at most `tile_h` px covering `[0, height)`. Each cut is the lowest y in the
-    tile's lower half that crosses no block (else no text line; else the hard limit); a last sliver under
-    `min_h` px is dropped."""
-    spans_blocks = sorted((int(a), int(b) + 1) for a, b in blocks)
-    spans_lines = sorted((int(w[2]), int(w[4]) + 1) for w in words)
+    """Tiles `[(top, bottom)]` covering `[0, height)`, of at most `tile_h` px but the last, which takes a
+    remaining sliver under `min_h` px. Each cut is the lowest y in the tile's lower half that crosses no
+    block (else no text line; else the hard limit)."""
+    # rounded alike, so blocks that touch leave the y between them free
+    spans_blocks = sorted((round(a), round(b)) for a, b in blocks)
+    spans_lines = sorted((round(w[2]), round(w[4])) for w in words)
 
     def free(y: int, spans) -> bool:
         return not any(a < y < b for a, b in spans)
@@ -221,7 +272,8 @@ def tile_cuts(
                 if y is not None:
                     bottom = y
                     break
-        if bottom - top < min_h and cuts:
+        if bottom - top < min_h and cuts:  # a last sliver joins the tile above (its text is there)
+            cuts[-1] = (cuts[-1][0], bottom)
             break
         cuts.append((top, bottom))
         top = bottom
@@ -235,14 +287,31 @@ class PageTimeout(Exception):
     pass
 
 
+# Pictures: where the page draws images, graphics and embedded frames (text inside them is not the page's
+# text, so labels leave it out and a reader of the labels knows where pictures are).
+PICTURES_JS = r"""
+() => {
+  const sx = window.scrollX, sy = window.scrollY, out = [];
+  for (const el of document.body.querySelectorAll('img, svg, canvas, video, picture, iframe, object, embed')) {
+    if (el.closest('svg') !== el && el.closest('svg')) continue;  // only outermost svg
+    if (el.checkVisibility && !el.checkVisibility({checkOpacity: true, checkVisibilityCSS: true})) continue;
+    const r = el.getBoundingClientRect();
+    if (r.width >= 2 && r.height >= 2) out.push([r.left + sx, r.top + sy, r.right + sx, r.bottom + sy]);
+  }
+  return out;
+}
+"""
+
 # One round trip once the page has loaded: open every <details> (a collapsed block would show only its
-# summary, so its content is drawn and labelled instead), wait for fonts, then the height, words and blocks.
+# summary, so its content is drawn and labelled instead), drop images that did not load (Chromium would draw
+# their alt text, which is no text of the page), wait for fonts, then the height, words, blocks, pictures.
 MEASURE_JS = f"""
 async () => {{
   for (const d of document.querySelectorAll('details')) d.open = true;
+  for (const img of document.images) if (img.complete && img.naturalWidth === 0) img.style.display = 'none';
   if (document.fonts) await document.fonts.ready;
   const full = Math.max(document.documentElement.scrollHeight, document.body ? document.body.scrollHeight : 0);
-  return [full, ({EXTRACT_WORDS_JS})(), ({BLOCKS_JS})()];
+  return [full, ({EXTRACT_WORDS_JS})(), ({BLOCKS_JS})(), ({PICTURES_JS})()];
 }}
 """
 
@@ -259,6 +328,7 @@ class RenderedPage:
     html: str | None = None  # annotated DOM, when asked for
     blocked: list[str] = field(default_factory=list)  # requests refused by the network policy
     over_cap: bool = False
+    pictures: list[list[float]] = field(default_factory=list)  # [x0, y0, x1, y1] of images and graphics
 
 
 def chromium_path() -> str:
@@ -329,15 +399,17 @@ class Browser:
             except PlaywrightError as e:
                 raise DocumentError("page_load_failed", f"{url}: {str(e).splitlines()[0]}") from e
             if with_html:
-                page.add_style_tag(content=WRAP_CSS)
-            full, words, blocks = page.evaluate(MEASURE_JS)
+                page.add_style_tag(content=MARKDOWN_RENDER_CSS)
+            full, words, blocks, pictures = page.evaluate(MEASURE_JS)
             full = int(full)
             height = min(full, int(cfg.max_height))
             inner = page.evaluate("document.body ? document.body.innerText : ''") if with_text else ""
             html = page.evaluate(ANNOTATE_JS) if with_html else None
             cuts = tile_cuts(height, tile_h, int(cfg.min_tile_height), blocks, words)
             tiles = capture_tiles(context.new_cdp_session(page), width, cuts)
-            return RenderedPage(url, width, height, full, tiles, words, inner, html, blocked, full > height)
+            return RenderedPage(
+                url, width, height, full, tiles, words, inner, html, blocked, full > height, pictures
+            )
         except PlaywrightTimeout as e:
             raise PageTimeout(f"{url}: {str(e).splitlines()[0]}") from e
         finally:
@@ -446,6 +518,21 @@ def words_to_lines(words: list[list]) -> list[dict]:
         cur = {"text": text, "x0": x0, "y0": y0, "x1": x1, "y1": y1, "box": box}
         lines.append(cur)
     return [{"text": ln["text"], "bbox": [ln["x0"], ln["y0"], ln["x1"], ln["y1"]]} for ln in lines]
+
+
+def tile_pictures(pictures: list[list[float]], top: int, tile: Image.Image) -> list[list[int]]:
+    """The pictures that show in the tile, in tile pixels, clipped to it."""
+    out = []
+    for x0, y0, x1, y1 in pictures:
+        box = [
+            max(0, round(x0)),
+            max(0, round(y0 - top)),
+            min(tile.width, round(x1)),
+            min(tile.height, round(y1 - top)),
+        ]
+        if box[2] - box[0] >= 2 and box[3] - box[1] >= 2:
+            out.append(box)
+    return out
 
 
 def tile_lines(lines: list[dict], top: int, tile: Image.Image) -> list[dict]:

@@ -25,6 +25,13 @@ DROP_TAGS = {
 }
 DROP_ROLES = {"navigation", "contentinfo", "search", "banner", "complementary"}
 DROP_CLASSES = ("ltx_page_footer", "ltx_page_header", "ltx_page_logo", "ltx_role_footer")
+# Page chrome and controls: left out of the markdown, and (`render/browser.py`) not drawn in the pictures of
+# markdown renders, so that a label and its image agree. Pictures (svg, iframe, object) stay drawn.
+CHROME_SELECTOR = ", ".join(
+    ["nav", "footer", "aside", "button", "form"]
+    + [f"[role={role}]" for role in sorted(DROP_ROLES)]
+    + [f".{name}" for name in DROP_CLASSES]
+)
 BLOCK_TAGS = {
     "p",
     "div",
@@ -51,6 +58,7 @@ BLOCK_TAGS = {
     "html",
 }
 _SPACES = re.compile(r"[ \t\r\f\v\n]+")
+_ITEM_MARK = re.compile(r"^(?:[•◦▪‣∙·-]|\d+[.)])(?:\s+|$)")
 
 
 def code_span(text: str) -> str:
@@ -88,29 +96,63 @@ def _math(el) -> tuple[str, bool]:
     return " ".join(tex.split()), el.get("display") == "block"
 
 
+# Elements that are blocks of their own (the rest is inline content). The browser's annotation uses the same
+# list (`BLOCK_NAMES`), so that both cut a container's children into the same runs of inline content.
+_BLOCKISH = BLOCK_TAGS | {
+    "p",
+    "table",
+    "ul",
+    "ol",
+    "li",
+    "pre",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "blockquote",
+}
+BLOCK_NAMES = sorted(_BLOCKISH)
+
+
+def _tag(el) -> str | None:
+    return el.tag.lower().split("}")[-1] if isinstance(el.tag, str) else None
+
+
 class _Converter:
-    def __init__(self, keep=None, window: tuple[int, int] | None = None):
+    """Walks an element tree and collects markdown blocks. With a `window` (a tile's vertical range in page
+    pixels, for pages annotated by `render/browser.py`), only what is drawn inside it is converted: blocks
+    and runs of inline text by the middle of their first line, code blocks line by line, tables row by
+    row, lists item by item."""
+
+    def __init__(self, window: tuple[int, int] | None = None):
         self.blocks: list[str] = []
-        # the page's vertical range being converted (tiles): a code block taller than it is cut by lines
         self.window = window
-        # keep(element) -> bool: which leaf blocks (and list items) to emit, e.g. those inside one tile
-        self.keep = keep or (lambda el: True)
+
+    def at(self, y: str | None) -> bool:
+        """Whether content whose first line is drawn at `y` belongs to the window."""
+        if self.window is None:
+            return True
+        return y is not None and y.lstrip("-").isdigit() and self.window[0] <= int(y) < self.window[1]
+
+    def keep(self, el) -> bool:
+        return self.at(el.get("data-lt-y")) if self.window is not None else True
 
     def inline(self, el) -> str:
         """Inline content of `el` as one string, white space collapsed (newlines only from `<br>`)."""
-        text = self._inline(el)
-        return "\n".join(_SPACES.sub(" ", line).strip() for line in text.split("\n")).strip()
+        return _collapse(self._inline(el.text, list(el)))
 
-    def _inline(self, el) -> str:
+    def _inline(self, lead: str | None, children: list) -> str:
         # Source line breaks are spaces; only <br> breaks a line.
-        parts: list[str] = [(el.text or "").replace("\n", " ")]
-        for child in el:
+        parts: list[str] = [(lead or "").replace("\n", " ")]
+        for child in children:
             tail = (child.tail or "").replace("\n", " ")
-            if not isinstance(child.tag, str) or child.tag in DROP_TAGS or _hidden(child):
+            tag = _tag(child)
+            if tag is None or tag in DROP_TAGS or _hidden(child):
                 parts.append(tail)
                 continue
-            tag = child.tag.lower()
-            if tag == "math" or tag.endswith("}math"):
+            if tag == "math":
                 tex, block = _math(child)
                 parts.append(f"$${tex}$$" if block else f"${tex}$")
             elif tag == "br":
@@ -120,16 +162,16 @@ class _Converter:
             elif tag in ("em", "i", "strong", "b"):
                 # The delimiters go right around the text, as the page shows it: `**HTTP/2**,` not
                 # `**HTTP/2** ,`; white space inside the element moves outside them.
-                raw = self._inline(child)
-                inner = self.inline(child)
+                raw = self._inline(child.text, list(child))
+                inner = _collapse(raw)
                 mark = "*" if tag in ("em", "i") else "**"
-                lead = " " if raw[:1].isspace() else ""
+                lead_space = " " if raw[:1].isspace() else ""
                 trail = " " if raw[-1:].isspace() else ""
-                parts.append(f"{lead}{mark}{inner}{mark}{trail}" if inner else raw)
+                parts.append(f"{lead_space}{mark}{inner}{mark}{trail}" if inner else raw)
             elif tag == "img":
                 pass  # an image shows a picture, not its alt text
             else:
-                parts.append(self._inline(child))
+                parts.append(self._inline(child.text, list(child)))
             parts.append(tail)
         return "".join(parts)
 
@@ -152,12 +194,12 @@ class _Converter:
                     inside = self.window[0] <= (top + bottom) / 2 < self.window[1]
                 if inside:  # an empty line goes with the line before it
                     kept.append(line)
-            code = "\n".join(kept).strip("\n")
-            if not code.strip():
-                return
+            code = "\n".join(kept)
         elif not self.keep(el):
             return
-        self.emit(f"```\n{code.strip(chr(10))}\n```")
+        code = code.strip("\n")
+        if code.strip():
+            self.emit(f"```\n{code}\n```")
 
     def table(self, el) -> None:
         rows = []
@@ -167,7 +209,7 @@ class _Converter:
             cells = [
                 self.inline(c).replace("\n", " ").replace("|", "\\|")
                 for c in tr
-                if isinstance(c.tag, str) and c.tag in ("td", "th")
+                if _tag(c) in ("td", "th") and not _hidden(c)
             ]
             if cells:
                 rows.append(cells)
@@ -180,37 +222,73 @@ class _Converter:
         ]
         self.emit("\n".join(lines))
 
-    def listing(self, el, depth: int = 0) -> list[str]:
+    def listing(self, el) -> str:
+        """A list as markdown: each item's marker, its inline text, and its blocks (paragraphs, code,
+        nested lists) indented under it. An item whose first line is outside the window (it began in the
+        tile above) gives its blocks inside the window without a marker."""
         out = []
-        ordered = el.tag == "ol"
-        n = 0
+        ordered = _tag(el) == "ol"
+        start = el.get("start")
+        n = int(start) if ordered and start and start.lstrip("-").isdigit() else 1
         for li in el:
-            if not isinstance(li.tag, str) or li.tag != "li" or _hidden(li):
+            if _tag(li) != "li" or _hidden(li):
                 continue
-            if not self.keep(li):
-                for c in li:
-                    if isinstance(c.tag, str) and c.tag in ("ul", "ol"):
-                        out.extend(self.listing(c, depth + 1))
-                continue
-            n += 1
-            nested = [c for c in li if isinstance(c.tag, str) and c.tag in ("ul", "ol")]
-            for c in nested:
-                li.remove(c)
             marker = f"{n}." if ordered else "-"
-            text = self.inline(li).replace("\n", " ")
-            # LaTeXML puts the item marker (•, 1.) in a tag span: drop a leading copy of it.
-            text = re.sub(r"^(?:[•◦▪‣∙·-]|\d+[.)])\s+", "", text)
-            out.append(f"{'  ' * depth}{marker} {text}")
-            for c in nested:
-                out.extend(self.listing(c, depth + 1))
-        return out
+            n += 1
+            item = _Converter(self.window)
+            item.mixed(li)
+            if not item.blocks:
+                continue
+            indent = " " * (len(marker) + 1)
+            blocks = list(item.blocks)
+            if self.keep(li):
+                # LaTeXML puts the item marker (•, 1.) in a tag span: drop a leading copy of it.
+                first = _ITEM_MARK.sub("", blocks.pop(0))
+                if not first and blocks:
+                    first = blocks.pop(0)
+                lines = [f"{marker} " + first.replace("\n", "\n" + indent)]
+            else:
+                lines = []
+            for block in blocks:
+                lines.append("\n".join(indent + line if line else line for line in block.split("\n")))
+            out.append("\n".join(lines))
+        return "\n".join(out)
+
+    def mixed(self, el) -> None:
+        """The children of a container: runs of inline content (text and inline elements between block
+        children) as paragraphs, block children walked in between. A run is placed by the middle of its
+        first line (`data-lt-runs`, one y a run), else by the container's."""
+        items: list = []  # ("run", lead text, inline children) or ("block", element)
+        lead, kids, open_run = el.text, [], el.text is not None
+        for child in el:
+            if _tag(child) in _BLOCKISH:
+                if open_run:
+                    items.append(("run", lead, kids))
+                items.append(("block", child))
+                lead, kids, open_run = child.tail, [], child.tail is not None
+            else:
+                kids.append(child)
+                open_run = True
+        if open_run:
+            items.append(("run", lead, kids))
+        runs = (el.get("data-lt-runs") or "").split(",")
+        n_runs = sum(1 for item in items if item[0] == "run")
+        aligned = len(runs) == n_runs and el.get("data-lt-runs") is not None
+        k = 0
+        for item in items:
+            if item[0] == "block":
+                self.walk(item[1])
+                continue
+            y = runs[k] if aligned else el.get("data-lt-y")
+            k += 1
+            if self.at(y):
+                self.emit(_collapse(self._inline(item[1], item[2])))
 
     def walk(self, el) -> None:
-        if not isinstance(el.tag, str):
-            return
-        tag = el.tag.lower().split("}")[-1]
+        tag = _tag(el)
         if (
-            tag in DROP_TAGS
+            tag is None
+            or tag in DROP_TAGS
             or _hidden(el)
             or any(c in _classes(el) for c in DROP_CLASSES)
             or el.get("role") in DROP_ROLES
@@ -218,51 +296,37 @@ class _Converter:
             return
         if tag == "pre":
             self.pre(el)
-            return
-        container = tag in ("ul", "ol", "blockquote", "table") or (
-            (tag in BLOCK_TAGS or tag == "span") and _has_blocks(el)
-        )
-        if not container and not self.keep(el):
-            return
-        if tag in ("h1", "h2", "h3", "h4", "h5", "h6"):
-            self.emit("#" * int(tag[1]) + " " + self.inline(el).replace("\n", " "))
-        elif tag == "p":
-            self.emit(self.inline(el))
         elif tag in ("ul", "ol"):
-            self.emit("\n".join(self.listing(el)))
+            self.emit(self.listing(el))
         elif tag == "table":
             if "ltx_equation" in _classes(el):  # LaTeXML lays display equations out as tables
-                maths = [_math(m)[0] for m in el.iter("{*}math", "math")]
-                self.emit("\n".join(f"$${m}$$" for m in maths))
+                if self.keep(el):
+                    maths = [_math(m)[0] for m in el.iter("{*}math", "math")]
+                    self.emit("\n".join(f"$${m}$$" for m in maths))
             else:
                 self.table(el)
-        elif tag == "math":
-            tex, _ = _math(el)
-            self.emit(f"$${tex}$$")
         elif tag == "blockquote":
-            inner = _Converter(self.keep, self.window)  # a quote cut by a tile keeps its tile's part
-            for child in el:
-                inner.walk(child)
-            self.emit("\n".join("> " + line for b in inner.blocks for line in b.split("\n")))
-        elif tag in BLOCK_TAGS and not _has_blocks(el):
-            self.emit(self.inline(el))
-        elif tag in BLOCK_TAGS or (tag == "span" and _has_blocks(el)):
-            own = self.keep(el)
-            if own and el.text and el.text.strip():
-                self.emit(_SPACES.sub(" ", el.text).strip())
-            for child in el:
-                self.walk(child)
-                if own and child.tail and child.tail.strip():
-                    self.emit(_SPACES.sub(" ", child.tail).strip())
-        else:
+            inner = _Converter(self.window)  # a quote cut by a tile keeps its tile's part
+            inner.mixed(el)
+            self.emit("\n".join(("> " + line).rstrip() for b in inner.blocks for line in b.split("\n")))
+        elif tag in ("h1", "h2", "h3", "h4", "h5", "h6"):
+            if self.keep(el):
+                self.emit("#" * int(tag[1]) + " " + self.inline(el).replace("\n", " "))
+        elif tag == "math":
+            if self.keep(el):
+                self.emit(f"$${_math(el)[0]}$$")
+        elif _has_blocks(el):  # a container (or an inline element holding blocks): its children
+            self.mixed(el)
+        elif self.keep(el):
             self.emit(self.inline(el))
 
 
-_BLOCKISH = BLOCK_TAGS | {"p", "table", "ul", "ol", "pre", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote"}
+def _collapse(text: str) -> str:
+    return "\n".join(_SPACES.sub(" ", line).strip() for line in text.split("\n")).strip()
 
 
 def _has_blocks(el) -> bool:
-    return any(isinstance(c.tag, str) and c.tag in _BLOCKISH for c in el.iterdescendants())
+    return any(_tag(c) in _BLOCKISH for c in el.iterdescendants())
 
 
 def html_to_markdown(html: str | bytes) -> str:
@@ -276,14 +340,11 @@ def html_to_markdown(html: str | bytes) -> str:
 
 def tile_markdown(annotated_html: str, top: int, bottom: int) -> str:
     """Markdown of the blocks that start inside `[top, bottom)` of a page whose elements carry
-    `data-lt-top` (see `render/browser.py`); hidden elements are left out."""
+    `data-lt-y`, the middle of their first line of text (see `render/browser.py`); hidden elements are
+    left out."""
     doc = lxml.html.document_fromstring(annotated_html)
     body = doc.find("body") if doc.find("body") is not None else doc
 
-    def inside(el) -> bool:
-        y = el.get("data-lt-top")
-        return y is not None and top <= int(y) < bottom
-
-    conv = _Converter(keep=inside, window=(top, bottom))
+    conv = _Converter(window=(top, bottom))
     conv.walk(body)
     return "\n\n".join(conv.blocks) + ("\n" if conv.blocks else "")

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from data_pipeline.align import markdown_words, token_iou, words
-from data_pipeline.render.browser import Browser, PageTimeout, tile_lines, words_to_lines
+from data_pipeline.render.browser import Browser, PageTimeout, tile_lines, tile_pictures, words_to_lines
 from data_pipeline.render.html_markdown import tile_markdown
 from data_pipeline.schema import DocumentError, Sample, Skip, clean_lines
 
@@ -51,6 +51,9 @@ def browser_samples(
             lines=visible if layout else None,
             meta={"tile_top": top, "page_height": page.full_height},
         )
+        pictures = tile_pictures(page.pictures, top, tile)
+        if pictures:
+            sample.meta["pictures"] = pictures
         if markdown:
             md = tile_markdown(page.html, top, top + tile.height)
             # Navigation and footers are visible but not content: the markdown leaves them out, so does this.

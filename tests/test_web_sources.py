@@ -9,6 +9,7 @@ import threading
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pymupdf
 import pytest
 
@@ -181,6 +182,58 @@ def test_readme_tiles_carry_the_markdown_they_show(tmp_path):
     assert len(set(covered) & set(source_words)) >= 0.95 * len(set(source_words))
     assert labels[0].startswith("# Project 2") and "```\npip install project\n```" in labels[0]
     assert any("| option | meaning |" in lab for lab in labels)
+
+
+LONG_CODE = "configure(" + ", ".join(f"option_{i}=value_{i}" for i in range(40)) + ")  # ENDOFLINE"
+
+
+def test_readme_labels_say_exactly_what_the_tile_shows(tmp_path):
+    readme = tmp_path / "in" / "proj" / "README.md"
+    readme.parent.mkdir(parents=True)
+    readme.write_text(
+        "# Fidelity\n\nThe server speaks **HTTP/2**, and *streams*; see `serve()`.\n\n"
+        "<details>\n<summary>More options</summary>\n\nThe folded paragraph explains retries.\n\n</details>\n\n"
+        "Launch day 🚀 arrives.\n\n```python\n" + LONG_CODE + "\n```\n"
+    )
+    build("source=readme", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}", "filters.languages=all")
+    (sample,) = read_shards(tmp_path / "out").values()
+    md, meta = sample["md"].decode(), json.loads(sample["meta.json"])
+    # emphasis and code right against the punctuation the page shows after them
+    assert "**HTTP/2**, and *streams*; see `serve()`." in md
+    # <details> opened before the page was drawn: its content is labelled, and the tile shows it
+    assert "More options" in md and "The folded paragraph explains retries." in md
+    assert "Launch day 🚀 arrives." in md
+    # the long code line wraps on the page instead of running out of the picture, and is labelled whole
+    assert LONG_CODE in md
+    assert meta["md_token_iou"] == 1.0  # every word of the label is among the words the tile shows
+
+
+def test_emoji_and_cjk_are_drawn_not_tofu(tmp_path):
+    """The fonts the Makefile installs draw emoji (in colour) and CJK; a missing font would draw empty boxes."""
+    from omegaconf import OmegaConf
+    from PIL import ImageChops
+
+    from data_pipeline.render.browser import words_to_lines
+
+    page = tmp_path / "glyphs.html"
+    page.write_text(
+        '<html><body style="font-size:64px"><p>A🚀B</p><p>東京都</p></body></html>',
+        encoding="utf-8",
+    )
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "browser" / "default.yaml")
+    rendered = Browser.shared().render(page.as_uri(), cfg)
+    (_, tile), *_ = rendered.tiles
+    lines = {ln["text"]: ln["bbox"] for ln in words_to_lines(rendered.words)}
+    rocket = np.asarray(tile.crop([round(v) for v in lines["A🚀B"]]).convert("RGB"), dtype=np.int16)
+    assert ((rocket.max(axis=2) - rocket.min(axis=2)) > 80).sum() > 100  # the rocket is drawn in colour
+    cjk = tile.crop([round(v) for v in lines["東京都"]]).convert("L")
+    assert ImageChops.invert(cjk).getbbox() is not None  # something is drawn
+    # three different ideographs do not look alike, as three empty boxes would
+    w = cjk.width // 3
+    glyphs = [cjk.crop((i * w, 0, (i + 1) * w, cjk.height)) for i in range(3)]
+    assert ImageChops.difference(glyphs[0], glyphs[1]).getbbox() is not None
+    assert ImageChops.difference(glyphs[1], glyphs[2]).getbbox() is not None
+    Browser.shared().close()
 
 
 def test_docx_pages_get_their_markdown(tmp_path):

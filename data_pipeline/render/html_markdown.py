@@ -24,7 +24,9 @@ DROP_TAGS = {
     "aside",
 }
 DROP_ROLES = {"navigation", "contentinfo", "search", "banner", "complementary"}
-DROP_CLASSES = ("ltx_page_footer", "ltx_page_header", "ltx_page_logo", "ltx_role_footer")
+# LaTeXML's page furniture, and its ERROR elements: a macro it could not expand, written out as its name
+# (the page shows what the macro made, not its name; the arguments after it stay).
+DROP_CLASSES = ("ltx_page_footer", "ltx_page_header", "ltx_page_logo", "ltx_role_footer", "ltx_ERROR")
 # Page chrome and controls: left out of the markdown, and (`render/browser.py`) not drawn in the pictures of
 # markdown renders, so that a label and its image agree. Pictures (svg, iframe, object) stay drawn.
 CHROME_SELECTOR = ", ".join(
@@ -73,6 +75,11 @@ def code_span(text: str) -> str:
 
 def _classes(el) -> str:
     return el.get("class") or ""
+
+
+def _dropped_class(el) -> bool:
+    classes = _classes(el).split()
+    return any(c in classes for c in DROP_CLASSES)
 
 
 def _hidden(el) -> bool:
@@ -149,8 +156,9 @@ class _Converter:
         for child in children:
             tail = (child.tail or "").replace("\n", " ")
             tag = _tag(child)
-            if tag is None or tag in DROP_TAGS or _hidden(child):
-                parts.append(tail)
+            if tag is None or tag in DROP_TAGS or _hidden(child) or _dropped_class(child):
+                # an unexpanded macro most often drew something between words (`forth\mdash but`)
+                parts.append((" " if "ltx_ERROR" in _classes(child) else "") + tail)
                 continue
             if tag == "math":
                 tex, block = _math(child)
@@ -290,7 +298,7 @@ class _Converter:
             tag is None
             or tag in DROP_TAGS
             or _hidden(el)
-            or any(c in _classes(el) for c in DROP_CLASSES)
+            or _dropped_class(el)
             or el.get("role") in DROP_ROLES
         ):
             return

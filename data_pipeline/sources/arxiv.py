@@ -11,24 +11,29 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import shutil
 import signal
 import subprocess
 import tarfile
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-import pymupdf
-
 from data_pipeline.align import markdown_words, split_markdown_by_pages, token_iou, words
 from data_pipeline.render.html_markdown import html_to_markdown
+from data_pipeline.render.pdf import open_pdf
 from data_pipeline.schema import DocumentError, Sample, Skip
 from data_pipeline.sources.pdf import pdf_samples
 
 EXTENSIONS = (".pdf",)
-SOURCE_SUFFIXES = ("", ".tar.gz", ".tgz", ".tar", ".gz")
+# Beside `X.pdf`: a folder `X/`, an archive, arXiv's single gzipped file `X.gz`, or one LaTeX file (as
+# TeX Live's documentation ships them: `X.tex`, `X.tex.gz`, `X.ltx`), which may input its neighbours.
+SOURCE_SUFFIXES = ("", ".tar.gz", ".tgz", ".tar", ".gz", ".tex", ".tex.gz", ".ltx")
+SINGLE_FILE = (".tex", ".tex.gz", ".ltx")
 MAIN_NAMES = ("main.tex", "ms.tex", "paper.tex", "article.tex")
+_UNDEFINED = re.compile(r'class="ltx_ERROR undefined">(\\[^<\s]+)<')
 
 
 def check_config(cfg) -> None:
@@ -48,6 +53,15 @@ def unpack_source(src: Path, into: Path) -> Path:
     """A folder holding the LaTeX source (extracted from an archive when needed)."""
     if src.is_dir():
         return src
+    if src.name.endswith(SINGLE_FILE):
+        into.mkdir(parents=True, exist_ok=True)
+        name = src.name.removesuffix(".gz")
+        raw = src.read_bytes()
+        try:
+            (into / name).write_bytes(gzip.decompress(raw) if src.name.endswith(".gz") else raw)
+        except (OSError, EOFError) as e:
+            raise DocumentError("bad_latex_source", f"{src}: {e}") from e
+        return into
     if tarfile.is_tarfile(src):
         with tarfile.open(src) as tar:
             tar.extractall(into, filter="data")  # no absolute paths, no links out of the folder
@@ -60,7 +74,11 @@ def unpack_source(src: Path, into: Path) -> Path:
 
 
 def main_tex(folder: Path) -> Path:
-    candidates = [p for p in folder.rglob("*.tex") if "\\documentclass" in p.read_text(errors="replace")]
+    candidates = [
+        p
+        for p in folder.rglob("*")
+        if p.suffix in (".tex", ".ltx") and "\\documentclass" in p.read_text(errors="replace")
+    ]
     if not candidates:
         raise DocumentError("no_main_tex", f"{folder}: no .tex file with \\documentclass")
     named = [p for p in candidates if p.name in MAIN_NAMES]
@@ -80,30 +98,66 @@ def _run(cmd: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProce
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
-def latex_to_html(tex: Path, work: Path, timeout: float) -> tuple[str, str]:
-    """(html, converter name); LaTeXML first, pandoc as the fallback."""
-    out = work / "latexml.html"
-    if shutil.which("latexmlc"):
-        r = _run(
-            [
-                "latexmlc",
-                f"--dest={out}",
-                "--format=html5",
-                "--nocomments",
-                "--quiet",
-                f"--timeout={int(timeout)}",
-                tex.name,
-            ],
-            tex.parent,
-            timeout + 10,
-        )
-        if r is not None and out.exists() and out.stat().st_size > 0:
-            return out.read_text(errors="replace"), "latexml"
-    if shutil.which("pandoc"):
-        r = _run(["pandoc", "-f", "latex", "-t", "html5", "--mathml", tex.name], tex.parent, timeout)
-        if r is not None and r.returncode == 0 and r.stdout:
-            return r.stdout.decode(errors="replace"), "pandoc"
-    raise DocumentError("latex_conversion_failed", f"{tex}: neither LaTeXML nor pandoc produced HTML")
+def latexml_html(tex: Path, work: Path, timeout: float, search: Path | None, styles: bool) -> str | None:
+    """LaTeXML's HTML of `tex`, or None. `styles`: let it read the raw class and package files (the
+    document's and TeX Live's) for what it has no definitions of; more macros expand, but some documents
+    then convert worse."""
+    out = work / ("latexml-styles.html" if styles else "latexml.html")
+    r = _run(
+        [
+            "latexmlc",
+            f"--dest={out}",
+            "--format=html5",
+            "--nocomments",
+            "--quiet",
+            *(["--includestyles"] if styles else []),
+            f"--timeout={int(timeout)}",
+            *([f"--path={search}"] if search else []),
+            tex.name,
+        ],
+        tex.parent,
+        timeout + 10,
+    )
+    if r is None or not out.exists() or out.stat().st_size == 0:
+        return None
+    return out.read_text(errors="replace")
+
+
+def undefined_macros(html: str) -> Counter:
+    """The macros LaTeXML could not expand (it writes each as an ERROR element holding its name)."""
+    return Counter(_UNDEFINED.findall(html))
+
+
+def document_markdown(src: Path, timeout: float, pdf_words: list[str]) -> tuple[str, str, Counter]:
+    """(markdown, converter, macros left unexpanded) of a paper's LaTeX source. LaTeXML first; when it leaves
+    macros unexpanded, again with the document's own class and packages read, and the conversion whose
+    markdown matches the PDF's words better is kept; pandoc when LaTeXML gives nothing. Unexpanded macros'
+    names never reach the markdown (`render/html_markdown.py` drops them); they are counted."""
+    with tempfile.TemporaryDirectory(prefix="literate-arxiv-") as tmp:
+        folder = unpack_source(src, Path(tmp) / "src")
+        search = src.parent if src.name.endswith(SINGLE_FILE) else None
+        tex = main_tex(folder)
+        candidates: list[tuple[str, str]] = []
+        if shutil.which("latexmlc"):
+            html = latexml_html(tex, Path(tmp), timeout, search, styles=False)
+            if html is not None:
+                candidates.append((html, "latexml"))
+            if html is None or undefined_macros(html):
+                styled = latexml_html(tex, Path(tmp), timeout, search, styles=True)
+                if styled is not None:
+                    candidates.append((styled, "latexml+styles"))
+        if not candidates and shutil.which("pandoc"):
+            r = _run(["pandoc", "-f", "latex", "-t", "html5", "--mathml", tex.name], tex.parent, timeout)
+            if r is not None and r.returncode == 0 and r.stdout:
+                candidates.append((r.stdout.decode(errors="replace"), "pandoc"))
+    if not candidates:
+        raise DocumentError("latex_conversion_failed", f"{src}: neither LaTeXML nor pandoc produced HTML")
+    scored = [
+        (token_iou(markdown_words(md := html_to_markdown(html)), pdf_words), md, name, html)
+        for html, name in candidates
+    ]
+    _, markdown, converter, html = max(scored, key=lambda c: c[0])
+    return markdown, converter, undefined_macros(html)
 
 
 def build(path: Path, doc_id: str, cfg) -> Iterator[Sample | Skip]:
@@ -113,12 +167,19 @@ def build(path: Path, doc_id: str, cfg) -> Iterator[Sample | Skip]:
     if src is None:
         yield Skip("no_latex_source", pages=0, detail=str(path))
     else:
-        with tempfile.TemporaryDirectory(prefix="literate-arxiv-") as tmp:
-            folder = unpack_source(src, Path(tmp) / "src")
-            html, converter = latex_to_html(main_tex(folder), Path(tmp), float(cfg.convert_timeout))
-        with pymupdf.open(path) as doc:
+        with open_pdf(path, int(cfg.max_pages_per_doc)) as doc:  # a broken PDF fails here as in pdf_samples
             page_texts = [page.get_text() for page in doc]
-        md_pages = split_markdown_by_pages(html_to_markdown(html), page_texts)
+        try:
+            markdown, converter, undefined = document_markdown(
+                src, float(cfg.convert_timeout), words("\n".join(page_texts))
+            )
+        except DocumentError as e:  # no markdown, but the pages keep their layout
+            yield Skip(e.reason, pages=0, detail=e.detail)
+        else:
+            if undefined:
+                names = ", ".join(f"{name} x{n}" for name, n in undefined.most_common(8))
+                yield Skip("latex_macros_dropped", pages=0, detail=f"{path}: {names}")
+            md_pages = split_markdown_by_pages(markdown, page_texts)
     for item in pdf_samples(path, doc_id, cfg, "arxiv"):
         if isinstance(item, Sample) and md_pages is not None:
             md = md_pages[item.page]

@@ -1,0 +1,180 @@
+"""`source=arxiv` markdown on real LaTeX documents: how many pages get markdown, why the others do not, and
+whether any kept label holds LaTeX the page does not show.
+
+    python -m benchmarks.latex_markdown [--input <dir>] [--list pairs.txt] [--every 1] [--worst 10]
+
+Documents: PDFs with their LaTeX source beside them as `X.tex`, `X.tex.gz` or `X.ltx` (TeX Live's
+documentation ships hundreds; default: those under /usr/share/doc/texlive-doc), kept when self-contained:
+the file has `\\documentclass` and every file it `\\input`s or `\\include`s is in its folder. Builds them with
+`source=arxiv` (one document a shard) and reports, over English pages (the sample's language), the share
+that get markdown and the reasons for the rest (conversion failed, markdown not matching the page: token
+IoU under `md_min_iou`); over kept labels, the pages whose label holds a macro name (`\\name`) or a
+LaTeX environment command that the page's own text does not show, with the lowest IoU kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import pymupdf
+
+DEFAULT_ROOT = "/usr/share/doc/texlive-doc"
+SOURCE_NAMES = (".tex", ".tex.gz", ".ltx")
+INPUTS = re.compile(r"\\(?:input|include)\s*\{([^}]+)\}")
+MACRO = re.compile(r"\\[A-Za-z@]+")
+CONVERSION_FAILED = ("latex_conversion_failed", "no_main_tex", "bad_latex_source", "convert_timeout")
+IOU_BANDS = [(0.9, 0.95), (0.8, 0.9), (0.5, 0.8), (0.0, 0.5)]
+# Math and code in a label are LaTeX or code by design; macro names outside them are residue.
+MATH_OR_CODE = re.compile(r"\$\$.*?\$\$|\$[^$\n]+\$|```.*?```|`[^`\n]+`", re.DOTALL)
+
+
+def latex_source(pdf: Path) -> Path | None:
+    for suffix in SOURCE_NAMES:
+        candidate = pdf.with_name(pdf.stem + suffix)
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def read_source(path: Path) -> str:
+    raw = path.read_bytes()
+    return (gzip.decompress(raw) if path.name.endswith(".gz") else raw).decode("utf-8", "replace")
+
+
+def self_contained(source: Path) -> str | None:
+    """None when the file is a whole document whose inputs are all beside it, else why not."""
+    text = read_source(source)
+    if "\\documentclass" not in text:
+        return "no \\documentclass"
+    for name in INPUTS.findall(text):
+        name = name.strip()
+        candidates = [source.parent / name, source.parent / f"{name}.tex"]
+        if not any(c.exists() for c in candidates):
+            return f"inputs {name} (not beside it)"
+    return None
+
+
+def residue(md: str, page_text: str) -> list[str]:
+    """Macro names in the label, outside math and code, that the page's text does not show."""
+    shown = set(MACRO.findall(page_text))
+    return [m for m in MACRO.findall(MATH_OR_CODE.sub(" ", md)) if m not in shown]
+
+
+def main() -> None:
+    import webdataset as wds
+
+    from data_pipeline.align import words
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--input", default=DEFAULT_ROOT, help="a folder searched for PDFs with their source")
+    ap.add_argument("--list", help="a file of PDF paths (instead of --input)")
+    ap.add_argument("--every", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--worst", type=int, default=10)
+    ap.add_argument("overrides", nargs="*", help="build overrides, e.g. source.md_min_iou=0.9")
+    args = ap.parse_args()
+    pymupdf.TOOLS.mupdf_display_errors(False)
+    pdfs = (
+        [Path(line.strip()) for line in Path(args.list).read_text().splitlines() if line.strip()]
+        if args.list
+        else sorted(Path(args.input).rglob("*.pdf"))
+    )
+    pairs, excluded = [], Counter()
+    for pdf in pdfs:
+        source = latex_source(pdf)
+        if source is None:
+            continue
+        why = self_contained(source)
+        if why:
+            excluded[why.split(" (")[0]] += 1
+        else:
+            pairs.append(pdf)
+    pairs = pairs[:: args.every]
+    print(f"{len(pairs)} self-contained documents (excluded: {dict(excluded)})")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "list.txt").write_text("\n".join(map(str, pairs)))
+        out = tmp / "out"
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "data_pipeline.build",
+                "source=arxiv",
+                f"input={tmp / 'list.txt'}",
+                f"output={out}",
+                f"workers={args.workers}",
+                "docs_per_shard=1",
+                "dedup=false",
+                "filters.languages=all",
+                *args.overrides,
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if r.returncode not in (0, 1):
+            sys.exit(f"build failed:\n{r.stderr[-3000:]}")
+        from data_pipeline.core import list_inputs
+
+        docs = list_inputs(str(tmp / "list.txt"), (".pdf",))
+        english = with_md = 0
+        reasons: Counter = Counter()
+        bad_labels, ious = [], []
+        for i, doc in enumerate(docs):
+            stats = json.loads((out / f"shard-{i:05d}.json").read_text())
+            failed = [k for k in stats["skips"] if k in CONVERSION_FAILED]
+            texts = {}
+            with pymupdf.open(doc.path) as pdf:
+                texts = {n: page.get_text() for n, page in enumerate(pdf)}
+            doc_pages = doc_md = 0
+            converter = "-"
+            for s in wds.WebDataset(str(out / stats["shard"]), shardshuffle=False, empty_check=False):
+                meta = json.loads(s["meta.json"])
+                converter = meta.get("md_converter", converter)
+                if meta.get("lang") != "en":
+                    continue
+                english += 1
+                doc_pages += 1
+                doc_md += "md" in s
+                if "md" not in s:
+                    if failed:
+                        reasons[failed[0]] += 1
+                    else:
+                        iou = meta.get("md_token_iou", 0.0)
+                        band = next(f"token IoU {lo:.2f}-{hi:.2f}" for lo, hi in IOU_BANDS if lo <= iou < hi)
+                        reasons[band] += 1
+                        page_words = words(texts[meta["page"]])
+                        if len(page_words) < 50:
+                            reasons["  of which pages with under 50 words"] += 1
+                    continue
+                with_md += 1
+                ious.append(meta["md_token_iou"])
+                left = residue(s["md"].decode(), texts[meta["page"]])
+                if left:
+                    bad_labels.append((len(left), s["__key__"], Counter(left).most_common(6)))
+            dropped = stats["skips"].get("latex_macros_dropped", 0)
+            print(
+                f"  {Path(doc.path).name}: {doc_md}/{doc_pages} English pages with markdown ({converter}"
+                f"{', macros dropped' if dropped else ''}{', ' + failed[0] if failed else ''})"
+            )
+    print(
+        f"English pages: {english}; with markdown: {with_md} ({with_md / max(english, 1):.1%}); "
+        f"the rest by reason: {dict(reasons)}"
+    )
+    if ious:
+        print(f"kept labels: lowest token IoU {min(ious):.3f}, mean {sum(ious) / len(ious):.3f}")
+    print(f"kept labels holding a macro name the page does not show: {len(bad_labels)}")
+    for n, key, names in sorted(bad_labels, reverse=True)[: args.worst]:
+        print(f"  {n:3d}  {key}: {names}")
+
+
+if __name__ == "__main__":
+    main()

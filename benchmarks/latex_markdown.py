@@ -5,10 +5,11 @@ whether any kept label holds LaTeX the page does not show.
 
 Documents: PDFs with their LaTeX source beside them as `X.tex`, `X.tex.gz` or `X.ltx` (TeX Live's
 documentation ships hundreds; default: those under /usr/share/doc/texlive-doc), kept when self-contained:
-the file has `\\documentclass` and every file it `\\input`s or `\\include`s is in its folder. Builds them with
+the file has `\\documentclass` and every file it `\\input`s, `\\include`s or `\\DocInput`s is in its folder. Builds them with
 `source=arxiv` (one document a shard) and reports, over English pages (the sample's language), the share
-that get markdown and the reasons for the rest (conversion failed, markdown not matching the page: token
-IoU under `md_min_iou`); over kept labels, the pages whose label holds a macro name (`\\name`) or a
+that get markdown and the reasons for the rest (conversion failed; the document's class not installed, so
+LaTeXML cannot expand its macros; markdown not matching the page: token IoU under `md_min_iou`, by band);
+over kept labels, the pages whose label holds a macro name (`\\name`) or a
 LaTeX environment command that the page's own text does not show, with the lowest IoU kept.
 """
 
@@ -26,9 +27,12 @@ from pathlib import Path
 
 import pymupdf
 
+from data_pipeline.align import dehyphenate
+
 DEFAULT_ROOT = "/usr/share/doc/texlive-doc"
 SOURCE_NAMES = (".tex", ".tex.gz", ".ltx")
-INPUTS = re.compile(r"\\(?:input|include)\s*\{([^}]+)\}")
+INPUTS = re.compile(r"\\(?:input|include|DocInput)\s*\{([^}]+)\}")
+CLASS = re.compile(r"\\documentclass\s*(?:\[[^\]]*\])?\s*\{([^}]+)\}")
 MACRO = re.compile(r"\\[A-Za-z@]+")
 CONVERSION_FAILED = ("latex_conversion_failed", "no_main_tex", "bad_latex_source", "convert_timeout")
 IOU_BANDS = [(0.9, 0.95), (0.8, 0.9), (0.5, 0.8), (0.0, 0.5)]
@@ -56,22 +60,34 @@ def self_contained(source: Path) -> str | None:
         return "no \\documentclass"
     for name in INPUTS.findall(text):
         name = name.strip()
+        if "#" in name or "\\" in name:  # computed while typesetting (a macro's argument, \jobname)
+            continue
         candidates = [source.parent / name, source.parent / f"{name}.tex"]
         if not any(c.exists() for c in candidates):
             return f"inputs {name} (not beside it)"
     return None
 
 
+def class_installed(source: Path) -> bool:
+    """Whether the document's class is installed here (else LaTeXML cannot read its macros)."""
+    found = CLASS.search(read_source(source))
+    if not found:
+        return True
+    name = found.group(1).strip()
+    r = subprocess.run(["kpsewhich", f"{name}.cls"], capture_output=True, text=True)
+    return bool(r.stdout.strip()) or name in ("article", "report", "book", "letter", "slides", "minimal")
+
+
 def residue(md: str, page_text: str) -> list[str]:
     """Macro names in the label, outside math and code, that the page's text does not show."""
-    shown = set(MACRO.findall(page_text))
+    shown = set(MACRO.findall(dehyphenate(page_text)))
     return [m for m in MACRO.findall(MATH_OR_CODE.sub(" ", md)) if m not in shown]
 
 
 def main() -> None:
     import webdataset as wds
 
-    from data_pipeline.align import words
+    from data_pipeline.align import page_words
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--input", default=DEFAULT_ROOT, help="a folder searched for PDFs with their source")
@@ -135,6 +151,7 @@ def main() -> None:
             with pymupdf.open(doc.path) as pdf:
                 texts = {n: page.get_text() for n, page in enumerate(pdf)}
             doc_pages = doc_md = 0
+            installed = class_installed(latex_source(Path(doc.path)))
             converter = "-"
             for s in wds.WebDataset(str(out / stats["shard"]), shardshuffle=False, empty_check=False):
                 meta = json.loads(s["meta.json"])
@@ -147,12 +164,13 @@ def main() -> None:
                 if "md" not in s:
                     if failed:
                         reasons[failed[0]] += 1
+                    elif not installed:
+                        reasons["class not installed here (its macros cannot expand)"] += 1
                     else:
                         iou = meta.get("md_token_iou", 0.0)
                         band = next(f"token IoU {lo:.2f}-{hi:.2f}" for lo, hi in IOU_BANDS if lo <= iou < hi)
                         reasons[band] += 1
-                        page_words = words(texts[meta["page"]])
-                        if len(page_words) < 50:
+                        if len(page_words(texts[meta["page"]])) < 50:
                             reasons["  of which pages with under 50 words"] += 1
                     continue
                 with_md += 1

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from data_pipeline.align import markdown_words, split_markdown_by_pages, token_iou, words
+from data_pipeline.align import markdown_words, page_words, split_markdown_by_pages, token_iou
 from data_pipeline.render.html_markdown import html_to_markdown
 from data_pipeline.render.pdf import open_pdf
 from data_pipeline.schema import DocumentError, Sample, Skip
@@ -171,7 +171,7 @@ def build(path: Path, doc_id: str, cfg) -> Iterator[Sample | Skip]:
             page_texts = [page.get_text() for page in doc]
         try:
             markdown, converter, undefined = document_markdown(
-                src, float(cfg.convert_timeout), words("\n".join(page_texts))
+                src, float(cfg.convert_timeout), page_words("\n".join(page_texts))
             )
         except DocumentError as e:  # no markdown, but the pages keep their layout
             yield Skip(e.reason, pages=0, detail=e.detail)
@@ -183,7 +183,7 @@ def build(path: Path, doc_id: str, cfg) -> Iterator[Sample | Skip]:
     for item in pdf_samples(path, doc_id, cfg, "arxiv"):
         if isinstance(item, Sample) and md_pages is not None:
             md = md_pages[item.page]
-            iou = token_iou(markdown_words(md), words(page_texts[item.page]))
+            iou = token_iou(markdown_words(md), page_words(page_texts[item.page]))
             item.meta.update(md_converter=converter, md_token_iou=round(iou, 3))
             if iou >= float(cfg.md_min_iou):
                 item.md = md

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pymupdf
 
-from data_pipeline.align import markdown_words, split_markdown_by_pages, token_iou, words
+from data_pipeline.align import markdown_words, page_words, split_markdown_by_pages, token_iou
 from data_pipeline.render.html_markdown import html_to_markdown
 from data_pipeline.render.office import convert_to_pdf
 from data_pipeline.render.pandoc import pandoc_html
@@ -36,7 +36,7 @@ def build(path: Path, doc_id: str, cfg) -> Iterator[Sample | Skip]:
         for item in pdf_samples(pdf, doc_id, cfg, "docx"):
             if isinstance(item, Sample):
                 item.origin = str(path)
-                iou = token_iou(markdown_words(pages[item.page]), words(page_texts[item.page]))
+                iou = token_iou(markdown_words(pages[item.page]), page_words(page_texts[item.page]))
                 item.meta["md_token_iou"] = round(iou, 3)
                 if iou >= float(cfg.md_min_iou):
                     item.md = pages[item.page]

@@ -190,83 +190,18 @@ def check(files: list[str], tmp: Path) -> None:
     )
 
 
-def check_readmes(tmp: Path, n: int = 20) -> None:
-    """`source=readme` on real README.md files (Debian's, gunzipped): how much of each README's words the
-    tiles' labels cover (multiset recall)."""
-    import gzip
-
-    import webdataset as wds
-
-    from data_pipeline.align import markdown_words, token_recall, words
-
-    found = sorted(
-        glob.glob("/usr/share/doc/**/README.md", recursive=True)
-        + glob.glob("/usr/share/doc/**/README.md.gz", recursive=True)
-    )
-    src = tmp / "readmes"
-    picked = 0
-    for f in found:
-        raw = gzip.decompress(Path(f).read_bytes()) if f.endswith(".gz") else Path(f).read_bytes()
-        if len(markdown_words(raw.decode("utf-8", "replace"))) < 30:
-            continue
-        dest = src / Path(f).parent.name / "README.md"
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(raw)
-        picked += 1
-        if picked == n:
-            break
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "data_pipeline.build",
-            "source=readme",
-            f"input={src}",
-            f"output={tmp / 'readme'}",
-            "workers=2",
-            "filters.languages=all",
-            "dedup=false",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    labels: dict[str, str] = {}
-    for shard in json.loads((tmp / "readme" / "manifest.json").read_text())["shardlist"]:
-        for s in wds.WebDataset(str(tmp / "readme" / shard["url"]), shardshuffle=False, empty_check=False):
-            origin = json.loads(s["meta.json"])["origin"]
-            labels[origin] = labels.get(origin, "") + "\n" + s["md"].decode()
-    recalls = []
-    for readme in sorted(src.rglob("README.md")):
-        # The README's words as a reader sees them: pandoc's plain text (no link targets, no comments), with
-        # image alt texts left out (an image shows a picture).
-        text = re.sub(r"!\[[^\]]*\]\([^)]*\)", " ", readme.read_text(errors="replace"))
-        plain = subprocess.run(
-            ["pandoc", "-f", "gfm", "-t", "plain", "--wrap=none"],
-            input=text,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        recalls.append(token_recall(words(plain), markdown_words(labels.get(str(readme), ""))))
-    ok = sum(r >= 0.95 for r in recalls)
-    print(
-        f"readme: {len(recalls)} READMEs; tiles cover {sum(recalls) / len(recalls):.1%} of their words on average, "
-        f">= 95% on {ok}/{len(recalls)}, lowest {min(recalls):.1%}"
-    )
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--input", default=DEFAULT_PAGES)
     ap.add_argument("--max-docs", type=int, default=50)
     ap.add_argument("--check", action="store_true")
-    ap.add_argument("--only", choices=["web", "readme"], help="with --check: only this part")
+    ap.add_argument("--check-only", action="store_true", help="the fidelity check without the throughput")
     args = ap.parse_args()
     files = sorted(glob.glob(args.input))[: args.max_docs]
     if not files:
         sys.exit(f"no pages match {args.input} (Debian's python3-doc installs the default set)")
     urls = [Path(f).resolve().as_uri() for f in files]
-    if args.only is None:
+    if not args.check_only:
         n = min(20, len(urls))
         compare(f"{n} pages", urls[:n])
         # The gain from reusing the browser is the launch saved over the page's own work, so it depends on
@@ -280,12 +215,9 @@ def main() -> None:
                 )
                 short.append(page.as_uri())
             compare(f"{n} one-screen pages", short)
-    if args.check:
+    if args.check or args.check_only:
         with tempfile.TemporaryDirectory() as tmp:
-            if args.only != "readme":
-                check(files, Path(tmp))
-            if args.only != "web":
-                check_readmes(Path(tmp))
+            check(files, Path(tmp))
 
 
 if __name__ == "__main__":

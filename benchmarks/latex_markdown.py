@@ -1,7 +1,7 @@
 """`source=arxiv` markdown on real LaTeX documents: how many pages get markdown, why the others do not, and
 whether any kept label holds LaTeX the page does not show.
 
-    python -m benchmarks.latex_markdown [--input <dir>] [--list pairs.txt] [--every 1] [--worst 10]
+    python -m benchmarks.latex_markdown [--input <dir>] [--list pairs.txt] [--every 1] [--worst 10] [--keep <dir>]
 
 Documents: PDFs with their LaTeX source beside them as `X.tex`, `X.tex.gz` or `X.ltx` (TeX Live's
 documentation ships hundreds; default: those under /usr/share/doc/texlive-doc), kept when self-contained:
@@ -95,6 +95,9 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=1)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--worst", type=int, default=10)
+    ap.add_argument(
+        "--keep", help="build into this folder and keep it (for benchmarks.label_witness --shards)"
+    )
     ap.add_argument("overrides", nargs="*", help="build overrides, e.g. source.md_min_iou=0.9")
     args = ap.parse_args()
     pymupdf.TOOLS.mupdf_display_errors(False)
@@ -118,7 +121,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "list.txt").write_text("\n".join(map(str, pairs)))
-        out = tmp / "out"
+        out = Path(args.keep) if args.keep else tmp / "out"
         r = subprocess.run(
             [
                 sys.executable,

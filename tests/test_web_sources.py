@@ -208,6 +208,36 @@ def test_readme_labels_say_exactly_what_the_tile_shows(tmp_path):
     assert meta["md_token_iou"] == 1.0  # every word of the label is among the words the tile shows
 
 
+def test_tiles_are_not_cut_through_a_run_of_inline_text(tmp_path):
+    """A <div> of text and <br>s is no paragraph, but the markdown gives it whole to the tile of its first line:
+    the tile cut goes above it, so the lines below the cut are not drawn in a tile whose label lacks them."""
+    readme = tmp_path / "in" / "proj" / "README.md"
+    readme.parent.mkdir(parents=True)
+    lines = [
+        f"sponsor line {w} stays whole" for w in ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot")
+    ]
+    readme.write_text(
+        '# Runs\n\n<div style="height:1260px"></div>\n\n<div align="center">\n<b>'
+        + lines[0]
+        + "</b><br>\n<sub>"
+        + "<br>\n".join(lines[1:])
+        + "</sub>\n</div>\n\n"
+        + "".join(f"Closing paragraph number {i} says a few more words.\n\n" for i in range(40))
+    )
+    s = summary(
+        build(
+            "source=readme", f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}", "filters.languages=all"
+        )
+    )
+    samples = read_shards(tmp_path / "out")
+    assert s["skips"].get("md_consistency", 0) == 0 and len(samples) >= 2
+    labels = [samples[k]["md"].decode() for k in sorted(samples)]
+    holding = [i for i, md in enumerate(labels) if "sponsor line alpha" in md]
+    assert len(holding) == 1 and all(line in labels[holding[0]] for line in lines)
+    # the tile that holds the run starts above it, so it shows every line of it
+    assert json.loads(samples[sorted(samples)[holding[0]]]["meta.json"])["md_token_iou"] >= 0.95
+
+
 def test_emoji_and_cjk_are_drawn_not_tofu(tmp_path):
     """The fonts the Makefile installs draw emoji (in colour) and CJK; a missing font would draw empty boxes."""
     from omegaconf import OmegaConf

@@ -1,10 +1,14 @@
 """`arxiv`: a paper's PDF beside its LaTeX source → layout samples from the PDF, and markdown per page.
 
 Pairs are found by name, as arXiv's bulk data ships them: `X.pdf` with `X/` (a folder), `X.tar.gz`, `X.tgz`,
-`X.tar` or `X.gz` (one gzipped .tex). LaTeX → HTML with LaTeXML (as Nougat and the paper do; pandoc when
-LaTeXML fails) → markdown → cut into pages by aligning with each page's PDF text. A page whose markdown
-matches its PDF text poorly (token IoU below `md_min_iou`) keeps its layout sample but loses its markdown,
-counted as `md_alignment`.
+`X.tar` or `X.gz` (one gzipped .tex), or as TeX Live's documentation ships them: one file `X.tex`, `X.tex.gz`
+or `X.ltx` whose folder is searched for what it inputs. LaTeX → HTML with LaTeXML (as Nougat and the paper
+do; run again with the document's own class and packages when macros stay unexpanded, the conversion that
+matches the PDF better kept; pandoc when LaTeXML fails) → markdown → cut into pages by aligning with each
+page's PDF text. Macro names LaTeXML could not expand never reach a label: each is replaced by a space and
+counted as `latex_macros_dropped`. A page whose markdown matches its PDF text poorly (token IoU below
+`md_min_iou`, 0.95 as in the paper) keeps its layout sample but loses its markdown, counted as `md_alignment`;
+a conversion that fails keeps every page's layout.
 """
 
 from __future__ import annotations

@@ -27,7 +27,6 @@ import json
 import re
 import statistics
 import subprocess
-import sys
 import tempfile
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -35,6 +34,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from benchmarks.common import run_build
 from data_pipeline.align import markdown_words
 
 WORD = re.compile(r"[^\W_]+")  # underscores split words: OCR often reads them as spaces
@@ -166,23 +166,7 @@ def build(source: str, spec: str, out: Path, every: int, max_docs: int | None, o
     docs = [d.path for d in list_inputs(spec, tuple(get_source(source).EXTENSIONS))][::every][:max_docs]
     listing = out.parent / f"{source}-inputs.txt"
     listing.write_text("\n".join(docs))
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "data_pipeline.build",
-            f"source={source}",
-            f"input={listing}",
-            f"output={out}",
-            "dedup=false",
-            "filters.languages=all",
-            *overrides,
-        ],
-        capture_output=True,
-        text=True,
-    )
-    if r.returncode not in (0, 1):
-        sys.exit(f"build failed:\n{r.stderr[-3000:]}")
+    run_build(source, listing, out, "filters.languages=all", *overrides)
 
 
 def report(results: list[dict], worst: int) -> None:

@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pymupdf
 
+from benchmarks.common import run_build
 from data_pipeline.core import list_inputs
 from data_pipeline.filters import LANG_ID_CHARS, detect_language
 
@@ -64,24 +63,7 @@ def measure(name: str, paths: list[str], tmp: Path, workers: int) -> None:
     listing = tmp / f"{name}.txt"
     listing.write_text("\n".join(paths))
     out = tmp / name
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "data_pipeline.build",
-            "source=pdf",
-            f"input={listing}",
-            f"output={out}",
-            f"workers={workers}",
-            "docs_per_shard=1",
-            "dedup=false",
-            "filters.languages=[en]",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    if r.returncode not in (0, 1):
-        sys.exit(f"build failed:\n{r.stderr[-2000:]}")
+    run_build("pdf", listing, out, f"workers={workers}", "docs_per_shard=1", "filters.languages=[en]")
     docs = list_inputs(str(listing), (".pdf",))  # shard i is document i of the sorted list
     groups = {True: [0, 0, 0, 0], False: [0, 0, 0, 0]}  # mostly English: [pages, dropped, old dropped, docs]
     disagree = []

@@ -20,13 +20,13 @@ import gzip
 import json
 import re
 import subprocess
-import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
 
 import pymupdf
 
+from benchmarks.common import run_build
 from data_pipeline.align import dehyphenate
 
 DEFAULT_ROOT = "/usr/share/doc/texlive-doc"
@@ -122,25 +122,15 @@ def main() -> None:
         tmp = Path(tmp)
         (tmp / "list.txt").write_text("\n".join(map(str, pairs)))
         out = Path(args.keep) if args.keep else tmp / "out"
-        r = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "data_pipeline.build",
-                "source=arxiv",
-                f"input={tmp / 'list.txt'}",
-                f"output={out}",
-                f"workers={args.workers}",
-                "docs_per_shard=1",
-                "dedup=false",
-                "filters.languages=all",
-                *args.overrides,
-            ],
-            capture_output=True,
-            text=True,
+        run_build(
+            "arxiv",
+            tmp / "list.txt",
+            out,
+            f"workers={args.workers}",
+            "docs_per_shard=1",
+            "filters.languages=all",
+            *args.overrides,
         )
-        if r.returncode not in (0, 1):
-            sys.exit(f"build failed:\n{r.stderr[-3000:]}")
         from data_pipeline.core import list_inputs
 
         docs = list_inputs(str(tmp / "list.txt"), (".pdf",))

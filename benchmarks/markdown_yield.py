@@ -17,11 +17,11 @@ import gzip
 import json
 import statistics
 import subprocess
-import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
 
+from benchmarks.common import run_build
 from data_pipeline.align import markdown_words, token_recall, words
 from data_pipeline.core import list_inputs
 
@@ -71,25 +71,15 @@ def measure(inputs: list[Path], tmp: Path, workers: int, extra: list[str]) -> di
     import webdataset as wds
 
     out = tmp / "out"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "data_pipeline.build",
-            "source=readme",
-            f"input={tmp / 'in'}",
-            f"output={out}",
-            f"workers={workers}",
-            "docs_per_shard=1",
-            "dedup=false",
-            "filters.languages=all",
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
+    run_build(
+        "readme",
+        tmp / "in",
+        out,
+        f"workers={workers}",
+        "docs_per_shard=1",
+        "filters.languages=all",
+        *extra,
     )
-    if r.returncode not in (0, 1):
-        sys.exit(f"build failed:\n{r.stderr[-3000:]}")
     labels: dict[str, list[str]] = {}
     stats: dict[str, dict] = {}
     docs = list_inputs(str(tmp / "in"), (".md",))  # shard i is document i

@@ -27,25 +27,13 @@ from pathlib import Path
 
 import numpy as np
 import pymupdf
-from omegaconf import OmegaConf
 
+from benchmarks.common import build_config
 from data_pipeline.core import Task, list_inputs, run_task
 from data_pipeline.imageio import encode_png
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 PAPER_PAGES = 187_000_000
 CHUNK_DOCS = 2
-
-
-def _config(output: Path, image_format: str = "png"):
-    cfg = OmegaConf.load(CONFIG_DIR / "build.yaml")
-    cfg.source = OmegaConf.load(CONFIG_DIR / "source" / "pdf.yaml")
-    cfg.input, cfg.output, cfg.workers = "unused", str(output), 1
-    cfg.filters.languages = "all"
-    cfg.image.format = image_format
-    del cfg["defaults"], cfg["hydra"]
-    OmegaConf.resolve(cfg)
-    return cfg
 
 
 def raw_pymupdf(paths: list[str], dpi: float, max_side: int, store: bool = False) -> tuple[int, float]:
@@ -147,7 +135,7 @@ def main() -> None:
         chunks = [tuple(docs[i : i + CHUNK_DOCS]) for i in range(0, len(docs), CHUNK_DOCS)]
         rounds = []
         for r in range(args.rounds + 1):
-            cfg = _config(tmp / f"ours{r}", args.image_format)
+            cfg = build_config("pdf", tmp / f"ours{r}", image__format=args.image_format)
             times, stats = timed_round(chunks, cfg)
             rates = {k: (stats["pages"] if k == "ours" else stats["raw_pages"]) / times[k] for k in times}
             print(

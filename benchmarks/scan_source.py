@@ -28,12 +28,11 @@ from pathlib import Path
 
 import numpy as np
 import pymupdf
-from omegaconf import OmegaConf
 from PIL import Image, ImageFilter
 
+from benchmarks.common import build_config
 from data_pipeline.core import Task, list_inputs, run_task
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_PDFS = "/usr/share/doc/texlive-doc/latex/**/*.pdf"
 PAPER_SCAN_PAGES = 27_600_000
 
@@ -92,17 +91,6 @@ def tsv_pages(tsv: str) -> dict[int, list[dict]]:
     return pages
 
 
-def _config(output: Path, threads: int = 1):
-    cfg = OmegaConf.load(CONFIG_DIR / "build.yaml")
-    cfg.source = OmegaConf.load(CONFIG_DIR / "source" / "scan.yaml")
-    cfg.input, cfg.output, cfg.workers = "unused", str(output), 1
-    cfg.filters.languages = "all"
-    cfg.source.ocr_threads = threads
-    del cfg["defaults"], cfg["hydra"]
-    OmegaConf.resolve(cfg)
-    return cfg
-
-
 def word_f1(
     out: Path, truth: dict[str, list[str]], bare: dict[str, dict[int, list[dict]]]
 ) -> tuple[list, list]:
@@ -141,7 +129,7 @@ def main() -> None:
         bare_lines: dict[str, dict[int, list[dict]]] = {}
         for r in range(args.rounds):
             times = {"bare": 0.0, "ours": 0.0}
-            cfg = _config(tmp / f"ours{r}")
+            cfg = build_config("scan", tmp / f"ours{r}", source__ocr_threads=1)
             for i, doc in enumerate(docs):
                 for side in ("bare", "ours") if i % 2 == 0 else ("ours", "bare"):
                     if side == "bare":

@@ -238,10 +238,12 @@ BLOCKS_JS = r"""
   const sy = window.scrollY, out = [];
   const visible = (el) => !el.checkVisibility || el.checkVisibility({checkOpacity: true, checkVisibilityCSS: true});
   const sel = 'p, pre, li, tr, dt, dd, h1, h2, h3, h4, h5, h6, blockquote, figure, img, caption';
+  const leaves = new Set();
   for (const el of document.body.querySelectorAll(sel)) {
     // leaf blocks only: a definition or list item holding paragraphs spans them all and would leave no
     // place to cut between them
     if (el.querySelector(sel) || !visible(el)) continue;
+    leaves.add(el);
     const r = el.getBoundingClientRect();
     if (r.height > 0) out.push([r.top + sy, r.bottom + sy]);
   }
@@ -256,8 +258,9 @@ BLOCKS_JS = r"""
     }
     if (bottom > top) out.push([top + sy, bottom + sy]);
   };
-  for (const el of document.body.querySelectorAll('*')) {
-    if (el.closest('pre, svg, table') || !visible(el)) continue;
+  // runs are what the converter cuts block containers' children into; a leaf block spans its own
+  for (const el of [document.body, ...document.body.querySelectorAll(__BLOCK_SELECTOR__)]) {
+    if (leaves.has(el) || el.closest('pre, svg, table') || !visible(el)) continue;
     let first = null, last = null, text = false;
     for (const node of [...el.childNodes, null]) {
       if (node && node.nodeType === 8) continue;  // a comment: not drawn, not a boundary
@@ -275,7 +278,9 @@ BLOCKS_JS = r"""
   }
   return out;
 }
-""".replace("__BLOCK_NAMES__", json.dumps(BLOCK_NAMES))
+""".replace("__BLOCK_NAMES__", json.dumps(BLOCK_NAMES)).replace(
+    "__BLOCK_SELECTOR__", json.dumps(", ".join(BLOCK_NAMES))
+)
 
 
 def tile_cuts(

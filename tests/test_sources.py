@@ -183,6 +183,48 @@ def test_arxiv_markdown_per_page(arxiv_pair, tmp_path):
     )
 
 
+LATEX_BODY = r"""\documentclass{article}
+\begin{document}
+\section{Reading pages}
+The reader \brand{} takes a page image and writes its text lines in reading order, with a box for every
+line, so that a layout model learns where the words of a page are drawn and what they say. Tables keep
+their rows and columns, and headings keep their level, so that the markdown task learns structure too.
+\end{document}
+"""
+OTHER_WORDS = (
+    "Gardens, rivers, mountains, harbours, fishermen, nets, boats, weather, mornings, villages, orchards, "
+    "meadows, lanterns, bridges, windmills, shepherds, valleys, lighthouses, cottages, vineyards."
+)
+
+
+def test_arxiv_single_file_sources_drop_unexpanded_macros_and_count_failures(tmp_path):
+    """TeX Live's documentation ships `X.pdf` beside one `X.tex.gz`. A macro the converter cannot expand (the
+    PDF was typeset where it was defined empty) never reaches the label and is counted; a source that does
+    not match its PDF at all is a failed conversion, and its page keeps its layout."""
+    import gzip
+
+    inp, work = tmp_path / "in", tmp_path / "work"
+    inp.mkdir()
+    work.mkdir()
+    for name, body in (
+        ("reader", LATEX_BODY.replace("\\begin{document}", "\\newcommand{\\brand}{}\n\\begin{document}")),
+        ("other", LATEX_BODY.replace("The reader", OTHER_WORDS + "\n\\end{document}")),
+    ):
+        (work / f"{name}.tex").write_text(body)
+        subprocess.run(
+            ["pdflatex", "-interaction=nonstopmode", f"{name}.tex"], cwd=work, capture_output=True, check=True
+        )
+        shutil.copy(work / f"{name}.pdf", inp / f"{name}.pdf")
+    (inp / "reader.tex.gz").write_bytes(gzip.compress(LATEX_BODY.encode()))  # \brand used, never defined
+    (inp / "other.tex").write_text(LATEX_BODY)  # the reader's text beside a PDF that shows other words
+    s = summary(build("source=arxiv", f"input={inp}", f"output={tmp_path / 'out'}", "workers=1"))
+    samples = read_shards(tmp_path / "out")
+    assert s["skips"].get("latex_macros_dropped") == 1 and s["skips"].get("latex_conversion_failed") == 1
+    md = samples["arxiv/reader/00000"]["md"].decode()
+    assert "brand" not in md and "The reader takes a page image" in md
+    assert "md" not in samples["arxiv/other/00000"] and "layout.json" in samples["arxiv/other/00000"]
+
+
 def test_html_to_markdown_keeps_structure_and_drops_chrome():
     html = """<html><head><style>p{}</style><script>x()</script></head><body>
     <nav>Home | About</nav><h1>Title</h1><p>Some <em>emphasis</em>, a <a href="/x">link</a> and <code>code()</code>.</p>

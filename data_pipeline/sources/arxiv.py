@@ -37,6 +37,10 @@ EXTENSIONS = (".pdf",)
 SOURCE_SUFFIXES = ("", ".tar.gz", ".tgz", ".tar", ".gz", ".tex", ".tex.gz", ".ltx")
 SINGLE_FILE = (".tex", ".tex.gz", ".ltx")
 MAIN_NAMES = ("main.tex", "ms.tex", "paper.tex", "article.tex")
+# Whole-document token IoU with the PDF's words: under POOR_MATCH pandoc is tried as well; under NO_MATCH
+# no conversion holds the document (LaTeXML's fatal errors leave an empty one) and it counts as failed.
+POOR_MATCH = 0.5
+NO_MATCH = 0.1
 _UNDEFINED = re.compile(r'class="ltx_ERROR undefined">(\\[^<\s]+)<')
 
 
@@ -135,7 +139,8 @@ def undefined_macros(html: str) -> Counter:
 def document_markdown(src: Path, timeout: float, pdf_words: list[str]) -> tuple[str, str, Counter]:
     """(markdown, converter, macros left unexpanded) of a paper's LaTeX source. LaTeXML first; when it leaves
     macros unexpanded, again with the document's own class and packages read, and the conversion whose
-    markdown matches the PDF's words better is kept; pandoc when LaTeXML gives nothing. Unexpanded macros'
+    markdown matches the PDF's words better is kept; pandoc too when LaTeXML gives nothing or a document that
+    hardly matches the PDF. No conversion that matches at all: `latex_conversion_failed`. Unexpanded macros'
     names never reach the markdown (`render/html_markdown.py` drops them); they are counted."""
     with tempfile.TemporaryDirectory(prefix="literate-arxiv-") as tmp:
         folder = unpack_source(src, Path(tmp) / "src")
@@ -150,18 +155,27 @@ def document_markdown(src: Path, timeout: float, pdf_words: list[str]) -> tuple[
                 styled = latexml_html(tex, Path(tmp), timeout, search, styles=True)
                 if styled is not None:
                     candidates.append((styled, "latexml+styles"))
-        if not candidates and shutil.which("pandoc"):
+        scored = [_scored(html, name, pdf_words) for html, name in candidates]
+        # LaTeXML gave nothing, or a document that hardly matches the PDF (a fatal error leaves an empty one)
+        if max((c[0] for c in scored), default=0.0) < POOR_MATCH and shutil.which("pandoc"):
             r = _run(["pandoc", "-f", "latex", "-t", "html5", "--mathml", tex.name], tex.parent, timeout)
             if r is not None and r.returncode == 0 and r.stdout:
-                candidates.append((r.stdout.decode(errors="replace"), "pandoc"))
-    if not candidates:
+                scored.append(_scored(r.stdout.decode(errors="replace"), "pandoc", pdf_words))
+    if not scored:
         raise DocumentError("latex_conversion_failed", f"{src}: neither LaTeXML nor pandoc produced HTML")
-    scored = [
-        (token_iou(markdown_words(md := html_to_markdown(html)), pdf_words), md, name, html)
-        for html, name in candidates
-    ]
-    _, markdown, converter, html = max(scored, key=lambda c: c[0])
+    iou, markdown, converter, html = max(scored, key=lambda c: c[0])
+    if iou < NO_MATCH:
+        raise DocumentError(
+            "latex_conversion_failed",
+            f"{src}: the best conversion ({converter}) matches the PDF's words at token IoU {iou:.2f}",
+        )
     return markdown, converter, undefined_macros(html)
+
+
+def _scored(html: str, converter: str, pdf_words: list[str]) -> tuple[float, str, str, str]:
+    """(token IoU of its markdown with the PDF's words, markdown, converter, html) of one conversion."""
+    markdown = html_to_markdown(html)
+    return token_iou(markdown_words(markdown), pdf_words), markdown, converter, html
 
 
 def build(path: Path, doc_id: str, cfg) -> Iterator[Sample | Skip]:

@@ -188,7 +188,17 @@ ANNOTATE_JS = r"""
   // cut by a tile gives each tile its lines. -1 for a line with nothing drawn (an empty line).
   for (const pre of document.body.querySelectorAll('pre')) {
     const spans = [];
-    const walker = document.createTreeWalker(pre, NodeFilter.SHOW_TEXT);
+    // the text the markdown takes: none of hidden elements or controls (as `_shown_text` there)
+    const shown = (node) => {
+      for (let el = node.parentElement; el && el !== pre.parentElement; el = el.parentElement) {
+        if (el.localName === 'button' || el.localName === 'input') return NodeFilter.FILTER_REJECT;
+        if (el.checkVisibility && !el.checkVisibility({checkOpacity: true, checkVisibilityCSS: true})) {
+          return NodeFilter.FILTER_REJECT;
+        }
+      }
+      return NodeFilter.FILTER_ACCEPT;
+    };
+    const walker = document.createTreeWalker(pre, NodeFilter.SHOW_TEXT, shown);
     let node, cur = [1e9, -1e9];
     while ((node = walker.nextNode())) {
       const t = node.nodeValue;
@@ -337,18 +347,65 @@ PICTURES_JS = r"""
 }
 """
 
+# Installed before a page's own scripts: once the page is measured (`window.__literateFrozen`), the observers
+# and resize/scroll listeners it set up are no longer called, so a capture (which lets Chromium lay the page
+# out taller than the window for a moment) does not make it move, e.g. pin a sticky header that then changes
+# its height.
+FREEZE_JS = r"""
+(() => {
+  const frozen = () => window.__literateFrozen === true;
+  for (const name of ['IntersectionObserver', 'ResizeObserver']) {
+    const Original = window[name];
+    if (!Original) continue;
+    window[name] = class extends Original {
+      constructor(callback, options) {
+        super((...args) => { if (!frozen()) callback(...args); }, options);
+      }
+    };
+  }
+  const add = EventTarget.prototype.addEventListener;
+  EventTarget.prototype.addEventListener = function (type, listener, options) {
+    if ((type === 'resize' || type === 'scroll') && (this === window || this === document) && listener) {
+      const inner = listener;
+      listener = function (...args) {
+        if (frozen()) return;
+        return typeof inner === 'function' ? inner.apply(this, args) : inner.handleEvent(...args);
+      };
+    }
+    return add.call(this, type, listener, options);
+  };
+})();
+"""
+
+# Where the page's content lies, cheaply: its height and the tops of up to 512 blocks spread over it. Equal
+# before and after the capture, the tiles show the layout that was measured.
+LAYOUT_JS = r"""
+() => {
+  const els = document.body ? document.body.querySelectorAll('p, li, pre, tr, dt, dd, h1, h2, h3, h4, h5, h6, img') : [];
+  const out = [document.documentElement.scrollHeight], step = Math.max(1, Math.floor(els.length / 512));
+  for (let i = 0; i < els.length; i += step) out.push(Math.round(els[i].getBoundingClientRect().top + window.scrollY));
+  return out;
+}
+"""
+
 # One round trip once the page has loaded: open every <details> (a collapsed block would show only its
 # summary, so its content is drawn and labelled instead), drop images that did not load (Chromium would draw
-# their alt text, which is no text of the page), wait for fonts, then the height, words, blocks, pictures.
+# their alt text, which is no text of the page), wait for fonts and two frames (observers the page set up
+# run, e.g. a sticky header that changes its height), freeze the page's observers (`FREEZE_JS`), then the
+# height, words, blocks, pictures, layout.
 MEASURE_JS = f"""
 async () => {{
   for (const d of document.querySelectorAll('details')) d.open = true;
   for (const img of document.images) if (img.complete && img.naturalWidth === 0) img.style.display = 'none';
   if (document.fonts) await document.fonts.ready;
+  for (let i = 0; i < 2; i++) await new Promise((done) => requestAnimationFrame(done));
+  window.__literateFrozen = true;
   const full = Math.max(document.documentElement.scrollHeight, document.body ? document.body.scrollHeight : 0);
-  return [full, ({EXTRACT_WORDS_JS})(), ({BLOCKS_JS})(), ({PICTURES_JS})()];
+  return [full, ({EXTRACT_WORDS_JS})(), ({BLOCKS_JS})(), ({PICTURES_JS})(), ({LAYOUT_JS})()];
 }}
 """
+# Attempts at measuring and capturing a page whose layout moves meanwhile (its scripts react to the capture).
+LAYOUT_ATTEMPTS = 3
 
 
 @dataclass
@@ -424,6 +481,7 @@ class Browser:
         try:
             # Only network URLs reach Python: local files and data: URLs load without a round trip.
             context.route(NETWORK_URL, lambda route: _guarded_route(route, cfg, blocked, budget))
+            context.add_init_script(FREEZE_JS)
             page = context.new_page()
             timeout_ms = float(cfg.page_timeout) * 1000
             page.set_default_timeout(timeout_ms)
@@ -435,13 +493,19 @@ class Browser:
                 raise DocumentError("page_load_failed", f"{url}: {str(e).splitlines()[0]}") from e
             if with_html:
                 page.add_style_tag(content=MARKDOWN_RENDER_CSS)
-            full, words, blocks, pictures = page.evaluate(MEASURE_JS)
-            full = int(full)
-            height = min(full, int(cfg.max_height))
-            inner = page.evaluate("document.body ? document.body.innerText : ''") if with_text else ""
-            html = page.evaluate(ANNOTATE_JS) if with_html else None
-            cuts = tile_cuts(height, tile_h, int(cfg.min_tile_height), blocks, words)
-            tiles = capture_tiles(context.new_cdp_session(page), width, cuts)
+            cdp = context.new_cdp_session(page)
+            for _ in range(LAYOUT_ATTEMPTS):
+                full, words, blocks, pictures, layout = page.evaluate(MEASURE_JS)
+                full = int(full)
+                height = min(full, int(cfg.max_height))
+                inner = page.evaluate("document.body ? document.body.innerText : ''") if with_text else ""
+                html = page.evaluate(ANNOTATE_JS) if with_html else None
+                cuts = tile_cuts(height, tile_h, int(cfg.min_tile_height), blocks, words)
+                tiles = capture_tiles(cdp, width, cuts)
+                if page.evaluate(LAYOUT_JS) == layout:
+                    break
+            else:
+                raise DocumentError("layout_unstable", f"{url}: the layout moved while it was captured")
             return RenderedPage(
                 url, width, height, full, tiles, words, inner, html, blocked, full > height, pictures
             )

@@ -93,6 +93,18 @@ def _hidden(el) -> bool:
     )
 
 
+def _shown_text(el) -> str:
+    """The text of `el` without what is not drawn: hidden descendants and controls (a code block's copy
+    button, the variant of an example that a toggle hides); their tails are drawn."""
+    parts = [el.text or ""]
+    for child in el:
+        tag = _tag(child)
+        if tag is not None and tag not in DROP_TAGS and tag not in ("button", "input") and not _hidden(child):
+            parts.append(_shown_text(child))
+        parts.append(child.tail or "")
+    return "".join(parts)
+
+
 def _math(el) -> tuple[str, bool]:
     annotation = [
         a for a in el.iter("{*}annotation", "annotation") if a.get("encoding") == "application/x-tex"
@@ -188,7 +200,7 @@ class _Converter:
             self.blocks.append(text.strip("\n"))
 
     def pre(self, el) -> None:
-        code = "".join(el.itertext())
+        code = _shown_text(el)
         if self.window is not None and el.get("data-lt-lines"):
             # A code block cut by a tile: the lines drawn inside the window (by their middle).
             lines = code.split("\n")

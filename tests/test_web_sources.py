@@ -94,6 +94,54 @@ def test_html_markdown_keeps_structure_and_matches_the_tile(web_dir, tmp_path):
         assert meta["md_token_iou"] >= 0.95 and meta["md_edit_similarity"] >= 0.9
 
 
+def test_pages_stop_moving_once_measured(tmp_path):
+    """A capture lays the page out taller than the window for a moment; a page whose scripts react to that (a
+    sticky header pinned by an observer, a resize listener) would be drawn in another layout than the one
+    measured. Once measured, the page's observers and resize listeners are no longer called."""
+    from data_pipeline.render.browser import FREEZE_JS
+
+    page_file = tmp_path / "moving.html"
+    page_file.write_text(
+        "<html><body><h1>Moving</h1><div style='height:3000px'></div><p id='far'>Far below.</p><script>"
+        "window.calls = {resize: 0, observed: 0};"
+        "addEventListener('resize', () => window.calls.resize++);"
+        "new IntersectionObserver(() => window.calls.observed++).observe(document.getElementById('far'));"
+        "</script></body></html>"
+    )
+    browser = Browser.shared().browser
+    context = browser.new_context(viewport={"width": 800, "height": 600})
+    try:
+        context.add_init_script(FREEZE_JS)
+        page = context.new_page()
+        page.goto(page_file.as_uri(), wait_until="load")
+        page.wait_for_function("window.calls.observed >= 1")  # the observer's first call
+        page.set_viewport_size({"width": 800, "height": 4000})  # the far paragraph comes into view
+        page.wait_for_function("window.calls.resize >= 1 && window.calls.observed >= 2")
+        page.evaluate("window.__literateFrozen = true")
+        before = page.evaluate("({...window.calls})")
+        page.set_viewport_size({"width": 800, "height": 600})
+        page.evaluate("new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))")
+        assert page.evaluate("({...window.calls})") == before
+    finally:
+        context.close()
+
+
+def test_code_blocks_are_labelled_as_drawn(tmp_path):
+    """A code block's hidden variant (a CJS/ESM toggle) and its copy button are not drawn, nor labelled."""
+    page = tmp_path / "in" / "code.html"
+    page.parent.mkdir(parents=True)
+    page.write_text(
+        "<html><body><h1>Code</h1><p>The example below shows the module being loaded.</p>"
+        "<pre><code style='display:none'>import hidden from 'variant';\n</code>"
+        "<code>const shown = require('variant');</code><button>copy</button></pre></body></html>"
+    )
+    build("source=html", f"input={page.parent}", f"output={tmp_path / 'out'}", "filters.languages=all")
+    (sample,) = read_shards(tmp_path / "out").values()
+    md = sample["md"].decode()
+    assert "```\nconst shown = require('variant');\n```" in md and "hidden" not in md and "copy" not in md
+    assert json.loads(sample["meta.json"])["md_token_iou"] == 1.0
+
+
 def test_timeouts_and_endless_pages_are_counted_and_no_worker_dies(tmp_path):
     src = tmp_path / "in"
     src.mkdir()

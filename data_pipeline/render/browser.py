@@ -363,16 +363,25 @@ FREEZE_JS = r"""
       }
     };
   }
-  const add = EventTarget.prototype.addEventListener;
+  const add = EventTarget.prototype.addEventListener, remove = EventTarget.prototype.removeEventListener;
+  const wrapped = new WeakMap();
+  const watched = (target, type, listener) =>
+    (type === 'resize' || type === 'scroll') && (target === window || target === document) && listener;
   EventTarget.prototype.addEventListener = function (type, listener, options) {
-    if ((type === 'resize' || type === 'scroll') && (this === window || this === document) && listener) {
-      const inner = listener;
-      listener = function (...args) {
-        if (frozen()) return;
-        return typeof inner === 'function' ? inner.apply(this, args) : inner.handleEvent(...args);
-      };
+    if (watched(this, type, listener)) {
+      if (!wrapped.has(listener)) {
+        wrapped.set(listener, function (...args) {
+          if (frozen()) return;
+          return typeof listener === 'function' ? listener.apply(this, args) : listener.handleEvent(...args);
+        });
+      }
+      return add.call(this, type, wrapped.get(listener), options);
     }
     return add.call(this, type, listener, options);
+  };
+  EventTarget.prototype.removeEventListener = function (type, listener, options) {
+    const inner = watched(this, type, listener) && wrapped.get(listener);
+    return remove.call(this, type, inner || listener, options);
   };
 })();
 """

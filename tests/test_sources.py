@@ -240,3 +240,14 @@ def test_html_to_markdown_keeps_structure_and_drops_chrome():
         "```\ndef f():\n    return 1\n```\n\n| A | B |\n|---|---|\n| 1 | x\\|y |\n\n"
         "Inline $a^2$ and display\n\n$$\\frac{1}{2}$$\n"
     )
+
+
+def test_list_items_that_begin_with_a_number_keep_it():
+    """A table of contents item "1. Install" keeps its number (escaped, so it is no nested list); only
+    LaTeXML's marker span, a copy of the list's own marker, is dropped."""
+    md = html_to_markdown(
+        '<ul><li><a href="#i">1. Install</a></li></ul>'
+        '<ul><li><span class="ltx_tag ltx_tag_item">1.</span> LaTeX item</li></ul>'
+    )
+    assert md == "- 1\\. Install\n\n- LaTeX item\n"
+    assert markdown_words(md) == ["1", "install", "latex", "item"]

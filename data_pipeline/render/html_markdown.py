@@ -61,6 +61,7 @@ BLOCK_TAGS = {
 }
 _SPACES = re.compile(r"[ \t\r\f\v\n]+")
 _ITEM_MARK = re.compile(r"^(?:[•◦▪‣∙·-]|\d+[.)])(?:\s+|$)")
+_OWN_NUMBER = re.compile(r"^(\d+)([.)])(?=\s)")
 
 
 def code_span(text: str) -> str:
@@ -262,8 +263,12 @@ class _Converter:
             indent = " " * (len(marker) + 1)
             blocks = list(item.blocks)
             if self.keep(li):
-                # LaTeXML puts the item marker (•, 1.) in a tag span: drop a leading copy of it.
-                first = _ITEM_MARK.sub("", blocks.pop(0))
+                first = blocks.pop(0)
+                if any("ltx_tag" in (e.get("class") or "") for e in li.iter() if isinstance(e.tag, str)):
+                    # LaTeXML puts the item marker (•, 1.) in a tag span: drop a leading copy of it.
+                    first = _ITEM_MARK.sub("", first)
+                else:  # an item's own text that begins like a marker ("1. Install") stays text
+                    first = _OWN_NUMBER.sub(r"\1\\\2", first)
                 if not first and blocks:
                     first = blocks.pop(0)
                 lines = [f"{marker} " + first.replace("\n", "\n" + indent)]

@@ -191,8 +191,8 @@ ANNOTATE_JS = r"""
     // the text the markdown takes: none of hidden elements or controls (as `_shown_text` there)
     const shown = (node) => {
       for (let el = node.parentElement; el && el !== pre.parentElement; el = el.parentElement) {
-        if (el.localName === 'button' || el.localName === 'input') return NodeFilter.FILTER_REJECT;
-        if (el.checkVisibility && !el.checkVisibility({checkOpacity: true, checkVisibilityCSS: true})) {
+        // hidden elements were marked by the loop above
+        if (el.localName === 'button' || el.localName === 'input' || el.hasAttribute('data-lt-hidden')) {
           return NodeFilter.FILTER_REJECT;
         }
       }

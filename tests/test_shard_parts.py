@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from data_pipeline import filters
 from data_pipeline.filters import (
     MIN_PROSE_CHARS,
     DocumentLanguage,
@@ -121,6 +122,27 @@ def test_page_language_reads_prose_not_dot_leaders_or_syntax():
     )
     # A page with almost no prose is identified on its whole text, and weighs little.
     assert page_language("\\setpagebl{height}{width}{ratio}").weight <= MIN_PROSE_CHARS
+
+
+def test_prose_text_read_in_chunks_equals_reading_at_once():
+    """`prose_text` reads in chunks and stops early; its words must be those of its first 8 * limit
+    characters read at once: a token longer than a chunk (a URL, a run of macros) stays one token, and
+    marks beyond U+FFFF (Brahmi's vowel signs) keep their words whole."""
+    limit = 60
+    url = "http://example.org/" + "a" * (3 * limit)  # longer than a chunk: one syntax token, dropped whole
+    brahmi = "\U00011013\U00011038\U00011019"  # a Brahmi word: letter, vowel sign (a mark), letter
+    texts = [
+        ENGLISH * 3,
+        url + " and the words after it " * 20,
+        f"{brahmi} " * 40,
+        CONTENTS,
+        "x" * (9 * limit),
+    ]
+    for text in texts:
+        syntax_gone = filters._DIGITS.sub(" ", filters._SYNTAX.sub(" ", text[: 8 * limit]))
+        at_once = " ".join(filters._WORD.findall(syntax_gone))
+        assert prose_text(text, limit) == at_once[:limit]
+    assert "aaa" not in prose_text(texts[1], limit) and prose_text(texts[2], limit).startswith(brahmi + " ")
 
 
 def test_document_language_is_the_vote_of_its_pages():

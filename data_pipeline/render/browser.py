@@ -239,6 +239,9 @@ td, th {{ overflow-wrap: anywhere !important; }}
 """
 
 
+# The blocks a tile is cut between, and whose tops fingerprint a page's layout.
+LEAF_SELECTOR = "p, pre, li, tr, dt, dd, h1, h2, h3, h4, h5, h6, blockquote, figure, img, caption"
+
 # Vertical extents of the visible leaf blocks (paragraphs, list items, table rows, code, headings, figures)
 # and of the runs of inline content that other containers hold (a <div> of text and <br>s, the text beside a
 # list item's nested list): where a tile should not be cut. A run goes to the tile of its first line whole,
@@ -247,7 +250,7 @@ BLOCKS_JS = r"""
 () => {
   const sy = window.scrollY, out = [];
   const visible = (el) => !el.checkVisibility || el.checkVisibility({checkOpacity: true, checkVisibilityCSS: true});
-  const sel = 'p, pre, li, tr, dt, dd, h1, h2, h3, h4, h5, h6, blockquote, figure, img, caption';
+  const sel = __LEAF_SELECTOR__;
   const leaves = new Set();
   for (const el of document.body.querySelectorAll(sel)) {
     // leaf blocks only: a definition or list item holding paragraphs spans them all and would leave no
@@ -288,9 +291,13 @@ BLOCKS_JS = r"""
   }
   return out;
 }
-""".replace("__BLOCK_NAMES__", json.dumps(BLOCK_NAMES)).replace(
-    "__BLOCK_SELECTOR__", json.dumps(", ".join(BLOCK_NAMES))
-)
+"""
+for _name, _value in (
+    ("__BLOCK_NAMES__", BLOCK_NAMES),
+    ("__BLOCK_SELECTOR__", ", ".join(BLOCK_NAMES)),
+    ("__LEAF_SELECTOR__", LEAF_SELECTOR),
+):
+    BLOCKS_JS = BLOCKS_JS.replace(_name, json.dumps(_value))
 
 
 def tile_cuts(
@@ -390,12 +397,12 @@ FREEZE_JS = r"""
 # before and after the capture, the tiles show the layout that was measured.
 LAYOUT_JS = r"""
 () => {
-  const els = document.body ? document.body.querySelectorAll('p, li, pre, tr, dt, dd, h1, h2, h3, h4, h5, h6, img') : [];
+  const els = document.body ? document.body.querySelectorAll(__LEAF_SELECTOR__) : [];
   const out = [document.documentElement.scrollHeight], step = Math.max(1, Math.floor(els.length / 512));
   for (let i = 0; i < els.length; i += step) out.push(Math.round(els[i].getBoundingClientRect().top + window.scrollY));
   return out;
 }
-"""
+""".replace("__LEAF_SELECTOR__", json.dumps(LEAF_SELECTOR))
 
 # One round trip once the page has loaded: open every <details> (a collapsed block would show only its
 # summary, so its content is drawn and labelled instead), drop images that did not load (Chromium would draw

@@ -55,6 +55,11 @@ def validate(cfg: DictConfig):
         raise ConfigError(f"filters.lang_scope={cfg.filters.lang_scope!r}: choose document or page")
     if not 0 <= float(cfg.filters.lang_threshold) <= 1 or float(cfg.filters.get("lang_hold_mb", 0)) < 0:
         raise ConfigError("filters.lang_threshold must be in [0, 1] and filters.lang_hold_mb >= 0")
+    memory = cfg.get("worker_memory_mb", "auto")
+    if memory != "auto" and not (isinstance(memory, int | float) and memory > 0):
+        raise ConfigError(f"worker_memory_mb={memory!r}: a number of MB > 0, or auto")
+    if float(cfg.source.get("doc_timeout", 0)) < 0:
+        raise ConfigError(f"source.doc_timeout={cfg.source.doc_timeout}: seconds >= 0 (0: no limit)")
     for tool in getattr(source, "REQUIRED_TOOLS", ()):
         if shutil.which(tool) is None:
             raise ConfigError(

@@ -9,18 +9,15 @@ from __future__ import annotations
 import glob
 import json
 import os
-import signal
-import threading
 import time
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_pipeline.filters import VOTE_CHARS, SampleFilter
-from data_pipeline.schema import DocumentError, Sample, Skip, compact_json, encode_sample, sample_meta
-from data_pipeline.sources import get_source
+from data_pipeline.filters import VOTE_CHARS, SampleFilter, page_language
+from data_pipeline.runner import DocTimeout, worker_runner
+from data_pipeline.schema import DocumentError, Sample, Skip, compact_json
 from data_pipeline.writer import ShardStats, ShardWriter, is_finished, read_stats
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
@@ -84,48 +81,6 @@ def plan_tasks(docs: list[Document], docs_per_shard: int) -> list[Task]:
     ]
 
 
-class DocTimeout(Exception):
-    pass
-
-
-# While a sample is being written the time-out waits: a tar member cut in half would corrupt the shard.
-_alarm = {"writing": False, "expired": False}
-
-
-@contextmanager
-def time_limit(seconds: float):
-    """Raise `DocTimeout` in this thread after `seconds` (main thread only: elsewhere no limit applies;
-    external tools carry their own subprocess time-outs)."""
-    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def _raise(signum, frame):
-        if _alarm["writing"]:
-            _alarm["expired"] = True
-            return
-        raise DocTimeout(f"over {seconds}s")
-
-    old = signal.signal(signal.SIGALRM, _raise)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-        _alarm["expired"] = False
-
-
-def _write(writer: ShardWriter, members: dict) -> None:
-    _alarm["writing"] = True
-    try:
-        writer.write(members)
-    finally:
-        _alarm["writing"] = False
-    if _alarm["expired"]:
-        raise DocTimeout("time limit reached while writing")
-
-
 def _count(stats: ShardStats, skip: Skip, path: str) -> None:
     # pages=0: a part of a page was dropped (its markdown, say); the reason is counted, the page is not.
     (stats.errors if skip.error else stats.skips)[skip.reason] += max(skip.pages, 1)
@@ -140,8 +95,6 @@ def build_document(doc: Document, source, cfg) -> Iterator[Sample | Skip]:
         yield from source.build(doc.path if _is_url(doc.path) else Path(doc.path), doc.doc_id, cfg.source)
     except DocumentError as e:
         yield Skip(e.reason, pages=e.pages, detail=e.detail, error=e.reason not in POLICY_REASONS)
-    except DocTimeout as e:
-        yield Skip("doc_timeout", detail=str(e), error=True)
     except MemoryError:
         yield Skip("out_of_memory", error=True)
     except Exception as e:  # a builder bug or an unforeseen file: counted with its type, never fatal
@@ -165,17 +118,16 @@ class PendingPages:
         self.bytes = 0
         self.decided: tuple[str, float] | None = None
 
-    def add(self, sample: Sample, img: tuple, writer: ShardWriter, stats: ShardStats) -> None:
+    def add(self, members: dict, meta: dict, text: str, writer: ShardWriter, stats: ShardStats) -> None:
+        """One page: its encoded tar members, its `meta.json` contents and its text (for the vote)."""
         if self.decided is None:
-            self.votes.add(self.keep.page_language(sample, VOTE_CHARS))
-            members = encode_sample(sample, *img)
-            self.held.append((members, sample_meta(sample)))
+            self.votes.add(page_language(text, VOTE_CHARS))
+            self.held.append((members, meta))
             self.bytes += sum(len(v) for k, v in members.items() if k != "__key__")
             if self.bytes > self.limit or self.votes.settled():
                 self.flush(writer, stats)
         elif self.keep.accepts(*self.decided):
-            sample.meta["lang"], sample.meta["lang_score"] = self.decided[0], round(self.decided[1], 3)
-            _write(writer, encode_sample(sample, *img))
+            writer.write(with_language(members, meta, *self.decided))
         else:
             stats.skips["language"] += 1
 
@@ -189,9 +141,14 @@ class PendingPages:
             stats.skips["language"] += len(held)
             return
         for members, meta in held:
-            meta["lang"], meta["lang_score"] = lang, round(score, 3)
-            members["meta.json"] = compact_json(meta)
-            _write(writer, members)
+            writer.write(with_language(members, meta, lang, score))
+
+
+def with_language(members: dict, meta: dict, lang: str, score: float) -> dict:
+    """The members with the language written into their `meta.json`."""
+    meta["lang"], meta["lang_score"] = lang, round(score, 3)
+    members["meta.json"] = compact_json(meta)
+    return members
 
 
 def run_task(task: Task, cfg, progress=None) -> dict:
@@ -203,34 +160,31 @@ def run_task(task: Task, cfg, progress=None) -> dict:
         if progress is not None:
             progress.put((len(task.docs), stats["pages"], stats["samples"], sum(stats["errors"].values())))
         return {**stats, "skipped": True}
-    source = get_source(cfg.source.name)
     keep = SampleFilter(cfg.filters)
-    img = (str(cfg.image.format), int(cfg.image.quality), int(cfg.image.max_side), int(cfg.image.png_level))
     hold_limit = int(float(cfg.filters.get("lang_hold_mb", 256)) * 2**20)
+    runner = worker_runner()
     with ShardWriter(out, task.index) as writer:
         stats = writer.stats
         for doc in task.docs:
             before = (stats.pages, stats.samples, sum(stats.errors.values()))
             pending = PendingPages(keep, hold_limit) if keep.per_document else None
             try:
-                with time_limit(float(cfg.source.doc_timeout)):
-                    for item in build_document(doc, source, cfg):
-                        if isinstance(item, Skip):
-                            _count(stats, item, doc.path)
-                            continue
-                        stats.pages += 1
-                        reason = keep.quality(item)
-                        if reason is not None:
-                            stats.skips[reason] += 1
-                        elif pending is not None:
-                            pending.add(item, img, writer, stats)
+                for kind, *item in runner.build(doc, cfg):
+                    if kind == "skip":
+                        _count(stats, item[0], doc.path)
+                        continue
+                    members, meta, text, reason = item
+                    stats.pages += 1
+                    if reason is not None:
+                        stats.skips[reason] += 1
+                    elif pending is not None:
+                        pending.add(members, meta, text, writer, stats)
+                    else:
+                        lang = page_language(text)
+                        if keep.accepts(lang.lang, lang.score):
+                            writer.write(with_language(members, meta, lang.lang, lang.score))
                         else:
-                            lang = keep.page_language(item)
-                            item.meta["lang"], item.meta["lang_score"] = lang.lang, round(lang.score, 3)
-                            if keep.accepts(lang.lang, lang.score):
-                                _write(writer, encode_sample(item, *img))
-                            else:
-                                stats.skips["language"] += 1
+                            stats.skips["language"] += 1
             except DocTimeout as e:
                 _count(stats, Skip("doc_timeout", detail=str(e), error=True), doc.path)
             if pending is not None:  # the pages built before a time-out are kept too

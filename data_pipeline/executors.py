@@ -19,6 +19,7 @@ from concurrent.futures.process import BrokenProcessPool
 from tqdm import tqdm
 
 from data_pipeline.core import Task, run_task
+from data_pipeline.runner import die_with_parent
 
 
 class Progress:
@@ -65,7 +66,9 @@ def run_local(tasks: list[Task], cfg, workers: int) -> tuple[list[dict], list[in
     pending = list(tasks)
     try:
         while pending:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            with ProcessPoolExecutor(
+                max_workers=workers, mp_context=ctx, initializer=die_with_parent
+            ) as pool:
                 futures = {pool.submit(run_task, t, cfg, q): t for t in pending}
                 broken = False
                 while futures and not broken:

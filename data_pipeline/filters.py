@@ -208,7 +208,7 @@ class SampleFilter:
     """Quality and language filters of one worker.
 
     `quality(sample)` gives the reason a page is dropped (too little text, blank, garbled) or None;
-    `page_language(sample)` identifies the page's language and `accepts(lang, score)` says whether it is
+    `page_language(text)` identifies a page's language and `accepts(lang, score)` says whether it is
     kept. With `lang_scope: document` (default; the paper filters documents by language) the caller
     collects the pages' `PageLanguage`s in a `DocumentLanguage` and applies its decision to every page;
     with `lang_scope: page` each page is decided on its own."""
@@ -231,9 +231,6 @@ class SampleFilter:
         if garbled_fraction(text) > self.max_garbled:
             return "garbled_text"
         return None
-
-    def page_language(self, sample: Sample, chars: int = LANG_ID_CHARS) -> PageLanguage:
-        return page_language(sample.text(), chars)
 
     def accepts(self, lang: str, score: float) -> bool:
         return self.languages is None or (lang in self.languages and score >= self.threshold)

@@ -161,7 +161,7 @@ def test_document_language_is_the_vote_of_its_pages():
 def test_language_decision_per_page():
     keep = _filter(lang_scope="page")
     assert not keep.per_document
-    fr, en = keep.page_language(_page("a", 0, FRENCH)), keep.page_language(_page("a", 1, ENGLISH))
+    fr, en = page_language(FRENCH), page_language(ENGLISH)
     assert not keep.accepts(fr.lang, fr.score) and keep.accepts(en.lang, en.score)
     assert _filter(languages="all").accepts("fr", 0.1)
 

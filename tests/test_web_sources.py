@@ -38,7 +38,7 @@ def test_web_layout_is_the_visible_text(web_dir, tmp_path):
         )
     )
     # Offline: the stylesheet, script, font and image of each page are refused and counted, nothing else fails.
-    assert s["samples"] == 2 and s["errors"] == {} and s["skips"]["blocked_request"] == 8
+    assert s["samples"] == 2 and s["errors"] == {} and s["skips"]["blocked_network"] == 8
     cfg = {
         "viewport_width": 1024,
         "tile_height": 1448,
@@ -189,9 +189,10 @@ def test_online_mode_honours_robots_and_byte_caps(tmp_path):
                 "workers=1",
                 "filters.languages=all",
                 "browser.network=online",
+                f"browser.allow_addresses=[127.0.0.1:{server.server_port}]",
             )
         )
-        assert s["samples"] == 1 and s["skips"]["blocked_request"] == 1  # the disallowed stylesheet
+        assert s["samples"] == 1 and s["skips"]["blocked_robots"] == 1  # the disallowed stylesheet
         (sample,) = read_shards(tmp_path / "out").values()
         assert next(ln["text"] for ln in json.loads(sample["layout.json"])["lines"]) == "Served over HTTP"
         s = summary(
@@ -202,6 +203,7 @@ def test_online_mode_honours_robots_and_byte_caps(tmp_path):
                 "workers=1",
                 "filters.languages=all",
                 "browser.network=online",
+                f"browser.allow_addresses=[127.0.0.1:{server.server_port}]",
                 "browser.max_page_bytes=10",
                 check=False,
             )

@@ -2,30 +2,39 @@
 Playwright (`executable_path`, no browser download).
 
 One browser per worker process, reused across pages; a fresh context per page (no state leaks from one
-page to the next). Network policy `offline` lets only `file:` and `data:` through and counts every other
-request as blocked; `online` (URL lists) honours robots.txt, caps bytes per page and sets a user agent.
-A page that does not load within `page_timeout` is reported as `PageTimeout`; pages taller than
-`max_height` are cut there.
+page to the next). A page that does not load within `page_timeout` is reported as `PageTimeout`; pages
+taller than `max_height` are cut there.
+
+What a page may read and reach. A local document is served to Chromium from a made-up origin
+(`DOCUMENT_ORIGIN`) by the request handler, from its own folder only (symbolic links resolved): a path
+outside it is refused as `blocked_file`, and Chromium itself refuses `file:` URLs from that origin (counted
+as `blocked_file` from its console). Every other request goes through the handler: refused in `offline`
+mode (`blocked_network`); in `online` mode (URL lists) robots.txt is honoured, bytes per page are capped,
+and the request is made by `netguard.fetch`, which refuses private addresses after every redirect and pins
+the address it checked. Chromium is started with a proxy that does not exist and no loopback exception, so
+a request that escapes the handler (a WebSocket, a redirect Chromium follows on its own) reaches nothing.
 """
 
 from __future__ import annotations
 
 import atexit
 import base64
+import http.client
 import json
+import mimetypes
 import os
-import re
 import shutil
 import urllib.parse
-import urllib.request
 import urllib.robotparser
 from dataclasses import dataclass, field
 from functools import lru_cache
 from io import BytesIO
+from pathlib import Path
 
 from PIL import Image
 
 from data_pipeline.render.html_markdown import BLOCK_NAMES, CHROME_SELECTOR
+from data_pipeline.render.netguard import Allowance, Refused, allowance, fetch
 from data_pipeline.schema import DocumentError
 
 CHROMIUM_ARGS = [
@@ -41,7 +50,16 @@ CHROMIUM_ARGS = [
     "--mute-audio",
     "--disable-extensions",
     "--font-render-hinting=none",
+    # Nothing leaves Chromium on its own: requests the handler does not fulfil go to a proxy that is not
+    # there (the port is reserved for nothing), loopback included; WebRTC may not send UDP around it.
+    "--proxy-server=http://127.0.0.1:9",
+    "--proxy-bypass-list=<-loopback>",
+    "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
+    "--webrtc-ip-handling-policy=disable_non_proxied_udp",
 ]
+# Local documents are served from this origin (`.invalid` never resolves) by the request handler.
+DOCUMENT_ORIGIN = "http://document.literate.invalid"
+_LOCAL_RESOURCE = "Not allowed to load local resource: "
 
 # Every visible word of the page with its box in page coordinates, in DOM order, and whether it continues
 # the previous word with no white space between (e.g. `foo<b>bar</b>`). Visible: not display:none, not
@@ -332,9 +350,6 @@ def tile_cuts(
     return cuts
 
 
-NETWORK_URL = re.compile(r"^(?!(file|data|blob|about|chrome):)[a-z][a-z0-9+.-]*:", re.IGNORECASE)
-
-
 class PageTimeout(Exception):
     pass
 
@@ -424,6 +439,58 @@ async () => {{
 LAYOUT_ATTEMPTS = 3
 
 
+@dataclass(frozen=True)
+class LocalDocument:
+    """A page on disk: `path` (or `html`, served as if it were `path`) inside `root`, the folder the page
+    may read from."""
+
+    root: Path
+    path: Path
+    html: str | None = None
+
+    @classmethod
+    def of(cls, target: str | Path) -> LocalDocument:
+        path = (
+            Path(urllib.parse.unquote(urllib.parse.urlsplit(str(target)).path))
+            if str(target).startswith("file:")
+            else Path(target)
+        )
+        path = path.resolve()
+        return cls(path.parent, path)
+
+    @property
+    def url(self) -> str:
+        return f"{DOCUMENT_ORIGIN}/{urllib.parse.quote(self.path.relative_to(self.root).as_posix())}"
+
+    def serve(self, url: str) -> tuple[bytes, str]:
+        """The bytes and media type of a URL of the document's origin, or `Refused` when it names a file
+        outside the document's folder (or none)."""
+        rel = urllib.parse.unquote(urllib.parse.urlsplit(url).path).lstrip("/")
+        wanted = (self.root / rel).resolve()
+        if self.html is not None and wanted == self.path:
+            return self.html.encode("utf-8"), "text/html; charset=utf-8"
+        if not wanted.is_relative_to(self.root.resolve()):
+            raise Refused("blocked_file", f"{url}: outside the document's folder")
+        if not wanted.is_file():
+            raise Refused("missing_file", url)
+        kind = mimetypes.guess_type(wanted.name)[0] or "application/octet-stream"
+        data = wanted.read_bytes()
+        if kind.startswith("text/") and _utf8_undeclared(data):
+            kind += "; charset=utf-8"  # as Chromium reads such a file from disk; over HTTP it would guess
+        return data, kind
+
+
+def _utf8_undeclared(data: bytes) -> bool:
+    """Text that is valid UTF-8 and names no character set of its own in its first 1024 bytes."""
+    if b"charset" in data[:1024].lower():
+        return False
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 @dataclass
 class RenderedPage:
     url: str
@@ -434,7 +501,7 @@ class RenderedPage:
     words: list[list]  # [text, x0, y0, x1, y1, joins_previous, block box id, in page chrome]
     inner_text: str  # document.body.innerText, when asked for
     html: str | None = None  # annotated DOM, when asked for
-    blocked: list[str] = field(default_factory=list)  # requests refused by the network policy
+    blocked: list[tuple[str, str]] = field(default_factory=list)  # (reason, URL) of refused requests
     over_cap: bool = False
     pictures: list[list[float]] = field(default_factory=list)  # [x0, y0, x1, y1] of images and graphics
 
@@ -479,11 +546,20 @@ class Browser:
             if Browser._shared is self:
                 Browser._shared = None
 
-    def render(self, url: str, cfg, with_html: bool = False, with_text: bool = False) -> RenderedPage:
-        """Load `url` in a fresh context and cut it into tiles of `cfg.tile_height` px."""
+    def render(
+        self, target: str | Path | LocalDocument, cfg, with_html: bool = False, with_text: bool = False
+    ) -> RenderedPage:
+        """Load `target` (a URL, a local file or a `LocalDocument`) in a fresh context and cut it into
+        tiles of `cfg.tile_height` px."""
         from playwright.sync_api import Error as PlaywrightError
         from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
+        local = None
+        if isinstance(target, LocalDocument):
+            local = target
+        elif not str(target).startswith(("http://", "https://")):
+            local = LocalDocument.of(target)
+        url = local.url if local else str(target)
         width, tile_h = int(cfg.viewport_width), int(cfg.tile_height)
         context = self.browser.new_context(
             viewport={"width": width, "height": tile_h},
@@ -492,13 +568,13 @@ class Browser:
             java_script_enabled=True,
             service_workers="block",
         )
-        blocked: list[str] = []
+        blocked: list[tuple[str, str]] = []
         budget = {"bytes": 0}
         try:
-            # Only network URLs reach Python: local files and data: URLs load without a round trip.
-            context.route(NETWORK_URL, lambda route: _guarded_route(route, cfg, blocked, budget))
+            context.route("**/*", lambda route: _guarded_route(route, cfg, local, blocked, budget))
             context.add_init_script(FREEZE_JS)
             page = context.new_page()
+            page.on("console", lambda m: _console_refusal(m, blocked))
             timeout_ms = float(cfg.page_timeout) * 1000
             page.set_default_timeout(timeout_ms)
             try:
@@ -561,57 +637,77 @@ def capture_tiles(cdp, width: int, cuts: list[tuple[int, int]]) -> list[tuple[in
     return tiles
 
 
-def _guarded_route(route, cfg, blocked: list[str], budget: dict) -> None:
+def _console_refusal(message, blocked: list[tuple[str, str]]) -> None:
+    """Chromium refuses `file:` URLs from the document's origin before any request is made; it says so on
+    the console, which is where they are counted."""
+    if message.type == "error" and message.text.startswith(_LOCAL_RESOURCE):
+        blocked.append(("blocked_file", message.text[len(_LOCAL_RESOURCE) :]))
+
+
+def _guarded_route(route, cfg, local: LocalDocument | None, blocked: list, budget: dict) -> None:
     # An exception here would leave the request hanging until the page times out: refuse it instead.
     try:
-        _route(route, cfg, blocked, budget)
-    except Exception:
-        blocked.append(route.request.url)
+        _route(route, cfg, local, budget)
+    except Refused as e:
+        if e.reason != "missing_file":
+            blocked.append((e.reason, route.request.url))
+        route.abort("blockedbyclient")
+    except Exception as e:
+        blocked.append(("blocked_failed", f"{route.request.url}: {type(e).__name__}"))
         route.abort("failed")
 
 
-def _route(route, cfg, blocked: list[str], budget: dict) -> None:
-    url = route.request.url
+def _route(route, cfg, local: LocalDocument | None, budget: dict) -> None:
+    request = route.request
+    url = request.url
+    if local is not None and url.startswith(DOCUMENT_ORIGIN + "/"):
+        body, kind = local.serve(url)
+        route.fulfill(status=200, body=body, content_type=kind)
+        return
     scheme = urllib.parse.urlsplit(url).scheme
-    if scheme in ("file", "data", "blob", "about"):
+    if scheme in ("data", "blob", "about"):
         route.continue_()
         return
-    if cfg.network == "offline" or scheme not in ("http", "https"):
-        blocked.append(url)
-        route.abort("blockedbyclient")
-        return
-    if cfg.respect_robots and not _robots_allow(url, cfg.user_agent, float(cfg.request_timeout)):
-        blocked.append(url)
-        route.abort("blockedbyclient")
-        return
+    if cfg.network == "offline":
+        raise Refused("blocked_network", url)
+    allow = allowance(tuple(cfg.get("allow_addresses") or ()))
+    if cfg.respect_robots and not _robots_allow(url, cfg.user_agent, float(cfg.request_timeout), allow):
+        raise Refused("blocked_robots", url)
+    left = int(cfg.max_page_bytes) - budget["bytes"]
     try:
-        response = route.fetch(timeout=float(cfg.request_timeout) * 1000, max_redirects=5)
-        body = response.body()
-    except Exception:
-        route.abort("timedout")
-        return
-    budget["bytes"] += len(body)
-    if budget["bytes"] > int(cfg.max_page_bytes):
-        blocked.append(url)
-        route.abort("blockedbyclient")
-        return
-    route.fulfill(response=response, body=body)
+        got = fetch(
+            url,
+            allow,
+            float(cfg.request_timeout),
+            max(left, 0),
+            request.method,
+            request.headers,
+            request.post_data_buffer,
+        )
+    except (OSError, http.client.HTTPException) as e:
+        raise Refused("request_failed", f"{url}: {type(e).__name__}") from e
+    budget["bytes"] += len(got.body)
+    headers = {
+        k: v for k, v in got.headers.items() if k.lower() not in ("content-length", "transfer-encoding")
+    }
+    route.fulfill(status=got.status, headers=headers, body=got.body)
 
 
 @lru_cache(maxsize=4096)
-def _robots(origin: str, timeout: float) -> urllib.robotparser.RobotFileParser:
+def _robots(origin: str, timeout: float, allow: Allowance) -> urllib.robotparser.RobotFileParser:
     rp = urllib.robotparser.RobotFileParser(origin + "/robots.txt")
     try:
-        with urllib.request.urlopen(origin + "/robots.txt", timeout=timeout) as r:
-            rp.parse(r.read().decode("utf-8", errors="replace").splitlines())
+        got = fetch(origin + "/robots.txt", allow, timeout, 512 * 1024)
+        lines = got.body.decode("utf-8", errors="replace").splitlines() if got.status == 200 else []
     except Exception:
-        rp.parse([])  # no robots.txt (or unreachable): everything allowed, as crawlers treat it
+        lines = []  # no robots.txt (or unreachable, or refused): everything allowed, as crawlers treat it
+    rp.parse(lines)
     return rp
 
 
-def _robots_allow(url: str, agent: str, timeout: float) -> bool:
+def _robots_allow(url: str, agent: str, timeout: float, allow: Allowance) -> bool:
     parts = urllib.parse.urlsplit(url)
-    return _robots(f"{parts.scheme}://{parts.netloc}", timeout).can_fetch(agent, url)
+    return _robots(f"{parts.scheme}://{parts.netloc}", timeout, allow).can_fetch(agent, url)
 
 
 def words_to_lines(words: list[list]) -> list[dict]:

@@ -7,7 +7,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from data_pipeline.align import markdown_words, token_iou, words
-from data_pipeline.render.browser import Browser, PageTimeout, tile_lines, tile_pictures, words_to_lines
+from data_pipeline.render.browser import (
+    Browser,
+    LocalDocument,
+    PageTimeout,
+    tile_lines,
+    tile_pictures,
+    words_to_lines,
+)
 from data_pipeline.render.html_markdown import tile_markdown
 from data_pipeline.schema import DocumentError, Sample, Skip, clean_lines
 
@@ -20,18 +27,26 @@ def page_url(path: str | Path) -> str:
 
 
 def browser_samples(
-    path: str | Path, doc_id: str, cfg, source: str, layout: bool, markdown: bool, origin: str | None = None
+    path: str | Path | LocalDocument,
+    doc_id: str,
+    cfg,
+    source: str,
+    layout: bool,
+    markdown: bool,
+    origin: str | None = None,
 ) -> Iterator[Sample | Skip]:
     """Render a page and yield one sample per tile: layout lines (`layout`) and/or the markdown of what the
     tile shows (`markdown`, kept only when its words match the tile's visible text: token IoU >= md_min_iou)."""
-    url = page_url(path)
+    url = str(path.path) if isinstance(path, LocalDocument) else page_url(path)
     bcfg = cfg.browser
     try:
-        page = Browser.shared().render(url, bcfg, with_html=markdown)
+        page = Browser.shared().render(
+            path if isinstance(path, LocalDocument) else url, bcfg, with_html=markdown
+        )
     except PageTimeout as e:
         raise DocumentError("page_timeout", str(e)) from e
-    for blocked in page.blocked:
-        yield Skip("blocked_request", pages=0, detail=blocked)
+    for reason, blocked in page.blocked:
+        yield Skip(reason, pages=0, detail=blocked)
     if page.over_cap:
         yield Skip(
             "height_capped", pages=0, detail=f"{url}: {page.full_height} px > max_height={bcfg.max_height}"

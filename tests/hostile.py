@@ -42,3 +42,81 @@ def nested_forms_pdf(path: Path, levels: int, fan: int = 10) -> Path:
 # A page whose script allocates without end, outside V8's heap limit (typed arrays), before it loads.
 ALLOCATING_PAGE = """<!doctype html><html><body><p>This page never stops asking for memory.</p>
 <script>const held = []; for (;;) held.push(new Uint8Array(16 << 20).fill(1));</script></body></html>"""
+
+
+# Words of the secret: none of them is English, so a hit in OCR or a label is a leak, not a coincidence.
+SECRET_WORDS = ("Zorbulax", "Quendrith", "Vashmoor", "Plinketta")
+SECRET = " ".join(SECRET_WORDS) + "\n"
+
+
+def secret_beside(input_dir: Path) -> Path:
+    """A secret file next to the input folder (inside no document's folder)."""
+    path = input_dir.parent / "secret.txt"
+    path.write_text(SECRET * 20)
+    return path
+
+
+class Canary:
+    """An HTTP server on loopback that logs every request it gets (a stand-in for a cloud metadata service
+    or an intranet host): each answer is the secret, so a request that reaches it could leak it."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        requests = self.requests = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                requests.append(self.path)
+                body = SECRET.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_POST = do_GET
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_port
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def reaching_page(
+    secret: Path, canary: int, title: str = "A page that reaches for what is not its own"
+) -> str:
+    """HTML that tries every way a page has to show a local file or to reach a private address."""
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title>
+<link rel="stylesheet" href="http://127.0.0.1:{canary}/style.css"></head><body>
+<h1>{title}</h1>
+<p>The committee met on Tuesday to review the budget for the coming year. Most of the discussion was
+about the new library building, which is expected to open in the spring.</p>
+<iframe src="{secret.as_uri()}" width="600" height="80"></iframe>
+<object data="file:///etc/passwd" width="600" height="80"></object>
+<embed src="{secret.as_uri()}" width="600" height="80">
+<img src="outside.png" alt="">
+<iframe src="outside.txt" width="600" height="80"></iframe>
+<iframe src="http://127.0.0.1:{canary}/iframe" width="600" height="80"></iframe>
+<img src="http://localhost:{canary}/image.png" alt="">
+<svg width="200" height="50"><image href="http://127.0.0.1:{canary}/svg.png" width="200" height="50"/></svg>
+<div style="background: url(http://127.0.0.1:{canary}/css.png); width: 100px; height: 20px"></div>
+<script>
+  fetch("http://127.0.0.1:{canary}/fetch").catch(() => {{}});
+  try {{ new WebSocket("ws://127.0.0.1:{canary}/ws"); }} catch (e) {{}}
+  navigator.sendBeacon && navigator.sendBeacon("http://127.0.0.1:{canary}/beacon", "x");
+</script>
+</body></html>"""
+
+
+def link_outside(folder: Path, secret: Path) -> None:
+    """Symbolic links in the document's folder that point at the secret."""
+    (folder / "outside.png").symlink_to(secret)
+    (folder / "outside.txt").symlink_to(secret)

@@ -3,10 +3,20 @@ hold whatever it is doing, and its neighbours are built."""
 
 from __future__ import annotations
 
+import io
 import time
+from pathlib import Path
 
 from data_pipeline.demo_corpus import make_pdf
-from tests.hostile import ALLOCATING_PAGE, nested_forms_pdf
+from tests.hostile import (
+    ALLOCATING_PAGE,
+    SECRET_WORDS,
+    Canary,
+    link_outside,
+    nested_forms_pdf,
+    reaching_page,
+    secret_beside,
+)
 from tests.test_build_pdf import build, read_shards, summary
 
 ORDINARY = (
@@ -47,3 +57,130 @@ def test_a_document_past_its_memory_limit_is_stopped_and_counted(tmp_path):
     s = summary(r)
     assert s["errors"].get("out_of_memory") == 1 and not s["tasks_failed"], s
     assert [key.split("/")[1] for key in read_shards(out)] == ["b_ok"]
+
+
+def _leaks(out: Path) -> list[str]:
+    """Secret words that a tile's image (read by Tesseract) or its label shows."""
+    from PIL import Image
+
+    from data_pipeline.render.ocr import tesseract_pages
+
+    samples = read_shards(out)
+    images = [Image.open(io.BytesIO(s["png"])) for s in samples.values()]
+    texts = [" ".join(ln["text"] for ln in page) for page in tesseract_pages(images)]
+    for s in samples.values():
+        texts.append(s.get("layout.json", b"").decode() + s.get("md", b"").decode())
+    return [w for w in SECRET_WORDS for t in texts if w.lower() in t.lower()]
+
+
+def _reach(tmp_path: Path, canary: Canary) -> Path:
+    src = tmp_path / "in" / "site"
+    src.mkdir(parents=True)
+    secret = secret_beside(tmp_path / "in")
+    link_outside(src, secret)
+    (src / "index.html").write_text(reaching_page(secret, canary.port))
+    return src
+
+
+def test_web_offline_reads_only_its_folder_and_reaches_nothing(tmp_path):
+    canary = Canary()
+    try:
+        src = _reach(tmp_path, canary)
+        out = tmp_path / "out"
+        s = summary(build("source=web", f"input={src}", f"output={out}", "workers=1"))
+    finally:
+        canary.close()
+    assert canary.requests == []
+    assert s["samples"] == 1 and s["errors"] == {}, s  # the page is still built
+    # the secret by file: URL (iframe, embed), /etc/passwd, and the two links out of the folder
+    assert s["skips"]["blocked_file"] == 5, s
+    # stylesheet, iframe, images by address and by name, svg image, css background, fetch (the beacon
+    # and the WebSocket are not requests Chromium lets a handler see: they reach the absent proxy)
+    assert s["skips"]["blocked_network"] == 7, s
+    assert _leaks(out) == []
+
+
+def test_web_online_refuses_private_addresses_after_every_redirect(tmp_path):
+    """A crawled page on an allowed server reaches for a canary on another loopback port, directly, by
+    name (`localhost`) and through a redirect of its own server; URL list entries name the canary."""
+    import http.server
+    import threading
+    from functools import partial
+
+    canary = Canary()
+    site = tmp_path / "site"
+    site.mkdir()
+    secret = secret_beside(site)
+    (site / "index.html").write_text(
+        reaching_page(secret, canary.port).replace(
+            "</body>", f'<img src="/go?to=http://127.0.0.1:{canary.port}/redirected"></body>'
+        )
+    )
+
+    class Site(http.server.SimpleHTTPRequestHandler):
+        def do_GET(self):
+            if self.path.startswith("/go?to="):
+                self.send_response(302)
+                self.send_header("Location", self.path.split("=", 1)[1])
+                self.end_headers()
+                return
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(Site, directory=str(site)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    urls = tmp_path / "urls.txt"
+    urls.write_text(
+        f"http://127.0.0.1:{server.server_port}/index.html\nhttp://127.0.0.1:{canary.port}/direct.html\n"
+        f"http://localhost:{canary.port}/by-name.html\n"
+    )
+    out = tmp_path / "out"
+    try:
+        r = build(
+            "source=web",
+            f"input={urls}",
+            f"output={out}",
+            "workers=1",
+            "browser.network=online",
+            "browser.respect_robots=false",
+            f"browser.allow_addresses=[127.0.0.1:{server.server_port}]",
+            check=False,
+        )
+    finally:
+        canary.close()
+        server.shutdown()
+    s = summary(r)
+    assert canary.requests == []
+    assert s["samples"] == 1, s
+    assert s["errors"] == {"blocked_private_address": 2}, s  # the two URL-list entries, refused whole
+    # the page's stylesheet, iframe, images by address, by name and through the redirect, svg image,
+    # css background, fetch
+    assert s["skips"]["blocked_private_address"] == 8, s
+    assert s["skips"]["blocked_file"] == 3, s  # file: URLs of an http page: Chromium refuses them
+    assert _leaks(out) == []
+
+
+def test_readme_reads_only_its_folder(tmp_path):
+    canary = Canary()
+    try:
+        proj = tmp_path / "in" / "proj"
+        proj.mkdir(parents=True)
+        secret = secret_beside(tmp_path / "in")
+        link_outside(proj, secret)
+        (proj / "README.md").write_text(
+            "# A project\n\nThe committee met on Tuesday to review the budget for the coming year, and "
+            "most of the discussion was about the new library building.\n\n"
+            f"![secret]({secret.as_uri()})\n\n![outside](outside.png)\n\n"
+            f'<iframe src="{secret.as_uri()}"></iframe>\n\n<iframe src="outside.txt"></iframe>\n\n'
+            f"![canary](http://127.0.0.1:{canary.port}/badge.svg)\n"
+        )
+        out = tmp_path / "out"
+        s = summary(build("source=readme", f"input={proj}", f"output={out}", "workers=1"))
+    finally:
+        canary.close()
+    assert canary.requests == []
+    assert s["samples"] == 1 and s["errors"] == {}, s
+    assert s["skips"]["blocked_file"] == 4 and s["skips"]["blocked_network"] == 1, s
+    assert _leaks(out) == []

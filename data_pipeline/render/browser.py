@@ -582,7 +582,9 @@ class Browser:
             except PlaywrightTimeout as e:
                 raise PageTimeout(f"{url}: not loaded within {cfg.page_timeout}s") from e
             except PlaywrightError as e:
-                raise DocumentError("page_load_failed", f"{url}: {str(e).splitlines()[0]}") from e
+                refused = [reason for reason, where in blocked if where == url]
+                reason = refused[0] if refused else "page_load_failed"  # the page itself was refused
+                raise DocumentError(reason, f"{url}: {str(e).splitlines()[0]}") from e
             if with_html:
                 page.add_style_tag(content=MARKDOWN_RENDER_CSS)
             cdp = context.new_cdp_session(page)

@@ -161,7 +161,9 @@ def main() -> None:
                         reasons["class not installed here (its macros cannot expand)"] += 1
                     else:
                         iou = meta.get("md_token_iou", 0.0)
-                        band = next(f"token IoU {lo:.2f}-{hi:.2f}" for lo, hi in IOU_BANDS if lo <= iou < hi)
+                        # (rounded to 3 places in meta.json: 0.9496 reads 0.95 and is in the top band)
+                        lo, hi = next((b for b in IOU_BANDS if b[0] <= iou < b[1]), IOU_BANDS[0])
+                        band = f"token IoU {lo:.2f}-{hi:.2f}"
                         reasons[band] += 1
                         if len(page_words(texts[meta["page"]])) < 50:
                             reasons["  of which pages with under 50 words"] += 1

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from data_pipeline.core import list_inputs, plan_tasks, write_manifest
 from data_pipeline.executors import EXECUTORS
+from data_pipeline.render import sandbox
 from data_pipeline.sources import get_source
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
@@ -60,6 +61,9 @@ def validate(cfg: DictConfig):
         raise ConfigError(f"worker_memory_mb={memory!r}: a number of MB > 0, or auto")
     if float(cfg.source.get("doc_timeout", 0)) < 0:
         raise ConfigError(f"source.doc_timeout={cfg.source.doc_timeout}: seconds >= 0 (0: no limit)")
+    why = sandbox.check(str(cfg.get("sandbox", "bwrap")))
+    if why:
+        raise ConfigError(why)
     for tool in getattr(source, "REQUIRED_TOOLS", ()):
         if shutil.which(tool) is None:
             raise ConfigError(

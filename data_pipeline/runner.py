@@ -211,6 +211,7 @@ def worker_runner() -> DocumentRunner:
 def _serve(conn, tmp: str) -> None:
     """The runner: builds the documents it is sent, sends back their pages, filtered and encoded."""
     from data_pipeline.core import build_document
+    from data_pipeline.render import sandbox
     from data_pipeline.sources import get_source
 
     die_with_parent()
@@ -230,6 +231,7 @@ def _serve(conn, tmp: str) -> None:
         if msg[0] == "config":
             cfg = msg[1]
             source, keep = get_source(cfg.source.name), SampleFilter(cfg.filters)
+            sandbox.use(str(cfg.get("sandbox", "bwrap")))
             img = (
                 str(cfg.image.format),
                 int(cfg.image.quality),

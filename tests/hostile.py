@@ -120,3 +120,81 @@ def link_outside(folder: Path, secret: Path) -> None:
     """Symbolic links in the document's folder that point at the secret."""
     (folder / "outside.png").symlink_to(secret)
     (folder / "outside.txt").symlink_to(secret)
+
+
+ORDINARY = (
+    "The committee met on Tuesday to review the budget for the coming year. Most of the discussion was about "
+    "the new library building, which is expected to open in the spring, and about the cost of keeping the "
+    "old one running until then."
+)
+
+
+def linking_docx(path: Path, secret: Path, canary: int) -> Path:
+    """A DOCX whose fields load the secret (INCLUDETEXT) and pictures from the canary and from a file
+    (INCLUDEPICTURE), and whose package links an image outside itself."""
+    from docx import Document
+    from docx.opc.constants import RELATIONSHIP_TYPE as RT
+    from docx.oxml import parse_xml
+    from docx.oxml.ns import nsdecls
+
+    doc = Document()
+    doc.add_heading("Minutes of the meeting", level=1)
+    for _ in range(3):
+        doc.add_paragraph(ORDINARY)
+    for instr in (
+        f'INCLUDETEXT "{secret}"',
+        f'INCLUDEPICTURE "http://127.0.0.1:{canary}/picture.png" \\d',
+        f'INCLUDEPICTURE "{secret.with_suffix(".png")}" \\d',
+    ):
+        field = f"<w:fldSimple {nsdecls('w')} w:instr='{instr}'><w:r><w:t>field</w:t></w:r></w:fldSimple>"
+        doc.add_paragraph()._p.append(parse_xml(field))
+    doc.part.relate_to(f"http://127.0.0.1:{canary}/linked.png", RT.IMAGE, is_external=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc.save(path)
+    return path
+
+
+def reading_latex(folder: Path, secret: Path) -> Path:
+    """A LaTeX source (`folder/main.tex`) that inputs the secret, reads /etc/passwd and inputs a file from
+    outside its folder, and its PDF as its author would send it (without what those lines read)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    hostile = [
+        r"\input{" + str(secret) + "}",
+        r"\openin5=/etc/passwd \read5 to \x \x",
+        r"\IfFileExists{../secret.txt}{\input{../secret.txt}}{}",
+    ]
+    lines = [
+        r"\documentclass{article}",
+        r"\begin{document}",
+        r"\section{Introduction}",
+        ORDINARY,
+        "",
+        ORDINARY,
+        "",
+        *hostile,
+        r"\end{document}",
+    ]
+    (folder / "main.tex").write_text("\n".join(lines) + "\n")
+    pdf = pymupdf.open()
+    page = pdf.new_page()
+    page.insert_textbox(
+        pymupdf.Rect(72, 72, 540, 770), f"1 Introduction\n{ORDINARY}\n{ORDINARY}", fontsize=11
+    )
+    pdf.save(folder.with_suffix(".pdf"))
+    return folder.with_suffix(".pdf")
+
+
+def linking_pptx(path: Path, canary: int) -> Path:
+    """A one-slide PPTX whose package links a picture on the canary."""
+    from pptx import Presentation
+    from pptx.opc.constants import RELATIONSHIP_TYPE as RT
+    from pptx.util import Inches
+
+    deck = Presentation()
+    slide = deck.slides.add_slide(deck.slide_layouts[5])
+    slide.shapes.title.text = "Minutes of the meeting"
+    slide.shapes.add_textbox(Inches(1), Inches(2), Inches(8), Inches(3)).text_frame.text = ORDINARY
+    slide.part.relate_to(f"http://127.0.0.1:{canary}/linked.png", RT.IMAGE, is_external=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    deck.save(path)
+    return path

@@ -10,20 +10,18 @@ from pathlib import Path
 from data_pipeline.demo_corpus import make_pdf
 from tests.hostile import (
     ALLOCATING_PAGE,
+    ORDINARY,
     SECRET_WORDS,
     Canary,
     link_outside,
+    linking_docx,
+    linking_pptx,
     nested_forms_pdf,
     reaching_page,
+    reading_latex,
     secret_beside,
 )
 from tests.test_build_pdf import build, read_shards, summary
-
-ORDINARY = (
-    "The committee met on Tuesday to review the budget for the coming year. Most of the discussion was about "
-    "the new library building, which is expected to open in the spring, and about the cost of keeping the "
-    "old one running until then."
-)
 
 
 def test_a_document_past_its_time_limit_is_stopped_in_native_code(tmp_path):
@@ -88,9 +86,12 @@ def test_web_offline_reads_only_its_folder_and_reaches_nothing(tmp_path):
         src = _reach(tmp_path, canary)
         out = tmp_path / "out"
         s = summary(build("source=web", f"input={src}", f"output={out}", "workers=1"))
+        h = summary(build("source=html", f"input={src}", f"output={tmp_path / 'hout'}", "workers=1"))
     finally:
         canary.close()
     assert canary.requests == []
+    assert h["samples"] == 1 and h["skips"]["blocked_file"] == 5 and h["skips"]["blocked_network"] == 7, h
+    assert _leaks(tmp_path / "hout") == []
     assert s["samples"] == 1 and s["errors"] == {}, s  # the page is still built
     # the secret by file: URL (iframe, embed), /etc/passwd, and the two links out of the folder
     assert s["skips"]["blocked_file"] == 5, s
@@ -183,4 +184,57 @@ def test_readme_reads_only_its_folder(tmp_path):
     assert canary.requests == []
     assert s["samples"] == 1 and s["errors"] == {}, s
     assert s["skips"]["blocked_file"] == 4 and s["skips"]["blocked_network"] == 1, s
+    assert _leaks(out) == []
+
+
+def test_latex_reads_only_its_folder(tmp_path):
+    """LaTeXML follows `\\input{/abs/path}` and `\\openin`: unsandboxed it puts the secret and the
+    machine's accounts into the markdown (the control); in the sandbox it finds neither, and a build counts
+    each reference out of the folder."""
+    import tempfile
+
+    from data_pipeline.render import sandbox
+    from data_pipeline.render.html_markdown import html_to_markdown
+    from data_pipeline.sources.arxiv import latexml_html
+
+    inp = tmp_path / "in"
+    pdf = reading_latex(inp / "paper", secret_beside(inp))
+    converted = {}
+    try:
+        for mode in ("none", "bwrap"):
+            sandbox.use(mode)
+            with tempfile.TemporaryDirectory() as work:
+                html = latexml_html(pdf.with_suffix("") / "main.tex", Path(work), 120, None, False)
+                converted[mode] = html_to_markdown(html)
+    finally:
+        sandbox.use("bwrap")
+    assert (
+        SECRET_WORDS[0] in converted["none"] and "root:x:0:0:root:/root" in converted["none"]
+    )  # the attack is real
+    assert not any(w in converted["bwrap"] for w in SECRET_WORDS) and "/root:" not in converted["bwrap"]
+    assert "The committee met on Tuesday" in converted["bwrap"]
+    out = tmp_path / "out"
+    s = summary(build("source=arxiv", f"input={inp}", f"output={out}", "workers=1"))
+    assert s["samples"] == 1 and s["errors"] == {}, s
+    assert s["skips"]["blocked_file"] == 4, s  # \input{/abs}, \openin, \IfFileExists{../}, \input{../}
+    assert _leaks(out) == []
+
+
+def test_office_links_are_counted_and_never_followed(tmp_path):
+    canary = Canary()
+    try:
+        src = tmp_path / "in" / "docs"
+        linking_docx(src / "minutes.docx", secret_beside(src.parent), canary.port)
+        out = tmp_path / "out"
+        s = summary(build("source=docx", f"input={src}", f"output={out}", "workers=1"))
+        slides = tmp_path / "in" / "slides"
+        linking_pptx(slides / "talk.pptx", canary.port)
+        p = summary(build("source=powerpoint", f"input={slides}", f"output={tmp_path / 'pout'}", "workers=1"))
+    finally:
+        canary.close()
+    assert canary.requests == []
+    assert p["samples"] == 1 and p["skips"]["blocked_external_link"] == 1, p
+    assert s["samples"] == 1 and s["errors"] == {}, s
+    # INCLUDETEXT of the secret, INCLUDEPICTURE from the canary and from a file, the package's linked image
+    assert s["skips"]["blocked_external_link"] == 4, s
     assert _leaks(out) == []

@@ -5,15 +5,15 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from data_pipeline.render import sandbox
 from data_pipeline.schema import DocumentError
 
 
 def pandoc_html(path: Path, from_format: str, timeout: float) -> str:
     """`path` (in pandoc's `from_format`: gfm, docx, latex, ...) as an HTML5 fragment."""
     try:
-        r = subprocess.run(
-            ["pandoc", "-f", from_format, "-t", "html5", str(path)], capture_output=True, timeout=timeout
-        )
+        cmd = sandbox.wrap(["pandoc", "-f", from_format, "-t", "html5", str(path)], read=[path.parent])
+        r = subprocess.run(cmd, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:
         raise DocumentError("convert_timeout", f"{path}: pandoc took over {timeout}s") from e
     if r.returncode != 0:

@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from data_pipeline.align import markdown_words, page_words, split_markdown_by_pages, token_iou
+from data_pipeline.render import sandbox
 from data_pipeline.render.html_markdown import html_to_markdown
 from data_pipeline.render.pdf import open_pdf
 from data_pipeline.schema import DocumentError, Sample, Skip
@@ -42,6 +43,49 @@ MAIN_NAMES = ("main.tex", "ms.tex", "paper.tex", "article.tex")
 POOR_MATCH = 0.5
 NO_MATCH = 0.1
 _UNDEFINED = re.compile(r'class="ltx_ERROR undefined">(\\[^<\s]+)<')
+
+
+# Commands that read (or write) a file named by their argument; an absolute path, `~` or a `..` out of the
+# source's folder names a file that is not the document's. The sandbox refuses them; they are counted.
+_PATH_COMMAND = re.compile(
+    r"\\(input|include|includegraphics|lstinputlisting|verbatiminput|VerbatimInput|includepdf|includeonly|"
+    r"InputIfFileExists|IfFileExists|import|subimport|bibliography|addbibresource|openin|openout)"
+    r"(?:\s*\d+\s*=?|\s*\[[^\]]*\])*\s*(?:\{\s*([^}]*)\}|([^\s{}\\%]+))"
+)
+_SOURCE_TEXT = (".tex", ".ltx", ".sty", ".cls", ".bib", ".bbl", ".def", ".cfg")
+
+
+def outside_references(src: Path) -> list[str]:
+    """`command path` of every file reference in the LaTeX source that points outside its folder."""
+    found = []
+    for name, text in _source_texts(src):
+        for m in _PATH_COMMAND.finditer(text):
+            for target in (m.group(2) or m.group(3) or "").split(","):
+                target = target.strip()
+                if target.startswith(("/", "~")) or ".." in Path(target).parts:
+                    found.append(f"{name}: \\{m.group(1)} {target}")
+    return found
+
+
+def _source_texts(src: Path) -> Iterator[tuple[str, str]]:
+    """(name, text) of the source's TeX files, without extracting an archive."""
+    try:
+        if src.is_dir():
+            for f in sorted(src.rglob("*")):
+                if f.is_file() and f.suffix in _SOURCE_TEXT:
+                    yield str(f.relative_to(src)), f.read_text(errors="replace")
+        elif src.name.endswith(SINGLE_FILE) or not tarfile.is_tarfile(src):
+            raw = src.read_bytes()
+            if src.name.endswith(".gz"):
+                raw = gzip.decompress(raw)
+            yield src.name.removesuffix(".gz"), raw.decode("utf-8", "replace")
+        else:
+            with tarfile.open(src) as tar:
+                for member in tar:
+                    if member.isfile() and Path(member.name).suffix in _SOURCE_TEXT:
+                        yield member.name, tar.extractfile(member).read().decode("utf-8", "replace")
+    except (OSError, EOFError, tarfile.TarError):
+        return  # a broken source is reported by the conversion
 
 
 def check_config(cfg) -> None:
@@ -93,9 +137,10 @@ def main_tex(folder: Path) -> Path:
     return (named or sorted(candidates, key=lambda p: -p.stat().st_size))[0]
 
 
-def _run(cmd: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess | None:
-    proc = subprocess.Popen(
-        cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+def _run(cmd: list[str], cwd: Path, timeout: float, read=(), write=()) -> subprocess.CompletedProcess | None:
+    """`cmd` in the sandbox (seeing `read` and `write` besides the system), or None past `timeout`."""
+    proc = sandbox.popen(
+        cmd, read, write, cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
     )
     try:
         out, err = proc.communicate(timeout=timeout)
@@ -115,6 +160,7 @@ def latexml_html(tex: Path, work: Path, timeout: float, search: Path | None, sty
         [
             "latexmlc",
             f"--dest={out}",
+            f"--log={out.with_suffix('.log')}",  # not beside the source: its folder is read-only
             "--format=html5",
             "--nocomments",
             "--quiet",
@@ -125,6 +171,8 @@ def latexml_html(tex: Path, work: Path, timeout: float, search: Path | None, sty
         ],
         tex.parent,
         timeout + 10,
+        read=[tex.parent, *([search] if search else [])],
+        write=[work],
     )
     if r is None or not out.exists() or out.stat().st_size == 0:
         return None
@@ -158,7 +206,13 @@ def document_markdown(src: Path, timeout: float, pdf_words: list[str]) -> tuple[
         scored = [_scored(html, name, pdf_words) for html, name in candidates]
         # LaTeXML gave nothing, or a document that hardly matches the PDF (a fatal error leaves an empty one)
         if max((c[0] for c in scored), default=0.0) < POOR_MATCH and shutil.which("pandoc"):
-            r = _run(["pandoc", "-f", "latex", "-t", "html5", "--mathml", tex.name], tex.parent, timeout)
+            r = _run(
+                ["pandoc", "-f", "latex", "-t", "html5", "--mathml", tex.name],
+                tex.parent,
+                timeout,
+                read=[tex.parent, *([search] if search else [])],
+                write=[Path(tmp)],
+            )
             if r is not None and r.returncode == 0 and r.stdout:
                 scored.append(_scored(r.stdout.decode(errors="replace"), "pandoc", pdf_words))
     if not scored:
@@ -185,6 +239,8 @@ def build(path: Path, doc_id: str, cfg) -> Iterator[Sample | Skip]:
     if src is None:
         yield Skip("no_latex_source", pages=0, detail=str(path))
     else:
+        for reference in outside_references(src):  # refused by the sandbox; counted here
+            yield Skip("blocked_file", pages=0, detail=f"{src}: {reference}")
         with open_pdf(path, int(cfg.max_pages_per_doc)) as doc:  # a broken PDF fails here as in pdf_samples
             page_texts = [page.get_text() for page in doc]
         try:

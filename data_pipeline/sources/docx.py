@@ -13,7 +13,7 @@ import pymupdf
 
 from data_pipeline.align import markdown_words, page_words, split_markdown_by_pages, token_iou
 from data_pipeline.render.html_markdown import html_to_markdown
-from data_pipeline.render.office import convert_to_pdf
+from data_pipeline.render.office import convert_to_pdf, external_references
 from data_pipeline.render.pandoc import pandoc_html
 from data_pipeline.schema import Sample, Skip
 from data_pipeline.sources.pdf import pdf_samples
@@ -27,6 +27,8 @@ def docx_markdown(path: Path, timeout: float) -> str:
 
 
 def build(path: Path, doc_id: str, cfg) -> Iterator[Sample | Skip]:
+    for link in external_references(path):  # refused by the sandbox; counted here
+        yield Skip("blocked_external_link", pages=0, detail=f"{path}: {link}")
     md = docx_markdown(path, float(cfg.convert_timeout))
     with tempfile.TemporaryDirectory(prefix="literate-docx-") as tmp:
         pdf = convert_to_pdf(path, Path(tmp), float(cfg.convert_timeout))

@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from data_pipeline.render.office import convert_to_pdf
+from data_pipeline.render.office import convert_to_pdf, external_references
 from data_pipeline.schema import Sample, Skip
 from data_pipeline.sources.pdf import pdf_samples
 
@@ -58,6 +58,8 @@ def _markdown_pages(path: Path) -> list[str] | None:
 
 
 def build(path: Path, doc_id: str, cfg) -> Iterator[Sample | Skip]:
+    for link in external_references(path):  # refused by the sandbox; counted here
+        yield Skip("blocked_external_link", pages=0, detail=f"{path}: {link}")
     md_pages = _markdown_pages(path) if cfg.markdown else None
     with tempfile.TemporaryDirectory(prefix="literate-ppt-") as tmp:
         pdf = convert_to_pdf(path, Path(tmp), float(cfg.convert_timeout))

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from data_pipeline.core import list_inputs, plan_tasks, write_manifest
 from data_pipeline.executors import EXECUTORS
 from data_pipeline.render import sandbox
+from data_pipeline.render.netguard import allowance
 from data_pipeline.sources import get_source
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
@@ -61,6 +62,12 @@ def validate(cfg: DictConfig):
         raise ConfigError(f"worker_memory_mb={memory!r}: a number of MB > 0, or auto")
     if float(cfg.source.get("doc_timeout", 0)) < 0:
         raise ConfigError(f"source.doc_timeout={cfg.source.doc_timeout}: seconds >= 0 (0: no limit)")
+    try:
+        allowance(tuple(cfg.browser.get("allow_addresses") or ()))
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    if cfg.browser.get("network", "offline") not in ("offline", "online"):
+        raise ConfigError(f"browser.network={cfg.browser.network!r}: choose offline or online")
     why = sandbox.check(str(cfg.get("sandbox", "bwrap")))
     if why:
         raise ConfigError(why)

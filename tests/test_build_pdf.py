@@ -210,6 +210,9 @@ def test_bad_config_fails_before_any_work(pdf_dir, tmp_path):
         (["source=pdf", f"input={pdf_dir}", "executor=spark"], "executor"),
         (["source=pdf", f"input={pdf_dir}", "task_index=3", "task_count=2"], "task_index"),
         (["source=pdf", f"input={pdf_dir}", "filters.lang_hold_mb=-1"], "lang_hold_mb"),
+        (["source=pdf", f"input={pdf_dir}", "sandbox=chroot"], "sandbox"),
+        (["source=pdf", f"input={pdf_dir}", "worker_memory_mb=lots"], "worker_memory_mb"),
+        (["source=web", f"input={pdf_dir}", "browser.allow_addresses=[intranet]"], "allow_addresses"),
     ]:
         out = tmp_path / "out"
         r = build(*args, f"output={out}", check=False)

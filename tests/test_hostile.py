@@ -238,3 +238,28 @@ def test_office_links_are_counted_and_never_followed(tmp_path):
     # INCLUDETEXT of the secret, INCLUDEPICTURE from the canary and from a file, the package's linked image
     assert s["skips"]["blocked_external_link"] == 4, s
     assert _leaks(out) == []
+
+
+def test_only_public_addresses_are_reachable_unless_allowed():
+    import ipaddress
+
+    import pytest
+
+    from data_pipeline.render.netguard import Refused, allowance, is_public, resolve
+
+    private = [
+        "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
+        "224.0.0.251", "240.0.0.1", "255.255.255.255", "::1", "::", "fe80::1", "fc00::1", "ff02::1",
+        "::ffff:127.0.0.1", "::ffff:169.254.169.254", "2002:7f00:1::1", "64:ff9b::a9fe:a9fe",
+    ]  # fmt: skip
+    assert [a for a in private if is_public(ipaddress.ip_address(a))] == []
+    assert all(is_public(ipaddress.ip_address(a)) for a in ("93.184.216.34", "1.1.1.1", "2606:4700::1111"))
+    with pytest.raises(Refused) as e:
+        resolve("localhost", 80, allowance(()))
+    assert e.value.reason == "blocked_private_address"
+    allow = allowance(("127.0.0.1:8080", "10.0.0.0/8"))
+    assert resolve("127.0.0.1", 8080, allow) == "127.0.0.1" and resolve("10.9.8.7", 1, allow) == "10.9.8.7"
+    with pytest.raises(Refused):
+        resolve("127.0.0.1", 8081, allow)  # another port of an allowed address
+    with pytest.raises(ValueError, match="intranet"):
+        allowance(("intranet",))

@@ -208,7 +208,7 @@ def test_online_mode_honours_robots_and_byte_caps(tmp_path):
                 check=False,
             )
         )
-        assert s["errors"] == {"page_load_failed": 1}  # the page itself is over the byte cap
+        assert s["errors"] == {"blocked_bytes": 1}  # the page itself is over the byte cap
     finally:
         server.shutdown()
 

@@ -120,11 +120,13 @@ def main() -> None:
     print(f"{len(pairs)} self-contained documents (excluded: {dict(excluded)})")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        (tmp / "list.txt").write_text("\n".join(map(str, pairs)))
         out = Path(args.keep) if args.keep else tmp / "out"
+        out.mkdir(parents=True, exist_ok=True)
+        listing = out / "documents.txt"  # beside the shards: a rerun over a kept folder resumes it
+        listing.write_text("\n".join(map(str, pairs)))
         run_build(
             "arxiv",
-            tmp / "list.txt",
+            listing,
             out,
             f"workers={args.workers}",
             "docs_per_shard=1",
@@ -133,7 +135,7 @@ def main() -> None:
         )
         from data_pipeline.core import list_inputs
 
-        docs = list_inputs(str(tmp / "list.txt"), (".pdf",))
+        docs = list_inputs(str(listing), (".pdf",))
         english = with_md = 0
         reasons: Counter = Counter()
         bad_labels, ious = [], []

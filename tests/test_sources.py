@@ -242,6 +242,16 @@ def test_html_to_markdown_keeps_structure_and_drops_chrome():
     )
 
 
+def test_math_keeps_what_is_drawn_not_how_it_was_spaced():
+    """A logo typeset in math (LaTeXML's alttext of the NTS logo) keeps its letters and drops TeX's
+    spacing and box primitives, which the page does not show."""
+    md = html_to_markdown(
+        '<p>The <math alttext="\\cal N\\kern-3.50006pt\\lower 2.15277pt\\hbox{$\\cal T$}\\kern-1.99997ptS">'
+        '</math> Team; <math alttext="x^{2}\\quad\\hbox{if } y"></math></p>'
+    )
+    assert md == "The $\\cal N \\cal T S$ Team; $x^{2}\\quad if y$\n"
+
+
 def test_list_items_that_begin_with_a_number_keep_it():
     """A table of contents item "1. Install" keeps its number (escaped, so it is no nested list); only
     LaTeXML's marker span, a copy of the list's own marker, is dropped."""

@@ -106,6 +106,14 @@ def _shown_text(el) -> str:
     return "".join(parts)
 
 
+# TeX's spacing and box primitives: how a logo was typeset (`\\kern-3.5pt\\lower 2.15pt\\hbox{$T$}`), not math
+# a reader sees. Dropped, boxes unwrapped, so the formula keeps only what is drawn.
+_TEX_SPACING = re.compile(
+    r"\\(?:kern|mkern|lower|raise|hskip|vskip|moveleft|moveright)\s*-?\s*[\d.]+\s*(?:pt|em|ex|mu|bp|sp|mm|cm|in)?"
+)
+_TEX_BOX = re.compile(r"\\[hv]box\s*\{\$?([^{}$]*)\$?\}")
+
+
 def _math(el) -> tuple[str, bool]:
     annotation = [
         a for a in el.iter("{*}annotation", "annotation") if a.get("encoding") == "application/x-tex"
@@ -113,6 +121,7 @@ def _math(el) -> tuple[str, bool]:
     tex = el.get("alttext") or (
         annotation[0].text if annotation and annotation[0].text else " ".join(el.itertext())
     )
+    tex = _TEX_BOX.sub(lambda m: f" {m.group(1)} ", _TEX_SPACING.sub(" ", tex))
     return " ".join(tex.split()), el.get("display") == "block"
 
 

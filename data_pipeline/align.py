@@ -71,7 +71,7 @@ def token_recall(reference: list[str], candidate: list[str]) -> float:
 
 def _units(block: str) -> tuple[str, list[str]]:
     """A markdown block's kind and the pieces a page break may fall between: a code block's lines, a
-    table's rows (header and separator as one), a list's items (with their continuation lines), a quote's
+    table's rows (header and separator as one), a list's lines, a quote's
     lines; a paragraph is one piece that may be cut between words; a heading or display math is whole."""
     lines = block.split("\n")
     if block.startswith("```") and len(lines) >= 2:
@@ -80,13 +80,9 @@ def _units(block: str) -> tuple[str, list[str]]:
         head = "\n".join(lines[:2]) if len(lines) > 1 and _TABLE_RULE.match(lines[1]) else lines[0]
         return "table", [head, *lines[2 if head != lines[0] else 1 :]]
     if _LIST_ITEM.match(block):
-        items: list[str] = []
-        for line in lines:
-            if _LIST_ITEM.match(line) or not items:
-                items.append(line)
-            else:
-                items[-1] += "\n" + line
-        return "list", items
+        # between lines, an item's continuation lines too: an item that holds a code listing (a command
+        # and its arguments) is often cut by the page break, and each line goes to the page that shows it
+        return "list", lines
     if block.startswith(">"):
         return "quote", lines
     if _WHOLE_BLOCK.match(block):

@@ -13,7 +13,7 @@ import pymupdf
 import pytest
 from PIL import Image
 
-from data_pipeline.align import markdown_words, token_recall, words
+from data_pipeline.align import markdown_words, split_markdown_by_pages, token_recall, words
 from data_pipeline.demo_corpus import make_latex_paper, make_pptx, make_scan
 from data_pipeline.render.html_markdown import html_to_markdown
 from data_pipeline.sources.scan import page_image
@@ -250,6 +250,23 @@ def test_math_keeps_what_is_drawn_not_how_it_was_spaced():
         '</math> Team; <math alttext="x^{2}\\quad\\hbox{if } y"></math></p>'
     )
     assert md == "The $\\cal N \\cal T S$ Team; $x^{2}\\quad if y$\n"
+
+
+def test_a_list_item_cut_by_a_page_break_is_cut_between_its_lines():
+    """A list item holding a command and its arguments, the command at the foot of one page and the
+    arguments at the top of the next: each page's label has the lines that page shows."""
+    md = (
+        "Intro words on the first page of this manual come here.\n\n"
+        "- \\diffdef {}\n  {\n  key-one = value-one,\n  key-two = value-two\n  }\n\n"
+        "The key value list is a comma separated list of settings.\n"
+    )
+    pages = [
+        "Intro words on the first page of this manual come here.\n\\diffdef {}\n",
+        "{\nkey-one = value-one,\nkey-two = value-two\n}\nThe key value list is a comma separated list of settings.\n",
+    ]
+    first, second = split_markdown_by_pages(md, pages)
+    assert "\\diffdef" in first and "\\diffdef" not in second
+    assert "key-one = value-one" in second and "key-one" not in first
 
 
 def test_list_items_that_begin_with_a_number_keep_it():

@@ -21,6 +21,7 @@ import json
 import re
 import subprocess
 import tempfile
+import unicodedata
 from collections import Counter
 from pathlib import Path
 
@@ -80,7 +81,9 @@ def class_installed(source: Path) -> bool:
 
 def residue(md: str, page_text: str) -> list[str]:
     """Macro names in the label, outside math and code, that the page's text does not show."""
-    shown = set(MACRO.findall(dehyphenate(page_text)))
+    # the PDF's text layer may put a space after a backslash ("\\ circlet") and keep ligatures ("ﬁ")
+    text = re.sub(r"\\\s+(?=[A-Za-z@])", r"\\", unicodedata.normalize("NFKC", dehyphenate(page_text)))
+    shown = set(MACRO.findall(text))
     return [m for m in MACRO.findall(MATH_OR_CODE.sub(" ", md)) if m not in shown]
 
 

@@ -21,24 +21,20 @@ import json
 import re
 import subprocess
 import tempfile
-import unicodedata
 from collections import Counter
 from pathlib import Path
 
 import pymupdf
 
 from benchmarks.common import run_build
-from data_pipeline.align import dehyphenate
+from data_pipeline.sources.arxiv import macros_not_shown
 
 DEFAULT_ROOT = "/usr/share/doc/texlive-doc"
 SOURCE_NAMES = (".tex", ".tex.gz", ".ltx")
 INPUTS = re.compile(r"\\(?:input|include|DocInput)\s*\{([^}]+)\}")
 CLASS = re.compile(r"\\documentclass\s*(?:\[[^\]]*\])?\s*\{([^}]+)\}")
-MACRO = re.compile(r"\\[A-Za-z@]+")
 CONVERSION_FAILED = ("latex_conversion_failed", "no_main_tex", "bad_latex_source", "convert_timeout")
 IOU_BANDS = [(0.9, 0.95), (0.8, 0.9), (0.5, 0.8), (0.0, 0.5)]
-# Math and code in a label are LaTeX or code by design; macro names outside them are residue.
-MATH_OR_CODE = re.compile(r"\$\$.*?\$\$|\$[^$\n]+\$|```.*?```|`[^`\n]+`", re.DOTALL)
 
 
 def latex_source(pdf: Path) -> Path | None:
@@ -81,10 +77,7 @@ def class_installed(source: Path) -> bool:
 
 def residue(md: str, page_text: str) -> list[str]:
     """Macro names in the label, outside math and code, that the page's text does not show."""
-    # the PDF's text layer may put a space after a backslash ("\\ circlet") and keep ligatures ("ﬁ")
-    text = re.sub(r"\\\s+(?=[A-Za-z@])", r"\\", unicodedata.normalize("NFKC", dehyphenate(page_text)))
-    shown = set(MACRO.findall(text))
-    return [m for m in MACRO.findall(MATH_OR_CODE.sub(" ", md)) if m not in shown]
+    return macros_not_shown(md, page_text)
 
 
 def main() -> None:

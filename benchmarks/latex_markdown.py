@@ -157,6 +157,8 @@ def main() -> None:
                         reasons[failed[0]] += 1
                     elif not installed:
                         reasons["class not installed here (its macros cannot expand)"] += 1
+                    elif "md_unshown" in meta:  # aligned, but naming a macro the page does not show
+                        reasons["md_macro_not_shown"] += 1
                     else:
                         iou = meta.get("md_token_iou", 0.0)
                         # (rounded to 3 places in meta.json: 0.9496 reads 0.95 and is in the top band)

@@ -225,6 +225,17 @@ def test_arxiv_single_file_sources_drop_unexpanded_macros_and_count_failures(tmp
     assert "md" not in samples["arxiv/other/00000"] and "layout.json" in samples["arxiv/other/00000"]
 
 
+def test_a_label_naming_a_macro_the_page_does_not_show_is_caught():
+    """l3doc's `\\cs` comes out of LaTeXML without expl3's underscores: the label would name a macro the page
+    does not show. Names the page shows (the text layer may put a space after the backslash, or a
+    ligature), and names inside code or math, are not flagged."""
+    from data_pipeline.sources.arxiv import macros_not_shown
+
+    page = "Use \\tl_upper_case:n and \\ \ufb01le here; $\\alpha$."
+    assert macros_not_shown("Use `\\tluppercase:n` and \\tluppercase:n here.", page) == ["\\tluppercase"]
+    assert macros_not_shown("Use \\tl_upper_case:n and \\file here; $\\beta$ `\\gamma`.", page) == []
+
+
 def test_html_to_markdown_keeps_structure_and_drops_chrome():
     html = """<html><head><style>p{}</style><script>x()</script></head><body>
     <nav>Home | About</nav><h1>Title</h1><p>Some <em>emphasis</em>, a <a href="/x">link</a> and <code>code()</code>.</p>

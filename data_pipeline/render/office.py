@@ -12,8 +12,6 @@ import html
 import os
 import re
 import shutil
-import signal
-import subprocess
 import tempfile
 import zipfile
 from pathlib import Path
@@ -45,23 +43,12 @@ def convert_to_pdf(path: Path, out_dir: Path, timeout: float) -> Path:
         str(path),
     ]
     profile.mkdir(exist_ok=True)
-    proc = sandbox.popen(
-        cmd,
-        read=[path.parent],
-        write=[out_dir, profile],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired as e:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise DocumentError("convert_timeout", f"{path}: LibreOffice took over {timeout}s") from e
+    r = sandbox.run(cmd, read=[path.parent], write=[out_dir, profile], timeout=timeout)
+    if r is None:
+        raise DocumentError("convert_timeout", f"{path}: LibreOffice took over {timeout}s")
     out = out_dir / f"{path.stem}.pdf"
-    if proc.returncode != 0 or not out.exists():
-        raise DocumentError("convert_failed", f"{path}: {err.decode(errors='replace').strip()[-300:]}")
+    if r.returncode != 0 or not out.exists():
+        raise DocumentError("convert_failed", f"{path}: {r.stderr.decode(errors='replace').strip()[-300:]}")
     return out
 
 

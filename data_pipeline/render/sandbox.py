@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -89,9 +90,23 @@ def _bwrap(read, write, cwd) -> list[str]:
     return args
 
 
-def popen(cmd: list[str], read=(), write=(), cwd: Path | None = None, **kwargs) -> subprocess.Popen:
-    """`subprocess.Popen` of `cmd` in the sandbox."""
-    return subprocess.Popen(wrap(cmd, read, write, cwd), cwd=cwd, **kwargs)
+def run(cmd: list[str], read=(), write=(), cwd: Path | None = None, timeout: float | None = None):
+    """Run `cmd` in the sandbox with its output captured: a `subprocess.CompletedProcess` (bytes), or
+    None when it ran past `timeout` seconds (it and everything it started are then killed)."""
+    proc = subprocess.Popen(
+        wrap(cmd, read, write, cwd),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return None
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def _passwd() -> str:

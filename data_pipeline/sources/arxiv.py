@@ -14,11 +14,8 @@ a conversion that fails keeps every page's layout.
 from __future__ import annotations
 
 import gzip
-import os
 import re
 import shutil
-import signal
-import subprocess
 import tarfile
 import tempfile
 import unicodedata
@@ -151,26 +148,12 @@ def main_tex(folder: Path) -> Path:
     return (named or sorted(candidates, key=lambda p: -p.stat().st_size))[0]
 
 
-def _run(cmd: list[str], cwd: Path, timeout: float, read=(), write=()) -> subprocess.CompletedProcess | None:
-    """`cmd` in the sandbox (seeing `read` and `write` besides the system), or None past `timeout`."""
-    proc = sandbox.popen(
-        cmd, read, write, cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        return None
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
-
-
 def latexml_html(tex: Path, work: Path, timeout: float, search: Path | None, styles: bool) -> str | None:
     """LaTeXML's HTML of `tex`, or None. `styles`: let it read the raw class and package files (the
     document's and TeX Live's) for what it has no definitions of; more macros expand, but some documents
     then convert worse."""
     out = work / ("latexml-styles.html" if styles else "latexml.html")
-    r = _run(
+    r = sandbox.run(
         [
             "latexmlc",
             f"--dest={out}",
@@ -183,10 +166,10 @@ def latexml_html(tex: Path, work: Path, timeout: float, search: Path | None, sty
             *([f"--path={search}"] if search else []),
             tex.name,
         ],
-        tex.parent,
-        timeout + 10,
         read=[tex.parent, *([search] if search else [])],
         write=[work],
+        cwd=tex.parent,
+        timeout=timeout + 10,
     )
     if r is None or not out.exists() or out.stat().st_size == 0:
         return None
@@ -220,12 +203,12 @@ def document_markdown(src: Path, timeout: float, pdf_words: list[str]) -> tuple[
         scored = [_scored(html, name, pdf_words) for html, name in candidates]
         # LaTeXML gave nothing, or a document that hardly matches the PDF (a fatal error leaves an empty one)
         if max((c[0] for c in scored), default=0.0) < POOR_MATCH and shutil.which("pandoc"):
-            r = _run(
+            r = sandbox.run(
                 ["pandoc", "-f", "latex", "-t", "html5", "--mathml", tex.name],
-                tex.parent,
-                timeout,
                 read=[tex.parent, *([search] if search else [])],
                 write=[Path(tmp)],
+                cwd=tex.parent,
+                timeout=timeout,
             )
             if r is not None and r.returncode == 0 and r.stdout:
                 scored.append(_scored(r.stdout.decode(errors="replace"), "pandoc", pdf_words))
@@ -275,6 +258,7 @@ def build(path: Path, doc_id: str, cfg) -> Iterator[Sample | Skip]:
             item.meta.update(md_converter=converter, md_token_iou=round(iou, 3))
             unshown = macros_not_shown(md, page_texts[item.page])
             if unshown:  # a name the converter garbled (expl3's underscores lost): the label would lie
+                item.meta["md_unshown"] = unshown[:3]
                 yield Skip("md_macro_not_shown", pages=0, detail=f"{path} page {item.page}: {unshown[:3]}")
             elif iou >= float(cfg.md_min_iou):
                 item.md = md

@@ -22,10 +22,6 @@ EXTENSIONS = (".html", ".htm", ".xhtml")
 REQUIRED_TOOLS = ("chromium",)
 
 
-def page_url(path: str | Path) -> str:
-    return path if isinstance(path, str) and "://" in path else Path(path).resolve().as_uri()
-
-
 def browser_samples(
     path: str | Path | LocalDocument,
     doc_id: str,
@@ -37,12 +33,16 @@ def browser_samples(
 ) -> Iterator[Sample | Skip]:
     """Render a page and yield one sample per tile: layout lines (`layout`) and/or the markdown of what the
     tile shows (`markdown`, kept only when its words match the tile's visible text: token IoU >= md_min_iou)."""
-    url = str(path.path) if isinstance(path, LocalDocument) else page_url(path)
+    if isinstance(path, LocalDocument):
+        target, url = path, str(path.path)
+    elif isinstance(path, str) and path.startswith(("http://", "https://")):
+        target = url = path
+    else:  # a file: served from its own folder only
+        target = LocalDocument.of(path)
+        url = target.path.as_uri()
     bcfg = cfg.browser
     try:
-        page = Browser.shared().render(
-            path if isinstance(path, LocalDocument) else url, bcfg, with_html=markdown
-        )
+        page = Browser.shared().render(target, bcfg, with_html=markdown)
     except PageTimeout as e:
         raise DocumentError("page_timeout", str(e)) from e
     for reason, blocked in page.blocked:

@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import os
 import re
-import tarfile
 from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+from data_pipeline.storage import iter_samples
 
 NUM_PERM = 128
 BANDS, ROWS = 16, 8  # P(candidate) = 1 - (1 - s^8)^16: 0.95 at s = 0.8, 0.24 at s = 0.6 (then verified)
@@ -58,20 +58,16 @@ def minhash(text: str, n: int = 5) -> np.ndarray:
     return perm.min(axis=0).astype(np.uint32)
 
 
-def shard_texts(tar_path: Path) -> list[tuple[str, str]]:
-    """(key, text) of every sample in a shard: layout line texts, else the markdown."""
-    texts: dict[str, dict[str, str]] = {}
-    with tarfile.open(tar_path) as tar:
-        for m in tar:
-            if not m.isfile():
-                continue
-            key, _, ext = m.name.partition(".")
-            if ext == "layout.json":
-                data = json.load(io.TextIOWrapper(tar.extractfile(m), encoding="utf-8"))
-                texts.setdefault(key, {})["layout"] = "\n".join(line["text"] for line in data["lines"])
-            elif ext == "md":
-                texts.setdefault(key, {})["md"] = tar.extractfile(m).read().decode("utf-8", errors="replace")
-    return [(k, v.get("layout") or v.get("md") or "") for k, v in texts.items()]
+def shard_texts(url) -> list[tuple[str, str]]:
+    """(key, text) of every sample in a shard (a path or URL): layout line texts, else the markdown."""
+    out = []
+    for sample in iter_samples(url, wanted=lambda ext: ext in ("layout.json", "md")):
+        if "layout.json" in sample:
+            text = "\n".join(line["text"] for line in json.loads(sample["layout.json"])["lines"])
+        else:
+            text = sample.get("md", b"").decode("utf-8", errors="replace")
+        out.append((sample["__key__"], text))
+    return out
 
 
 def signatures_pass(out: Path, shard: int) -> int:

@@ -1,8 +1,9 @@
 """Look at a shard: each sample's image with its layout boxes drawn, and its markdown in a panel beside it.
 
-    python -m data_pipeline.inspect <shard.tar> --out <dir> [--n 8]
+    python -m data_pipeline.inspect <shard.tar or URL> --out <dir> [--n 8]
 
-Reads the shard with `webdataset` exactly as a trainer would; a corrupt shard is reported with its name.
+Reads the shard exactly as the trainer does (`data_pipeline/storage.py`: paths, http(s), s3, gs, pipe:);
+a corrupt shard is reported with its name.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-import webdataset as wds
 from PIL import Image, ImageDraw
 
+from data_pipeline.storage import UnreadableShard, is_remote, iter_samples
 from data_pipeline.synthetic import load_font
 
 IMAGE_KEYS = ("png", "jpg", "webp")
@@ -59,10 +60,11 @@ def inspect_shard(shard: str | Path, out: str | Path, n: int = 8) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    dataset = wds.WebDataset(str(shard), shardshuffle=False, empty_check=False)
-    for sample in dataset:
+    for sample in iter_samples(shard):
         if len(written) >= n:
             break
+        if not any(k in sample for k in IMAGE_KEYS):  # what a cut tar stream leaves of its last sample
+            raise UnreadableShard(str(shard), f"sample {sample['__key__']} has no image")
         name = sample["__key__"].replace("/", "__") + ".png"
         draw_sample(sample).save(out / name)
         written.append(out / name)
@@ -75,13 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--n", type=int, default=8)
     args = ap.parse_args(argv)
-    if not Path(args.shard).is_file():
+    if not is_remote(args.shard) and not Path(args.shard).is_file():
         print(f"error: {args.shard}: no such shard", file=sys.stderr)
         return 2
     try:
         files = inspect_shard(args.shard, args.out, args.n)
-    except Exception as e:  # webdataset raises ReadError/ValueError for damaged tars
-        print(f"error: {args.shard}: corrupt shard ({type(e).__name__}: {e})", file=sys.stderr)
+    except UnreadableShard as e:
+        print(f"error: {args.shard}: corrupt shard ({e.reason})", file=sys.stderr)
         return 1
     print(f"wrote {len(files)} images to {args.out}")
     return 0

@@ -15,7 +15,6 @@ import glob
 import io
 import json
 import sys
-import tarfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -101,16 +100,14 @@ def iter_texts(inputs: Iterable[str | Path]) -> Iterator[str]:
                     yield from f.read_text(encoding="utf-8", errors="replace").splitlines()
 
 
-def _shard_texts(path: Path) -> Iterator[str]:
-    with tarfile.open(path) as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            if member.name.endswith(".layout.json"):
-                data = json.load(io.TextIOWrapper(tar.extractfile(member), encoding="utf-8"))
-                yield from (line["text"] for line in data.get("lines", []))
-            elif member.name.endswith(".md"):
-                yield from tar.extractfile(member).read().decode("utf-8", errors="replace").splitlines()
+def _shard_texts(path) -> Iterator[str]:
+    from data_pipeline.storage import iter_samples
+
+    for sample in iter_samples(path, wanted=lambda ext: ext in ("layout.json", "md")):
+        if "layout.json" in sample:
+            yield from (line["text"] for line in json.loads(sample["layout.json"]).get("lines", []))
+        elif "md" in sample:
+            yield from sample["md"].decode("utf-8", errors="replace").splitlines()
 
 
 def train_tokenizer(

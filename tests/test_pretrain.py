@@ -315,13 +315,11 @@ def test_a_run_goes_on_over_deleted_truncated_and_undecodable_data(tokenizer, sy
         timeout=600,
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "shard-00001.tar" in r.stderr and "do not exist" in r.stderr
+    assert "shard-00001.tar: unreadable shard" in r.stderr and "No such file" in r.stderr
     assert "shard-00002.tar: unreadable shard" in r.stderr
     assert "bad_image; skipped" in r.stderr
     last = _metrics(run)[-1]
-    assert (
-        last["step"] == 4 and last["data/bad_image"] >= 1 and last["data/corrupt_shard:shard-00002.tar"] >= 1
-    )
+    assert last["step"] == 4 and last["data/bad_image"] >= 1 and last["data/unreadable_shard"] >= 2
 
     sources.write_text(
         json.dumps([{"name": "a", "root": str(tmp_path / "nowhere"), "weight": 1.0, "task": "ocr"}])
@@ -431,11 +429,13 @@ def test_two_ranks_match_one_rank_on_the_same_global_batches(tokenizer, sources,
     assert a[-1] < a[0]  # and it learns
 
 
-def test_two_rank_run_killed_and_resumed_continues_exactly(tokenizer, sources, tmp_path):
+def test_two_rank_run_killed_and_resumed_continues_exactly(tokenizer, sources, synthetic_shards, tmp_path):
     """SIGKILL after the checkpoint at step 3, start again: steps 4..13 take the same samples on every rank and
-    repeat the uninterrupted losses."""
+    repeat the uninterrupted losses. The interrupted run reads its shards over HTTP from a server on
+    localhost, the reference from the local folders: the stream does not depend on where the shards are."""
+    from tests.servers import http_server
 
-    def launch(run, port):
+    def launch(run, port, sources):
         extra = [
             "trainer.checkpoint_every=3",
             "data.slots=4",
@@ -448,19 +448,30 @@ def test_two_rank_run_killed_and_resumed_continues_exactly(tokenizer, sources, t
         )
 
     ref = tmp_path / "ref"
-    proc = launch(ref, 29641)
+    proc = launch(ref, 29641, sources)
     assert proc.wait(timeout=600) == 0, proc.stderr.read()[-3000:]
     run = tmp_path / "run"
-    proc = launch(run, 29642)
-    deadline = time.time() + 600
-    while not (run / "checkpoints" / "step0000003" / "rng_rank1.pt").exists():
-        assert time.time() < deadline and proc.poll() is None
-        time.sleep(0.05)
-    time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    proc = launch(run, 29643)
-    assert proc.wait(timeout=600) == 0, proc.stderr.read()[-3000:]
+    remote = tmp_path / "remote.json"
+    with (
+        http_server(synthetic_shards["a"]) as (url_a, served),
+        http_server(synthetic_shards["b"]) as (url_b, _),
+    ):
+        remote.write_text(
+            json.dumps(
+                [{**e, "root": {"a": url_a, "b": url_b}[e["name"]]} for e in json.loads(sources.read_text())]
+            )
+        )
+        proc = launch(run, 29642, remote)
+        deadline = time.time() + 600
+        while not (run / "checkpoints" / "step0000003" / "rng_rank1.pt").exists():
+            assert time.time() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc = launch(run, 29643, remote)
+        assert proc.wait(timeout=600) == 0, proc.stderr.read()[-3000:]
+        assert served["manifest.json"] >= 2 and any(name.endswith(".tar") for name in served)
     want = {m["step"]: m["loss"] for m in _metrics(ref)}
     got = {m["step"]: m["loss"] for m in _metrics(run)}  # a step logged twice: the resumed run's value wins
     assert sorted(got) == list(range(1, 14))

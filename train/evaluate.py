@@ -22,6 +22,7 @@ from __future__ import annotations
 import glob
 import io
 import json
+import posixpath
 import random
 import sys
 from collections import defaultdict
@@ -31,11 +32,12 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
+from data_pipeline.storage import Manifest, UnreadableShard, is_remote, iter_samples, read_manifest
 from model.kosmos import Kosmos25
 from model.processor import ImageProcessor
 from model.task_format import LayoutError, TaskFormat
 from model.tokenizer import Tokenizer
-from train.loader import IMAGE_EXTS, collate, iter_shard, read_manifest
+from train.loader import IMAGE_EXTS, collate
 from train.scoring import layout_scores, markdown_scores
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
@@ -68,27 +70,39 @@ def _page_from_sample(sample: dict, source: str) -> EvalPage | None:
     return EvalPage(sample["__key__"], source, image.convert("RGB"), lines, md)
 
 
-def shard_pages(shards: list[Path], source: str | None, n: int, drop: set[str] = frozenset()):
+def shard_pages(shards, source: str | None, n: int, manifest: Manifest | None = None) -> list[EvalPage]:
+    """Up to `n` labelled pages from the shards (paths or URLs) in order; `manifest`: leave out the keys its
+    dedup pass dropped. An unreadable shard is named and passed over."""
     pages = []
     for shard in shards:
-        for sample in iter_shard(shard):
-            if sample["__key__"] in drop:
-                continue
-            name = (
-                source
-                or json.loads(sample.get("meta.json", b"{}") or b"{}").get("source")
-                or shard.parent.name
-            )
-            try:
-                page = _page_from_sample(sample, name)
-            except (OSError, ValueError, KeyError) as e:
-                print(f"warning: {shard}: sample {sample['__key__']}: {e}; skipped", file=sys.stderr)
-                continue
-            if page is not None:
-                pages.append(page)
-            if len(pages) >= n:
-                return pages
+        try:
+            for sample in iter_samples(shard):
+                if manifest is not None and manifest.dropped(sample["__key__"]):
+                    continue
+                name = (
+                    source
+                    or json.loads(sample.get("meta.json", b"{}") or b"{}").get("source")
+                    or posixpath.basename(posixpath.dirname(str(shard)))
+                )
+                try:
+                    page = _page_from_sample(sample, name)
+                except (OSError, ValueError, KeyError) as e:
+                    print(f"warning: {shard}: sample {sample['__key__']}: {e}; skipped", file=sys.stderr)
+                    continue
+                if page is not None:
+                    pages.append(page)
+                if len(pages) >= n:
+                    return pages
+        except UnreadableShard as e:
+            print(f"warning: {e.url}: unreadable shard ({e.reason}); skipped", file=sys.stderr)
     return pages
+
+
+def manifest_pages(root: str, source: str | None, n: int) -> list[EvalPage]:
+    """Up to `n` labelled pages of the build at `root` (a folder or a URL)."""
+    manifest = read_manifest(root)
+    shards = (manifest.url(i) for i in range(len(manifest)))
+    return shard_pages(shards, source or manifest.source, n, manifest)
 
 
 def _folder_pages(folder: Path, n: int) -> list[EvalPage]:
@@ -111,8 +125,7 @@ def load_pages(data: str, n: int) -> list[EvalPage]:
     if path.suffix == ".json" and path.is_file():  # the trainer's sources: each entry scored on its own task
         pages = []
         for entry in json.loads(path.read_text()):
-            shards, drop = read_manifest(Path(entry["root"]))
-            for page in shard_pages(shards, entry["name"], n, drop):
+            for page in manifest_pages(entry["root"], entry["name"], n):
                 if entry.get("task") == "ocr":
                     page.markdown = None
                 elif entry.get("task") == "md":
@@ -120,19 +133,22 @@ def load_pages(data: str, n: int) -> list[EvalPage]:
                 if page.tasks():
                     pages.append(page)
         return pages
-    if path.is_dir() and (path / "manifest.json").exists():
-        shards, drop = read_manifest(path)
-        source = json.loads((path / "manifest.json").read_text()).get("source")
-        return shard_pages(shards, source, n, drop)
+    if (is_remote(data) and not data.endswith(".tar")) or (
+        path.is_dir() and (path / "manifest.json").exists()
+    ):
+        return manifest_pages(data, None, n)
     if path.is_dir():
         pages = _folder_pages(path, n)
         if not pages:
             raise FileNotFoundError(f"{path}: no labelled images (page.png with page.layout.json or page.md)")
         return pages
-    shards = sorted(Path(p) for p in glob.glob(data)) if any(c in data for c in "*?[") else [path]
-    missing = [str(s) for s in shards if not s.exists()]
-    if not shards or missing:
-        raise FileNotFoundError(f"{data}: no such shard, folder or file {' '.join(missing[:3])}".rstrip())
+    if is_remote(data):
+        shards = [data]
+    else:
+        shards = sorted(glob.glob(data)) if any(c in data for c in "*?[") else [data]
+        missing = [s for s in shards if not Path(s).exists()]
+        if not shards or missing:
+            raise FileNotFoundError(f"{data}: no such shard, folder or file {' '.join(missing[:3])}".rstrip())
     by_source: dict[str, list[EvalPage]] = defaultdict(list)
     for page in shard_pages(shards, None, 10**9):
         if len(by_source[page.source]) < n:

@@ -1,13 +1,17 @@
 """Training data: shards found through manifests, a per-source weighted mixture, a deterministic shuffle by
 (seed, epoch) split over (rank, worker), and a state that resumes the stream exactly.
 
-Every (rank, worker) pair owns a disjoint slice of each source's shards (shard i belongs to slot
-i mod (world x workers) after a seeded per-epoch shuffle), reads them in order, and draws the source of
-each sample from its own seeded generator. Its state — per source: epoch, position in the shard order,
-samples consumed in the current shard; the mixture generator; counters — travels with every batch, so the
-trainer always holds the state that matches the last batch it took, and a checkpoint stores it.
-Image processing and tokenisation happen in the worker; a sample that cannot be decoded or encoded is
-skipped and counted by reason, over-long targets are truncated and counted.
+Sources, manifests and shards may be local or behind URLs (`data_pipeline/storage.py`); a manifest is read
+once per process and held as arrays, and no shard is looked at before it is read. Every (rank, worker)
+pair owns a disjoint part of each source: with at least as many shards as slots, shard i of a seeded
+per-epoch order belongs to slot i mod slots; with fewer, the order's samples are cut into one range per slot.
+A slot reads its part in order and draws the source of each sample from its own seeded generator. Its
+state — per source: epoch, position in its part, samples consumed in the current shard; the mixture
+generator; counters — travels with every batch, so the trainer always holds the state that matches the
+last batch it took, and a checkpoint stores it. A shard that cannot be read (after retries, when remote) is
+named on stderr, counted as `unreadable_shard`, and passed over. Image processing and tokenisation happen
+in the worker; a sample that cannot be decoded or encoded is skipped and counted by reason, over-long
+targets are truncated and counted.
 """
 
 from __future__ import annotations
@@ -17,15 +21,16 @@ import itertools
 import json
 import random
 import sys
-import tarfile
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from data_pipeline.storage import Manifest, UnreadableShard, iter_samples, read_manifest
 from model.kosmos import IGNORE_INDEX
 from model.processor import ImageProcessor
 from model.task_format import LayoutError, TaskFormat
@@ -36,61 +41,62 @@ IMAGE_EXTS = ("png", "jpg", "webp")
 @dataclass
 class SourceSpec:
     name: str
-    root: Path  # a build's output folder (manifest.json inside)
+    root: str  # a build's output folder or URL (manifest.json inside): see data_pipeline/storage.py
     weight: float
     task: str  # "ocr" or "md": which target a sample of this source is trained on
 
-
-def read_manifest(root: Path) -> tuple[list[Path], set[str]]:
-    """The finished shards of a build and the keys its dedup pass dropped.
-
-    Shards the manifest names but that are gone are reported and left out (the run goes on with the rest);
-    a manifest none of whose shards exist is an error."""
-    manifest_file = root / "manifest.json"
-    if not manifest_file.exists():
-        raise FileNotFoundError(
-            f"{manifest_file}: no manifest (build the shards first, or check data.sources)"
-        )
-    manifest = json.loads(manifest_file.read_text())
-    shards = [root / s["url"] for s in manifest["shardlist"] if s["nsamples"] > 0]
-    missing = [str(s) for s in shards if not s.exists()]
-    if missing and len(missing) == len(shards):
-        raise FileNotFoundError(
-            f"{manifest_file}: none of its {len(shards)} shards exists (first: {missing[0]})"
-        )
-    if missing:
-        print(
-            f"warning: {manifest_file} names {len(missing)} shards that do not exist, left out: "
-            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}",
-            file=sys.stderr,
-            flush=True,
-        )
-        shards = [s for s in shards if s.exists()]
-    drop: set[str] = set()
-    if manifest.get("drop_list"):
-        drop = set(json.loads((root / manifest["drop_list"]).read_text())["keys"])
-    return shards, drop
+    def __post_init__(self):
+        self.root = str(self.root)
 
 
-def iter_shard(path: Path, skip: int = 0) -> Iterator[dict]:
-    """Samples of a webdataset tar in order (members grouped by key), after the first `skip`."""
-    current: dict | None = None
-    index = 0
-    with tarfile.open(path) as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, _, ext = member.name.partition(".")
-            if current is not None and key != current["__key__"]:
-                if index >= skip:
-                    yield current
-                index += 1
-                current = None
-            if current is None:
-                current = {"__key__": key}
-            current[ext] = tar.extractfile(member).read()
-    if current is not None and index >= skip:
-        yield current
+_PERMS: dict[tuple, np.ndarray] = {}
+
+
+def shard_permutation(seed: int, name: str, epoch: int, n: int) -> np.ndarray:
+    """The seeded order of a source's `n` shards in an epoch, computed once per process (every slot of the
+    process deals from it)."""
+    key = (seed, name, epoch, n)
+    if key not in _PERMS:
+        if len(_PERMS) >= 64:  # epochs passed are not visited again
+            _PERMS.pop(next(iter(_PERMS)))
+        rng = np.random.default_rng(np.random.SeedSequence([seed % 2**63, zlib.crc32(name.encode()), epoch]))
+        _PERMS[key] = rng.permutation(n).astype(np.int64)
+    return _PERMS[key]
+
+
+class _Dealt:
+    """Whole shards dealt round-robin: the (shard, 0, its samples) segments of one slot, computed when asked
+    (a slot of a source of millions of shards holds a view of the order, not a list)."""
+
+    def __init__(self, manifest: Manifest, picked: np.ndarray):
+        self.manifest, self.picked = manifest, picked
+
+    def __len__(self) -> int:
+        return len(self.picked)
+
+    def __getitem__(self, i: int) -> tuple[int, int, int]:
+        shard = int(self.picked[i])
+        return shard, 0, int(self.manifest.nsamples[shard])
+
+
+def slot_segments(manifest: Manifest, perm: np.ndarray, slot: int, slots: int):
+    """What one slot reads of a source in an epoch: a sequence of (shard, first sample, end sample). With at
+    least as many shards as slots, whole shards dealt round-robin from the shuffled order; with fewer, the
+    shuffled order's samples cut into `slots` consecutive ranges, so each sample is read once in all."""
+    if len(perm) >= slots:
+        return _Dealt(manifest, perm[slot::slots])
+    counts = manifest.nsamples[perm]
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    total = int(ends[-1])
+    if total >= slots:
+        lo, hi = slot * total // slots, (slot + 1) * total // slots
+    else:  # fewer samples than slots: each slot reads one, some are read by several
+        lo, hi = slot % total, slot % total + 1
+    return [
+        (int(perm[j]), max(lo - int(starts[j]), 0), min(hi, int(ends[j])) - int(starts[j]))
+        for j in np.nonzero((starts < hi) & (ends > lo))[0]
+    ]
 
 
 @dataclass
@@ -133,47 +139,44 @@ class MixtureStream:
     ):
         self.sources = sources
         self.seed, self.slot, self.slots = seed, slot, slots
-        self.shards: dict[str, list[Path]] = {}
-        self.drop: dict[str, set[str]] = {}
-        for s in sources:
-            self.shards[s.name], self.drop[s.name] = read_manifest(s.root)
+        self.manifests = {s.name: read_manifest(s.root) for s in sources}  # once per process
         self.state = state or StreamState({s.name: [0, 0, 0] for s in sources})
         self.rng = random.Random(f"{seed}/mixture/{slot}")
         if self.state.rng is not None:
             self.rng.setstate(self.state.rng)
         self._iters: dict[str, Iterator[dict]] = {}
 
-    def _order(self, name: str, epoch: int) -> list[tuple[Path, int]]:
-        """This slot's (shard, sample stride phase) list for an epoch: a seeded shuffle dealt round-robin."""
-        shards = list(self.shards[name])
-        random.Random(f"{self.seed}/{name}/{epoch}").shuffle(shards)
-        if len(shards) >= self.slots:
-            return [(p, -1) for i, p in enumerate(shards) if i % self.slots == self.slot]
-        return [
-            (p, self.slot) for p in shards
-        ]  # every slot reads all shards, keeping samples i = slot mod slots
+    def _order(self, name: str, epoch: int):
+        manifest = self.manifests[name]
+        perm = shard_permutation(self.seed, name, epoch, len(manifest))
+        return slot_segments(manifest, perm, self.slot, self.slots)
 
     def _source_iter(self, name: str) -> Iterator[dict]:
         pos = self.state.sources[name]
+        manifest = self.manifests[name]
         empty_epochs = 0
         while True:
             order = self._order(name, pos[0])
             while pos[1] < len(order):
-                path, phase = order[pos[1]]
+                shard, first, end = order[pos[1]]
+                pos[2] = max(pos[2], first)
                 try:
-                    for i, sample in enumerate(iter_shard(path, skip=pos[2]), start=pos[2]):
-                        pos[2] = i + 1
-                        if phase >= 0 and i % self.slots != phase:
-                            continue
-                        if sample["__key__"] in self.drop[name]:
+                    for sample in iter_samples(
+                        manifest.url(shard), skip=pos[2], expected=int(manifest.nsamples[shard])
+                    ):
+                        if pos[2] >= end:
+                            break
+                        pos[2] += 1
+                        if manifest.dropped(sample["__key__"]):
                             continue
                         empty_epochs = 0
                         yield sample
-                except (tarfile.TarError, OSError, EOFError) as e:
-                    self.state.counts[f"corrupt_shard:{path.name}"] += 1
+                except UnreadableShard as e:
+                    self.state.counts["unreadable_shard"] += 1
                     print(
-                        f"warning: {path}: unreadable shard ({type(e).__name__}: {e}); going on with the next one",
+                        f"warning: {e.url}: unreadable shard ({e.reason}); going on with the next one",
                         file=sys.stderr,
+                        flush=True,
                     )
                 pos[1], pos[2] = pos[1] + 1, 0
             pos[0], pos[1], pos[2] = pos[0] + 1, 0, 0

@@ -134,15 +134,15 @@ def load_sources(cfg: DictConfig, validation: bool = False):
     )
     tasks = set(cfg.eval.tasks or cfg.stage.tasks) if validation else set(cfg.stage.tasks)
     specs = [
-        SourceSpec(e["name"], Path(e["root"]), float(e.get("weight", 1.0)), e["task"])
+        SourceSpec(e["name"], str(e["root"]), float(e.get("weight", 1.0)), e["task"])
         for e in entries
         if e["task"] in tasks and float(e.get("weight", 1.0)) > 0
     ]
     if not specs and not validation:
         raise ConfigError(f"data: no source trains the stage's tasks {sorted(tasks)}")
-    from train.loader import read_manifest
+    from data_pipeline.storage import read_manifest
 
-    for spec in specs:  # a missing manifest or shard is reported now, not from inside a loader worker
+    for spec in specs:  # a missing or unreadable manifest is reported now, not from inside a loader worker
         read_manifest(spec.root)
     return specs
 
@@ -268,6 +268,12 @@ def run(cfg: DictConfig) -> int:
     if tag is not None:
         _, client = engine.load_checkpoint(str(ckpt_dir), tag)
         step = int(client["step"])
+        # The learning rate of the next step from the schedule of this run: the checkpoint holds the rate
+        # its own run's schedule set last (0 at its end when that run was given fewer steps).
+        for group, base, f in zip(
+            scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
+        ):
+            group["lr"] = base * f(scheduler.last_epoch)
         saved = [json.loads(p.read_text()) for p in sorted((ckpt_dir / tag).glob("loader_rank*.json"))]
         rng_file = ckpt_dir / tag / f"rng_rank{rank}.pt"
         rng_state = (
@@ -382,15 +388,13 @@ class Validation:
     and logged with their predicted boxes."""
 
     def __init__(self, cfg, engine, tok, specs, model_cfg, logger, rank: int, world: int):
-        from train.evaluate import Evaluator, shard_pages
-        from train.loader import read_manifest
+        from train.evaluate import Evaluator, manifest_pages
 
         self.cfg, self.engine, self.model_cfg, self.logger = cfg.eval, engine, model_cfg, logger
         self.rank, self.world = rank, world
         self.evaluator = Evaluator(engine.module, tok, int(cfg.trainer.max_length), int(cfg.eval.batch))
         for spec in specs:
-            shards, drop = read_manifest(spec.root)
-            pages = shard_pages(shards, spec.name, int(cfg.eval.samples_per_source), drop)
+            pages = manifest_pages(spec.root, spec.name, int(cfg.eval.samples_per_source))
             self.evaluator.prepare(pages, (spec.task,))
         if rank == 0:
             print(

@@ -1,0 +1,304 @@
+"""Where shards live, and the one reader of them: local paths, `file:`, `http(s)://`, `s3://`, `gs://` and
+`pipe:CMD` URLs, as webdataset users write them.
+
+- local paths and `file:` URLs are opened directly;
+- `http(s)://` and `pipe:CMD` through `webdataset.gopen` (curl with its own retries for HTTP; any command
+  that writes the file to its standard output for `pipe:`, e.g. `pipe:aws s3 cp s3://bucket/key -`);
+- `s3://` and `gs://` through fsspec (`s3fs`, `gcsfs`): credentials and the endpoint come from the usual
+  places (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT_URL` for an S3-compatible store, `~/.aws`, the instance's role),
+  and the same URLs can be written to, which `pipe:` cannot do with a completion rule.
+
+A root (a build's output folder) is joined with a file's name by `/`; a `pipe:` root has `{}` where the name
+goes: `pipe:aws s3 cp s3://bucket/literate/pdf/{} -`.
+
+Shards are read as tar streams with webdataset's tar iterator and grouped into samples by key. A remote read
+that fails (a dropped connection, a 5xx) is retried with back-off, continuing after the samples already
+read; a shard that still fails raises `UnreadableShard` naming it, for the caller to count and pass over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sys
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+REMOTE = ("http://", "https://", "s3://", "gs://", "pipe:")
+# Further attempts of a remote read after its first failure, and the seconds before the first (doubled for
+# each next one): LITERATE_READ_RETRIES, LITERATE_READ_RETRY_DELAY in the environment (the loader's worker
+# processes inherit it).
+RETRIES = int(os.environ.get("LITERATE_READ_RETRIES", "3"))
+RETRY_DELAY = float(os.environ.get("LITERATE_READ_RETRY_DELAY", "1.0"))
+
+
+class UnreadableShard(OSError):
+    """A shard that could not be read to its end (after retries, for a remote one)."""
+
+    def __init__(self, url: str, reason: str):
+        super().__init__(f"{url}: {reason}")
+        self.url, self.reason = url, reason
+
+
+def is_remote(url: str | os.PathLike) -> bool:
+    return str(url).startswith(REMOTE)
+
+
+def local_path(url: str | os.PathLike) -> str | None:
+    """The file system path of a local path or `file:` URL; None for a remote URL."""
+    url = str(url)
+    if url.startswith("file:"):
+        return urllib.parse.unquote(urllib.parse.urlsplit(url).path)
+    return None if is_remote(url) else url
+
+
+def join(root: str | os.PathLike, name: str) -> str:
+    """The URL of `name` (a relative path) inside `root`."""
+    root = str(root)
+    if root.startswith("pipe:"):
+        if "{}" not in root:
+            raise ValueError(
+                f"{root}: a pipe: root needs {{}} where the file's name goes "
+                "(e.g. pipe:aws s3 cp s3://bucket/literate/pdf/{} -)"
+            )
+        return root.replace("{}", name)
+    path = local_path(root)
+    if path is not None and not root.startswith("file:"):
+        return os.path.join(path, name)
+    return root.rstrip("/") + "/" + name
+
+
+def open_read(url: str | os.PathLike):
+    """A binary file object reading `url`."""
+    url = str(url)
+    path = local_path(url)
+    if path is not None:
+        return open(path, "rb")
+    if url.startswith(("s3://", "gs://")):
+        import fsspec
+
+        try:
+            return fsspec.open(url, "rb").open()
+        except ImportError as e:
+            raise OSError(f"{url}: {e} (pip install s3fs for s3://, gcsfs for gs://)") from e
+    import webdataset
+
+    return webdataset.gopen(url, "rb")
+
+
+def read_bytes(url: str | os.PathLike, retries: int | None = None, delay: float | None = None) -> bytes:
+    """The whole content of `url`, remote reads retried with back-off."""
+    retries = RETRIES if retries is None else retries
+    delay = RETRY_DELAY if delay is None else delay
+    for attempt in range(retries + 1 if is_remote(url) else 1):
+        try:
+            with open_read(url) as f:
+                data = f.read()
+            return data
+        except OSError as e:
+            if attempt == (retries if is_remote(url) else 0) or _missing(e):
+                raise
+            time.sleep(delay * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def _missing(e: Exception) -> bool:
+    return isinstance(e, FileNotFoundError)
+
+
+def exists(url: str | os.PathLike) -> bool:
+    """Whether `url` names a file that can be read (a remote URL is asked for, not fetched whole)."""
+    url = str(url)
+    path = local_path(url)
+    if path is not None:
+        return os.path.isfile(path)
+    if url.startswith(("s3://", "gs://")):
+        import fsspec
+
+        fs, p = fsspec.core.url_to_fs(url)
+        return fs.isfile(p)
+    try:
+        with open_read(url) as f:
+            f.read(1)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _split(name: str) -> tuple[str, str]:
+    """(key, extension) of a member: the key is the name up to the first dot of its last path part."""
+    head, _, base = name.rpartition("/")
+    key, _, ext = base.partition(".")
+    return (f"{head}/{key}" if head else key), ext
+
+
+def _samples(fileobj, skip: int, wanted: Callable[[str], bool] | None) -> Iterator[dict]:
+    """Samples of a tar stream in order, members grouped by key, after the first `skip` (whose members are
+    passed over unread)."""
+    from webdataset.tariterators import tar_file_iterator
+
+    current = None
+    state = {"key": None, "index": -1}
+
+    def select(name: str) -> bool:  # runs for every member before its data is read
+        key, ext = _split(name)
+        if key != state["key"]:
+            state["key"], state["index"] = key, state["index"] + 1
+        return state["index"] >= skip and (wanted is None or wanted(ext))
+
+    for member in tar_file_iterator(fileobj, skip_meta=None, select_files=select):
+        key, ext = _split(member["fname"])
+        if current is not None and key != current["__key__"]:
+            yield current
+            current = None
+        if current is None:
+            current = {"__key__": key}
+        current[ext] = member["data"]
+    if current is not None:
+        yield current
+
+
+def iter_samples(
+    url: str | os.PathLike,
+    skip: int = 0,
+    wanted: Callable[[str], bool] | None = None,
+    expected: int | None = None,
+    retries: int | None = None,
+    delay: float | None = None,
+) -> Iterator[dict]:
+    """The samples of the shard at `url` (dicts of extension -> bytes, plus `__key__`) after the first
+    `skip`; `wanted(ext)` chooses the members read. A remote read that fails is retried after the samples
+    already yielded, `retries` times with back-off; then, or at once for a local file, `UnreadableShard`.
+    `expected` (the manifest's count): a shard that ends before it is truncated (a tar stream cut at a
+    block of zeros reads as a shorter, valid one), and is unreadable too."""
+    url = str(url)
+    retries = RETRIES if retries is None else retries
+    delay = RETRY_DELAY if delay is None else delay
+    attempts = retries + 1 if is_remote(url) else 1
+    done = skip
+    for attempt in range(attempts):
+        try:
+            with open_read(url) as f:
+                for sample in _samples(f, done, wanted):
+                    done += 1
+                    yield sample
+            if expected is not None and done < expected:
+                raise EOFError(f"ended after {done} of its {expected} samples")
+            return
+        except UnreadableShard:
+            raise
+        except Exception as e:  # tarfile.ReadError, OSError, EOFError, a pipe's exit status, an HTTP error
+            if attempt + 1 == attempts or _missing(e):
+                raise UnreadableShard(url, f"{type(e).__name__}: {e}") from e
+            print(
+                f"warning: {url}: read failed after {done} samples ({type(e).__name__}: {e}); "
+                f"retrying in {delay * 2**attempt:g}s",
+                file=sys.stderr,
+                flush=True,
+            )
+            time.sleep(delay * 2**attempt)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Manifests, held compactly: a build of millions of shards costs arrays, not a dict per shard.
+
+_ENTRY = re.compile(rb"\{[^{}]*\}")
+_URL = re.compile(rb'"url"\s*:\s*"((?:[^"\\]|\\.)*)"')
+_NSAMPLES = re.compile(rb'"nsamples"\s*:\s*(\d+)')
+_SOURCE = re.compile(rb'"source"\s*:\s*"((?:[^"\\]|\\.)*)"')
+_DROP = re.compile(rb'"drop_list"\s*:\s*"((?:[^"\\]|\\.)*)"')
+
+
+def key_hash(key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+
+
+@dataclass
+class Manifest:
+    """A build's finished shards: their names (fixed-width bytes) and sample counts, and the 64-bit hashes
+    of the keys its dedup pass dropped (sorted)."""
+
+    root: str
+    names: np.ndarray  # dtype S<n>
+    nsamples: np.ndarray  # int64
+    drop: np.ndarray  # uint64, sorted
+    source: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def url(self, i: int) -> str:
+        return join(self.root, self.names[i].decode())
+
+    def dropped(self, key: str) -> bool:
+        if not len(self.drop):
+            return False
+        h = np.uint64(key_hash(key))
+        i = np.searchsorted(self.drop, h)
+        return bool(i < len(self.drop) and self.drop[i] == h)
+
+    @property
+    def samples(self) -> int:
+        return int(self.nsamples.sum())
+
+
+def parse_manifest(root: str, data: bytes, drop_keys: list[str] = ()) -> Manifest:
+    """A manifest from the bytes of `manifest.json` (wids-shard-index-v1), without a dict per shard."""
+    start = data.find(b'"shardlist"')
+    if start < 0:
+        raise ValueError(f"{join(root, 'manifest.json')}: not a shard index (no shardlist)")
+    end = data.find(b"]", start)
+    names, counts = [], []
+    for entry in _ENTRY.finditer(data, start, end if end > 0 else len(data)):
+        text = entry.group()
+        url, n = _URL.search(text), _NSAMPLES.search(text)
+        if url is None or n is None:
+            raise ValueError(f"{join(root, 'manifest.json')}: a shard entry without url or nsamples")
+        if int(n.group(1)) > 0:
+            names.append(url.group(1))
+            counts.append(int(n.group(1)))
+    head = data[:start] + data[end:] if end > 0 else data[:start]
+    source = _SOURCE.search(head)
+    drop = np.array(sorted({key_hash(k) for k in drop_keys}), dtype=np.uint64)
+    return Manifest(
+        root,
+        np.array(names, dtype=bytes) if names else np.zeros(0, dtype="S1"),
+        np.array(counts, dtype=np.int64),
+        drop,
+        source.group(1).decode() if source else None,
+    )
+
+
+_MANIFESTS: dict[str, Manifest] = {}
+
+
+def read_manifest(root: str | os.PathLike) -> Manifest:
+    """The manifest of the build at `root` (and its drop list), read once per process."""
+    root = str(root)
+    if root in _MANIFESTS:
+        return _MANIFESTS[root]
+    url = join(root, "manifest.json")
+    try:
+        data = read_bytes(url)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{url}: no manifest (build the shards first, or check data.sources)"
+        ) from None
+    except (OSError, ValueError) as e:
+        raise FileNotFoundError(f"{url}: cannot be read ({e})") from None
+    drop_keys: list[str] = []
+    listed = _DROP.search(data)
+    if listed:
+        import orjson
+
+        drop_keys = orjson.loads(read_bytes(join(root, listed.group(1).decode())))["keys"]
+    manifest = parse_manifest(root, data, drop_keys)
+    if not len(manifest):
+        raise FileNotFoundError(f"{url}: names no shard with samples")
+    _MANIFESTS[root] = manifest
+    return manifest

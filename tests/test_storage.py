@@ -1,0 +1,189 @@
+"""Shards behind URLs, read by the one reader (data_pipeline/storage.py): a real HTTP server and a real
+S3-protocol server (moto's) on localhost, and pipe: commands; faults counted and passed over; training,
+evaluation and resume from each."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from data_pipeline import storage
+from data_pipeline.storage import UnreadableShard, iter_samples, read_manifest
+from tests.servers import http_server, s3_server, upload
+from tests.test_pretrain import ENV, _args, _metrics
+
+
+def _digest(root: str) -> list[tuple[str, str]]:
+    """(key, hash of its members) of every sample of a build, in manifest order."""
+    storage._MANIFESTS.pop(root, None)
+    manifest = read_manifest(root)
+    out = []
+    for i in range(len(manifest)):
+        for sample in iter_samples(manifest.url(i), expected=int(manifest.nsamples[i])):
+            h = hashlib.sha256()
+            for ext in sorted(k for k in sample if k != "__key__"):
+                h.update(ext.encode() + sample[ext])
+            out.append((sample["__key__"], h.hexdigest()))
+    return out
+
+
+def test_every_kind_of_url_reads_the_same_samples(synthetic_shards):
+    root = synthetic_shards["a"]
+    want = _digest(str(root))
+    assert len(want) == read_manifest(str(root)).samples == 24
+    assert _digest(root.as_uri()) == want
+    assert _digest(f"pipe:cat {root}/{{}}") == want
+    with http_server(root) as (url, served):
+        assert _digest(url) == want
+        assert served["manifest.json"] == 1 and all(served[f"shard-{i:05d}.tar"] == 1 for i in range(6))
+    with s3_server():
+        upload(root, "s3://literate/builds/a")
+        assert _digest("s3://literate/builds/a") == want
+    with pytest.raises(ValueError, match="needs \\{\\}"):
+        storage.join("pipe:cat /x", "manifest.json")
+
+
+def test_http_faults_are_retried_then_counted_and_passed_over(
+    synthetic_shards, tokenizer, monkeypatch, capsys
+):
+    """A shard that answers 404 and one whose connection drops every time are named and counted as
+    `unreadable_shard`; one whose connection drops once is read again from where it stopped, and loses
+    nothing. The stream goes on with the rest."""
+    from tests.test_loader import _stream, _take
+
+    monkeypatch.setattr(storage, "RETRY_DELAY", 0.01)
+    root = synthetic_shards["a"]
+    faults = {"shard-00001.tar": "404", "shard-00002.tar": "drop", "shard-00003.tar": "drop-once"}
+    with http_server(root, faults) as (url, served):
+        with pytest.raises(UnreadableShard, match="shard-00002.tar"):
+            list(iter_samples(f"{url}/shard-00002.tar"))
+        assert served["shard-00002.tar"] == storage.RETRIES + 1
+        assert len(list(iter_samples(f"{url}/shard-00003.tar"))) == 4 and served["shard-00003.tar"] == 2
+        served.clear()
+        storage._MANIFESTS.pop(url, None)
+        batches = _take(_stream({"a": url, "b": root}, tokenizer, weights=(1.0, 0.0)), 8)  # 16 samples
+    keys = [k for b in batches for k in b["keys"]]
+    (state,) = batches[-1]["loader_state"]["states"].values()
+    assert state["counts"]["unreadable_shard"] == 2
+    err = capsys.readouterr().err
+    assert "shard-00001.tar: unreadable shard" in err and "shard-00002.tar: unreadable shard" in err
+    local = {s[0] for s in _digest(str(root))}
+    lost = {k for k in local if k not in keys}
+    assert len(keys) == len(set(keys)) == 16 and len(lost) == 8  # 4 shards of 4 read; 2 shards lost
+    assert served["shard-00003.tar"] == 2 and served["shard-00002.tar"] == storage.RETRIES + 1
+
+
+@pytest.fixture(scope="module")
+def local_run(tokenizer, synthetic_shards, tmp_path_factory):
+    """4 steps on the local shards: the reference the URL runs are compared with."""
+    tmp = tmp_path_factory.mktemp("local_run")
+    sources = tmp / "sources.json"
+    sources.write_text(json.dumps(_sources(str(synthetic_shards["a"]), str(synthetic_shards["b"]))))
+    run = tmp / "run"
+    r = subprocess.run(
+        [sys.executable, "-m", "train.pretrain", *_args(tokenizer, sources, run, 4)],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    return {m["step"]: m["loss"] for m in _metrics(run)}
+
+
+def _sources(a: str, b: str) -> list[dict]:
+    return [
+        {"name": "a", "root": a, "weight": 1.0, "task": "ocr"},
+        {"name": "b", "root": b, "weight": 1.0, "task": "ocr"},
+    ]
+
+
+def test_train_evaluate_and_resume_from_s3_and_a_pipe(tokenizer, synthetic_shards, local_run, tmp_path):
+    """Source a in an S3 bucket, source b through `pipe:cat`, held-out data in the bucket: 2 steps, then
+    resumed to 4, repeat the local run's losses; the evaluation CLI reads the bucket too."""
+    sources = tmp_path / "sources.json"
+    val = tmp_path / "val.json"
+    pipe_b = f"pipe:cat {synthetic_shards['b']}/{{}}"
+    sources.write_text(json.dumps(_sources("s3://literate/a", pipe_b)))
+    val.write_text(json.dumps([{"name": "heldout", "root": "s3://literate/b", "task": "ocr"}]))
+    run = tmp_path / "run"
+    with s3_server() as env:
+        upload(synthetic_shards["a"], "s3://literate/a")
+        upload(synthetic_shards["b"], "s3://literate/b")
+        for steps in (2, 4):
+            extra = [
+                f"data.val_sources_file={val}",
+                "eval.every=2",
+                "eval.predictions=1",
+                "eval.max_new_tokens=4",
+            ]
+            r = subprocess.run(
+                [sys.executable, "-m", "train.pretrain", *_args(tokenizer, sources, run, steps), *extra],
+                env={**ENV, **env},
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            assert r.returncode == 0, r.stderr[-3000:]
+        assert "at step 2" in r.stdout
+        got = {m["step"]: m["loss"] for m in _metrics(run)}
+        assert max(abs(got[s] - local_run[s]) for s in range(1, 5)) < 1e-6, (got, local_run)
+        evals = [json.loads(x) for x in (run / "eval.jsonl").read_text().splitlines()]
+        assert sum("val/loss/heldout/ocr" in e for e in evals) >= 3  # steps 0, 2, 4: read from the bucket
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "train.evaluate",
+                f"checkpoint={run}",
+                "data=s3://literate/b",
+                f"out={tmp_path / 'eval'}",
+                "n=2",
+                "max_new_tokens=4",
+            ],
+            env={**ENV, **env},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics, metrics
+
+
+def test_slots_read_a_small_source_once_in_all(synthetic_shards):
+    """6 shards of 4 samples dealt to 16 slots: sample ranges, every sample read by exactly one slot."""
+    from train.loader import shard_permutation, slot_segments
+
+    manifest = read_manifest(str(synthetic_shards["a"]))
+    perm = shard_permutation(7, "a", 0, len(manifest))
+    seen = [
+        (shard, i)
+        for slot in range(16)
+        for shard, first, end in slot_segments(manifest, perm, slot, 16)
+        for i in range(first, end)
+    ]
+    assert sorted(seen) == sorted(itertools.product(range(6), range(4)))
+    assert sorted(shard for shard, _, _ in slot_segments(manifest, perm, 0, 3)) == sorted(perm[0::3].tolist())
+
+
+def test_a_manifest_of_millions_of_shards_is_held_in_arrays():
+    names = b",".join(b'{"url": "shard-%07d.tar", "nsamples": 140}' % i for i in range(1_000_000))
+    data = b'{"__kind__": "wids-shard-index-v1", "source": "pdf", "shardlist": [' + names + b"]}"
+    m = storage.parse_manifest("s3://bucket/pdf", data, ["pdf/x/00000"])
+    assert len(m) == 1_000_000 and m.samples == 140_000_000 and m.source == "pdf"
+    assert m.url(123456) == "s3://bucket/pdf/shard-0123456.tar"
+    assert m.names.nbytes + m.nsamples.nbytes < 30 * 2**20
+    assert m.dropped("pdf/x/00000") and not m.dropped("pdf/x/00001")
+
+
+def test_reader_names_a_missing_local_shard(tmp_path):
+    with pytest.raises(UnreadableShard, match="nothing.tar"):
+        list(iter_samples(tmp_path / "nothing.tar"))
+    assert not Path(tmp_path / "nothing.tar").exists()

@@ -49,7 +49,9 @@ def child(root: str, tokenizer: str, slots: int, micro: int) -> None:
     processor = ImageProcessor(256)
     rss0, _ = _memory_kb()
     t = time.perf_counter()
-    ds = BatchStream([SourceSpec("pdf", root, 1.0, "ocr")], fmt, processor, micro, 0, 0, 1, 0, None, slots)
+    # one step takes a sample from every slot: the first micro batch comes once all the slots have started
+    spec = SourceSpec("pdf", root, 1.0, "ocr")
+    ds = BatchStream([spec], fmt, processor, micro, 0, 0, 1, 0, None, slots, max(slots, micro))
     batch = next(itertools.islice(iter(make_loader(ds)), 1))
     seconds = time.perf_counter() - t
     rss1, hwm = _memory_kb()

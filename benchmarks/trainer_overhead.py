@@ -56,6 +56,7 @@ def main() -> None:
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29677")
     import deepspeed
 
+    from train.loader import batch_plan
     from train.pretrain import deepspeed_config, lr_lambda, param_groups, train_step
 
     deepspeed.init_distributed(dist_backend="gloo")
@@ -79,7 +80,7 @@ def main() -> None:
 
     opt, sched = optimizer_for(model)
     engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=opt, lr_scheduler=sched, config=deepspeed_config(run_cfg, args.accum, False)
+        model=model, optimizer=opt, lr_scheduler=sched, config=deepspeed_config(run_cfg, batch_plan(args.micro * args.accum, args.micro, 1), False)
     )
     bare_opt, bare_sched = optimizer_for(bare)
 

@@ -73,6 +73,20 @@ def join(root: str | os.PathLike, name: str) -> str:
     return root.rstrip("/") + "/" + name
 
 
+def filesystem(url: str):
+    """(fsspec file system, path) of an `s3://` or `gs://` URL. The endpoint in the environment is part of the
+    file system's identity (fsspec keeps one instance per set of options, made the first time)."""
+    import fsspec
+
+    options = {}
+    if url.startswith("s3://") and os.environ.get("AWS_ENDPOINT_URL"):
+        options["client_kwargs"] = {"endpoint_url": os.environ["AWS_ENDPOINT_URL"]}
+    try:
+        return fsspec.core.url_to_fs(url, **options)
+    except ImportError as e:
+        raise OSError(f"{url}: {e} (pip install s3fs for s3://, gcsfs for gs://)") from e
+
+
 def open_read(url: str | os.PathLike):
     """A binary file object reading `url`."""
     url = str(url)
@@ -80,12 +94,8 @@ def open_read(url: str | os.PathLike):
     if path is not None:
         return open(path, "rb")
     if url.startswith(("s3://", "gs://")):
-        import fsspec
-
-        try:
-            return fsspec.open(url, "rb").open()
-        except ImportError as e:
-            raise OSError(f"{url}: {e} (pip install s3fs for s3://, gcsfs for gs://)") from e
+        fs, path = filesystem(url)
+        return fs.open(path, "rb")
     import webdataset
 
     return webdataset.gopen(url, "rb")
@@ -118,9 +128,7 @@ def exists(url: str | os.PathLike) -> bool:
     if path is not None:
         return os.path.isfile(path)
     if url.startswith(("s3://", "gs://")):
-        import fsspec
-
-        fs, p = fsspec.core.url_to_fs(url)
+        fs, p = filesystem(url)
         return fs.isfile(p)
     try:
         with open_read(url) as f:

@@ -106,7 +106,7 @@ def _shard_texts(path) -> Iterator[str]:
     for sample in iter_samples(path, wanted=lambda ext: ext in ("layout.json", "md")):
         if "layout.json" in sample:
             yield from (line["text"] for line in json.loads(sample["layout.json"]).get("lines", []))
-        elif "md" in sample:
+        if "md" in sample:
             yield from sample["md"].decode("utf-8", errors="replace").splitlines()
 
 

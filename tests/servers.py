@@ -91,9 +91,9 @@ def s3_server(bucket: str = "literate"):
 
 def upload(folder: Path, url: str) -> None:
     """Copy every file under `folder` to the S3 prefix `url` (s3://bucket/prefix)."""
-    import fsspec
+    from data_pipeline.storage import filesystem
 
-    fs, prefix = fsspec.core.url_to_fs(url)
+    fs, prefix = filesystem(url)
     for path in sorted(folder.rglob("*")):
         if path.is_file():
             fs.pipe_file(f"{prefix}/{path.relative_to(folder).as_posix()}", path.read_bytes())

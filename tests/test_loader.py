@@ -21,7 +21,17 @@ def shards(synthetic_shards) -> dict[str, Path]:
 
 
 def _stream(
-    shards, tokenizer, rank=0, world=1, workers=0, resume=None, weights=(0.75, 0.25), micro=2, slots=None
+    shards,
+    tokenizer,
+    rank=0,
+    world=1,
+    workers=0,
+    resume=None,
+    weights=(0.75, 0.25),
+    micro=2,
+    slots=None,
+    global_batch=None,
+    window=1,
 ):
     fmt = TaskFormat(tokenizer, num_image_tokens=8, max_length=256)
     sources = [
@@ -39,6 +49,8 @@ def _stream(
         workers=workers,
         resume=resume,
         slots=slots,
+        global_batch=global_batch,
+        window=window,
     )
 
 
@@ -57,21 +69,69 @@ def test_batches_are_deterministic_and_well_formed(shards, tokenizer):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_continues_the_exact_stream(shards, tokenizer, workers):
-    full = _take(_stream(shards, tokenizer, workers=workers), 9)
-    state = LoaderState(world=1, workers=workers, slots=max(workers, 1))
-    for b in full[:5]:
+    """Checkpointed after 3 steps, in the middle of the slots' look-ahead windows of 4: the resumed stream is
+    the same, with this or another number of workers."""
+    kw = {"global_batch": 4, "window": 4}
+    full = _take(_stream(shards, tokenizer, workers=workers, **kw), 10)  # 5 steps of 2 micro batches
+    state = LoaderState(world=1, workers=workers, slots=4)
+    for b in full[:6]:
         state.update(b)
     saved = json.loads(json.dumps(state.to_dict()))  # as a checkpoint stores it
-    resume = LoaderState.resume(saved, 1, workers, max(workers, 1))
-    resumed = _take(_stream(shards, tokenizer, workers=workers, resume=resume), 4)
-    assert [b["keys"] for b in resumed] == [b["keys"] for b in full[5:9]]
+    resume = LoaderState.resume(saved, 1, workers, 4)
+    resumed = _take(_stream(shards, tokenizer, workers=workers, resume=resume, **kw), 4)
+    assert [b["keys"] for b in resumed] == [b["keys"] for b in full[6:10]]
+    other = _take(_stream(shards, tokenizer, workers=2 - workers, resume=resume, **kw), 4)
+    assert [b["keys"] for b in other] == [b["keys"] for b in full[6:10]]
+
+
+def test_slot_windows_give_steps_of_similar_lengths(tokenizer, tmp_path):
+    """Pages of 1 to 40 words a line; 16 slots, one sample each a step, windows of 8: a step's target lengths
+    spread less than 0.65 as much as without windows (label bytes only estimate lengths), the same samples are read over the 8 steps of a window,
+    and the steps are not ordered by length."""
+    import random
+
+    from data_pipeline.synthetic import WORDS
+    from tests.test_build_pdf import build
+
+    rng = random.Random(5)
+    for d in range(8):
+        lines = [" ".join(rng.choice(WORDS) for _ in range(rng.choice((1, 2, 40)))) for _ in range(32)]
+        (tmp_path / "txt").mkdir(exist_ok=True)
+        (tmp_path / "txt" / f"{d}.txt").write_text("\n".join(lines))
+    build(
+        "source=synthetic",
+        f"input={tmp_path / 'txt'}",
+        f"output={tmp_path / 'varied'}",
+        "workers=1",
+        "docs_per_shard=1",
+        "filters.languages=all",
+        "source.snippets_per_page=4",
+        "dedup=false",
+    )
+    varied = {"a": tmp_path / "varied", "b": tmp_path / "varied"}
+
+    def steps(window):
+        batches = _take(_stream(varied, tokenizer, micro=16, global_batch=16, slots=16, window=window), 8)
+        lengths = [[int((b["labels"][i] != -100).sum()) for i in range(len(b["keys"]))] for b in batches]
+        return lengths, sorted(k for b in batches for k in b["keys"])
+
+    plain, plain_keys = steps(1)
+    windowed, windowed_keys = steps(8)
+    spread = [max(s) - min(s) for s in windowed]
+    assert sum(spread) < 0.65 * sum(max(s) - min(s) for s in plain), (spread, plain)  # 142 vs 239
+    assert windowed_keys == plain_keys
+    means = [sum(s) / len(s) for s in windowed]
+    assert means != sorted(means) and means != sorted(means, reverse=True)
 
 
 def test_global_batches_do_not_depend_on_the_number_of_ranks(shards, tokenizer):
     """With a fixed slot count, 1 rank and 2 ranks see the same set of samples in each global batch, and a
     2-rank checkpoint resumes on 1 rank."""
-    one = _take(_stream(shards, tokenizer, slots=4, micro=2), 6)  # global batch of 4 = 2 micro-batches
-    two = [_take(_stream(shards, tokenizer, rank=r, world=2, slots=4, micro=2), 3) for r in range(2)]
+    one = _take(_stream(shards, tokenizer, slots=4, micro=2, global_batch=4), 6)  # 2 micro-batches a step
+    two = [
+        _take(_stream(shards, tokenizer, rank=r, world=2, slots=4, micro=2, global_batch=4), 3)
+        for r in range(2)
+    ]
     for step in range(3):
         want = set(one[2 * step]["keys"] + one[2 * step + 1]["keys"])
         assert set(two[0][step]["keys"] + two[1][step]["keys"]) == want
@@ -82,7 +142,10 @@ def test_global_batches_do_not_depend_on_the_number_of_ranks(shards, tokenizer):
             st.update(b)
         saved.append(json.loads(json.dumps(st.to_dict())))
     resumed = _take(
-        _stream(shards, tokenizer, slots=4, micro=2, resume=LoaderState.resume(saved, 1, 0, 4)), 2
+        _stream(
+            shards, tokenizer, slots=4, micro=2, global_batch=4, resume=LoaderState.resume(saved, 1, 0, 4)
+        ),
+        2,
     )
     assert {k for b in resumed for k in b["keys"]} == set(one[4]["keys"] + one[5]["keys"])
 
@@ -105,8 +168,10 @@ def test_changed_slot_count_is_refused(shards, tokenizer):
     state = LoaderState(world=2, workers=1, slots=2).to_dict()
     with pytest.raises(ValueError, match="2 data slots"):
         LoaderState.resume(state, world=4, workers=1, slots=4)
-    with pytest.raises(ValueError, match="multiple of ranks x workers"):
+    with pytest.raises(ValueError, match="must divide"):
         _stream(shards, tokenizer, world=2, slots=3)
+    with pytest.raises(ValueError, match="3 ranks but 2 data slots"):
+        _stream(shards, tokenizer, world=3, slots=2, global_batch=6)
 
 
 def test_missing_shard_and_bad_images_are_reported(shards, tokenizer, tmp_path, capsys):
@@ -117,7 +182,7 @@ def test_missing_shard_and_bad_images_are_reported(shards, tokenizer, tmp_path, 
     root = tmp_path / "copy"
     shutil.copytree(shards["a"], root)
     (root / "shard-00003.tar").unlink()  # found missing when read: named, counted, passed over
-    ds = _stream({"a": root, "b": shards["b"]}, tokenizer, weights=(1.0, 0.0))
+    ds = _stream({"a": root, "b": shards["b"]}, tokenizer, weights=(1.0, 0.0), slots=1)
     (state,) = _take(ds, 12)[-1]["loader_state"]["states"].values()  # the 20 samples left, and 4 again
     assert state["counts"].get("unreadable_shard") == 1
     assert "shard-00003.tar" in capsys.readouterr().err
@@ -134,7 +199,7 @@ def test_missing_shard_and_bad_images_are_reported(shards, tokenizer, tmp_path, 
             data = b"not a png" if m.name.endswith(".png") else data
             m.size = len(data)
             tar.addfile(m, io.BytesIO(data))
-    ds = _stream({"a": root, "b": shards["b"]}, tokenizer, weights=(1.0, 0.0))
+    ds = _stream({"a": root, "b": shards["b"]}, tokenizer, weights=(1.0, 0.0), slots=1)
     batches = _take(ds, 14)  # more than the 24 samples of one epoch
     (state,) = batches[-1]["loader_state"]["states"].values()
     counts = state["counts"]
@@ -158,7 +223,9 @@ def test_mixed_stage_batches_hold_both_tasks_in_ratio(shards, tokenizer, tmp_pat
     )
     fmt = TaskFormat(tokenizer, num_image_tokens=8, max_length=512)
     sources = [SourceSpec("a", shards["a"], 0.6, "ocr"), SourceSpec("readme", tmp_path / "md", 0.4, "md")]
-    ds = BatchStream(sources, fmt, ImageProcessor(max_patches=16), 50, seed=3, rank=0, world=1, workers=0)
+    ds = BatchStream(
+        sources, fmt, ImageProcessor(max_patches=16), 50, seed=3, rank=0, world=1, workers=0, slots=1
+    )
     tasks = [t for b in _take(ds, 40) for t in b["tasks"]]
     assert len(tasks) == 2000
     assert abs(tasks.count("md") / 2000 - 0.4) < 0.05 and abs(tasks.count("ocr") / 2000 - 0.6) < 0.05

@@ -19,9 +19,28 @@ ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
 
 
 def test_batch_math():
-    assert batch_math(1024, 4, 2) == 128
-    with pytest.raises(ConfigError, match="not a multiple"):
-        batch_math(1024, 3, 2)
+    assert batch_math(1024, 4, 2).accumulation == 128
+    with pytest.raises(ConfigError, match="must divide"):
+        batch_math(1024, 4, 2, slots=3072)
+
+
+def test_the_paper_batch_has_a_plan_on_every_world_size_up_to_1024():
+    """Global batch 1024, micro batch at most 8, one slot per sample: every world size from 1 to 1024 ranks
+    has a plan; every sample of the global batch is on exactly one rank, ranks differ by at most one sample,
+    each rank's micro batches hold them all and none is over 8."""
+    for world in range(1, 1025):
+        plan = batch_math(1024, 8, world)
+        counts = [plan.rank_samples(r) for r in range(world)]
+        assert sum(counts) == 1024 and max(counts) - min(counts) <= 1, world
+        assert plan.micro <= 8 and plan.micro * plan.accumulation >= max(counts), world
+        assert plan.accumulation <= min(counts) or plan.micro == 1, world
+    assert batch_math(1024, 8, 128).describe() == "micro 8 x accumulation 1 x 128 ranks"
+    assert (
+        batch_math(1024, 8, 24).describe()
+        == "24 ranks x 42-43 samples (accumulation 6 of micro batches of up to 8)"
+    )
+    with pytest.raises(ConfigError, match="1025 ranks but 1024 data slots"):
+        batch_math(1024, 8, 1025)
 
 
 def test_paper_batch_on_two_ranks_prints_its_accumulation(tokenizer, sources):
@@ -33,6 +52,21 @@ def test_paper_batch_on_two_ranks_prints_its_accumulation(tokenizer, sources):
     r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, (r.stdout + r.stderr)[-2000:]
     assert "batch: 1024 = micro 4 x accumulation 128 x 2 ranks" in r.stdout
+
+
+def test_six_loader_workers_and_the_paper_batch_start_on_24_ranks(tokenizer, sources):
+    """1024 samples over 24 ranks (3 nodes of 8) with 6 loader workers each: a plan, printed (dry run)."""
+    args = [a for a in _args(tokenizer, sources, "unused", 2) if "batch_size" not in a and "workers" not in a]
+    r = subprocess.run(
+        [sys.executable, "-m", "train.pretrain", *args, "trainer.micro_batch_size=8", "data.workers=6",
+         "trainer.dry_run=true"],
+        env={**ENV, "WORLD_SIZE": "24", "RANK": "0"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "batch: 1024 = 24 ranks x 42-43 samples (accumulation 6 of micro batches of up to 8)" in r.stdout
 
 
 def test_schedule_warms_up_then_decays_to_zero():
@@ -262,7 +296,7 @@ def test_two_ranks_under_the_deepspeed_launcher(tokenizer, sources, val_sources,
 @pytest.mark.parametrize(
     ("override", "code", "message"),
     [
-        ("trainer.micro_batch_size=3", 2, "not a multiple"),
+        ("data.slots=3", 2, "must divide"),
         ("tokenizer=/nonexistent", 2, "no sentencepiece model"),
         ("trainer.max_length=100000", 2, "exceeds the model"),
         ("trainer.max_steps=many", 2, "trainer.max_steps='many': expected an integer"),

@@ -67,7 +67,9 @@ def test_http_faults_are_retried_then_counted_and_passed_over(
         assert len(list(iter_samples(f"{url}/shard-00003.tar"))) == 4 and served["shard-00003.tar"] == 2
         served.clear()
         storage._MANIFESTS.pop(url, None)
-        batches = _take(_stream({"a": url, "b": root}, tokenizer, weights=(1.0, 0.0)), 8)  # 16 samples
+        batches = _take(
+            _stream({"a": url, "b": root}, tokenizer, weights=(1.0, 0.0), slots=1), 8
+        )  # 16 samples
     keys = [k for b in batches for k in b["keys"]]
     (state,) = batches[-1]["loader_state"]["states"].values()
     assert state["counts"]["unreadable_shard"] == 2

@@ -17,7 +17,6 @@ targets are truncated and counted.
 from __future__ import annotations
 
 import io
-import itertools
 import json
 import random
 import sys
@@ -199,8 +198,8 @@ class MixtureStream:
 class Encoder:
     """A raw shard sample → model inputs (image processing + task serialisation), or a skip reason."""
 
-    def __init__(self, fmt: TaskFormat, processor: ImageProcessor):
-        self.fmt, self.processor = fmt, processor
+    def __init__(self, fmt: TaskFormat, processor: ImageProcessor, patch_dtype: torch.dtype = torch.float32):
+        self.fmt, self.processor, self.patch_dtype = fmt, processor, patch_dtype
 
     def __call__(self, spec: SourceSpec, sample: dict) -> dict | str:
         ext = next((e for e in IMAGE_EXTS if e in sample), None)
@@ -234,7 +233,7 @@ class Encoder:
             "source": spec.name,
             "task": enc.task,
             "truncated": enc.truncated,
-            "flattened_patches": page.flattened_patches,
+            "flattened_patches": page.flattened_patches.to(self.patch_dtype),  # cast here, in the worker
             **enc.tensors(),
         }
 
@@ -259,13 +258,112 @@ def collate(items: list[dict], pad_id: int) -> dict:
     }
 
 
-class BatchStream(torch.utils.data.IterableDataset):
-    """Micro-batches of one rank, made in DataLoader workers; each batch carries the state of its slots.
+def label_size(spec: SourceSpec, sample: dict) -> int:
+    """A sample's target size, known without decoding it: the bytes of the label its source trains on."""
+    return len(sample.get("layout.json" if spec.task == "ocr" else "md", b""))
 
-    The data is cut into `slots` independent streams. Worker role w of rank r owns the slots s with
-    s mod (world x workers) = r x workers + w and takes one sample from each in turn, so every slot gives the
-    same number of samples per step: the set of samples in a global batch does not depend on how many ranks
-    or workers share the slots (given `slots` divisible by ranks x workers)."""
+
+class SlotWindow:
+    """One slot's samples, `per_slot` a step, through a look-ahead window: `window` samples read ahead, ordered
+    by their label's size, and given out `per_slot` at a time from places of that order visited in a seeded
+    random order that is the same for every slot. At each step every slot gives samples from the same place
+    of its own window, so a step's samples have similar lengths (little padding in its micro batches) while
+    the steps come in no particular order of length. The state is the slot's stream as of the window's start
+    and how many places were given: a resumed slot reads its window again and goes on."""
+
+    def __init__(
+        self, stream: MixtureStream, seed: int, window: int, per_slot: int, saved: dict | None = None
+    ):
+        self.stream, self.samples = stream, iter(stream)
+        self.seed, self.per_slot = seed, per_slot
+        self.window = max(window, per_slot) // per_slot * per_slot
+        self.index, self.given = (saved or {}).get("window", (0, 0))
+        self.start = stream.state.to_dict()
+        self.held: list | None = None
+
+    def state(self) -> dict:
+        return dict(self.start, counts=dict(self.stream.state.counts), window=[self.index, self.given])
+
+    def take(self) -> list[tuple[SourceSpec, dict]]:
+        if self.held is None:
+            self.held = [next(self.samples) for _ in range(self.window)]
+            sizes = [label_size(spec, sample) for spec, sample in self.held]
+            self.order = sorted(range(self.window), key=lambda i: (sizes[i], i))
+            self.places = list(range(self.window // self.per_slot))
+            random.Random(f"{self.seed}/window/{self.index}").shuffle(self.places)
+        place = self.places[self.given]
+        out = [self.held[i] for i in self.order[place * self.per_slot : (place + 1) * self.per_slot]]
+        self.given += 1
+        if self.given == len(self.places):  # the next window starts where this one's reading ended
+            self.index, self.given, self.held = self.index + 1, 0, None
+            self.start = self.stream.state.to_dict()
+        return out
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How a global batch is cut. The data is `slots` independent streams; each step takes `per_slot` samples
+    from every slot, so a global batch holds the same samples whatever the number of ranks and workers. Slot s
+    belongs to rank s mod world (ranks differ by at most one slot when the world does not divide the slots:
+    the loss is normalised by the global batch's target tokens, so uneven ranks give the same update). Every
+    rank runs `accumulation` micro batches of at most `micro` samples."""
+
+    global_batch: int
+    world: int
+    slots: int
+    per_slot: int
+    accumulation: int
+    micro: int
+
+    def rank_slots(self, rank: int) -> range:
+        return range(rank, self.slots, self.world)
+
+    def rank_samples(self, rank: int) -> int:
+        return len(self.rank_slots(rank)) * self.per_slot
+
+    def describe(self) -> str:
+        lo, hi = self.rank_samples(self.world - 1), self.rank_samples(0)
+        if lo == hi == self.micro * self.accumulation:
+            return f"micro {self.micro} x accumulation {self.accumulation} x {self.world} ranks"
+        share = f"{lo}-{hi}" if lo != hi else str(hi)
+        return (
+            f"{self.world} ranks x {share} samples (accumulation {self.accumulation} of micro batches of up to "
+            f"{self.micro})"
+        )
+
+
+def batch_plan(global_batch: int, micro: int, world: int, slots: int | None = None) -> BatchPlan:
+    """The plan of a global batch of `global_batch` samples on `world` ranks with micro batches of at most
+    `micro` samples; `slots` defaults to one per sample of the global batch. Raises ValueError when no plan
+    exists (a slot count that does not divide the global batch, more ranks than slots)."""
+    if global_batch < 1 or micro < 1 or world < 1:
+        raise ValueError(
+            f"batch {global_batch}, micro batch {micro} and {world} ranks must all be at least 1"
+        )
+    slots = int(slots or global_batch)
+    if global_batch % slots:
+        raise ValueError(
+            f"data.slots={slots} must divide trainer.train_batch_size={global_batch}: every step takes the same "
+            "number of samples from each slot (leave data.slots unset for one slot per sample)"
+        )
+    if world > slots:
+        raise ValueError(
+            f"{world} ranks but {slots} data slots: each rank needs at least one (raise data.slots)"
+        )
+    per_slot = global_batch // slots
+    most = -(-slots // world) * per_slot
+    accumulation = -(-most // micro)
+    return BatchPlan(global_batch, world, slots, per_slot, accumulation, -(-most // accumulation))
+
+
+class BatchStream(torch.utils.data.IterableDataset):
+    """The samples of one rank, step by step, made in DataLoader workers.
+
+    The rank's slots (see `BatchPlan`) are shared among its loader workers (the j-th to worker j mod workers).
+    Each worker yields one part per step: `per_slot` encoded samples of each of its slots, and the slots'
+    states after them. `make_loader` takes one part from each worker in turn, orders the step's samples by
+    length (ties by slot) and cuts them into the plan's micro batches, so the workers' count changes nothing
+    and a checkpoint, taken between steps, resumes on any world size or worker count with the same slots."""
 
     def __init__(
         self,
@@ -279,72 +377,89 @@ class BatchStream(torch.utils.data.IterableDataset):
         workers: int,
         resume: dict | None = None,
         slots: int | None = None,
+        global_batch: int | None = None,
+        patch_dtype: torch.dtype = torch.float32,
+        window: int = 1,
     ):
-        self.sources, self.fmt, self.processor = sources, fmt, processor
-        self.micro_batch, self.seed, self.rank, self.world, self.workers = (
-            micro_batch,
-            seed,
-            rank,
-            world,
-            workers,
-        )
+        self.sources, self.fmt, self.processor, self.patch_dtype = sources, fmt, processor, patch_dtype
+        self.seed, self.rank, self.world, self.workers = seed, rank, world, workers
+        self.plan = batch_plan(global_batch or micro_batch * world, micro_batch, world, slots)
+        self.slots = self.plan.slots
         self.roles = max(workers, 1)
-        self.slots = slots or world * self.roles
-        if self.slots % (world * self.roles):
+        self.states = {int(k): v for k, v in (resume or {}).get("states", {}).items()}
+        self.window = int(window or 1)
+        if self.window > 1 and self.window % self.plan.per_slot:
             raise ValueError(
-                f"data.slots={self.slots} must be a multiple of ranks x workers = {world * self.roles}"
+                f"data.length_window={self.window} must be a multiple of the samples a slot gives a step "
+                f"({self.plan.per_slot})"
             )
-        resume = resume or {}
-        self.states = {int(k): v for k, v in resume.get("states", {}).items()}
-        # DataLoader always starts with its worker 0: worker w plays the role that comes after the one that
-        # made the last batch taken before the checkpoint, so the batch order continues unchanged.
-        self.rotate = resume.get("next_role", 0)
 
-    def my_slots(self, role: int) -> list[int]:
-        group = self.world * self.roles
-        return [s for s in range(self.slots) if s % group == self.rank * self.roles + role]
+    def role_slots(self, role: int) -> list[int]:
+        return list(self.plan.rank_slots(self.rank))[role :: self.roles]
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
-        role = ((info.id if info is not None else 0) + self.rotate) % self.roles
-        streams = {}
-        for slot in self.my_slots(role):
+        role = info.id if info is not None else 0
+        windows = {}
+        for slot in self.role_slots(role):
             saved = self.states.get(slot)
             stream = MixtureStream(
                 self.sources, self.seed, slot, self.slots, StreamState.from_dict(saved) if saved else None
             )
-            streams[slot] = (stream, iter(stream))
-        encode = Encoder(self.fmt, self.processor)
-        items = []
-        for turn in itertools.count():
-            slot = list(streams)[turn % len(streams)]
-            stream, samples = streams[slot]
-            while True:  # a slot always gives one good sample per turn: bad ones are counted and passed over
-                spec, sample = next(samples)
-                out = encode(spec, sample)
-                if not isinstance(out, str):
-                    break
-                stream.state.counts[out] += 1
-                if sum(stream.state.counts.values()) <= 20:  # name the first few; all are counted
-                    print(
-                        f"warning: {spec.name}: sample {sample['__key__']}: {out}; skipped", file=sys.stderr
-                    )
-            if out["truncated"]:
-                stream.state.counts["truncated"] += 1
-            items.append(out)
-            if len(items) == self.micro_batch:
-                batch = collate(items, self.fmt.tok.pad_id)
-                batch["loader_state"] = {
-                    "role": role,
-                    "states": {k: st.state.to_dict() for k, (st, _) in streams.items()},
-                }
-                yield batch
-                items = []
+            windows[slot] = SlotWindow(stream, self.seed, self.window, self.plan.per_slot, saved)
+        encode = Encoder(self.fmt, self.processor, self.patch_dtype)
+        while True:
+            items = []
+            for slot, win in windows.items():
+                counts = win.stream.state.counts
+                for n, (spec, sample) in enumerate(win.take()):
+                    out = encode(spec, sample)
+                    if isinstance(out, str):  # counted and left out: the step has one sample fewer
+                        counts[out] += 1
+                        if sum(counts.values()) <= 20:  # name the first few; all are counted
+                            print(
+                                f"warning: {spec.name}: sample {sample['__key__']}: {out}; skipped",
+                                file=sys.stderr,
+                            )
+                        continue
+                    if out["truncated"]:
+                        counts["truncated"] += 1
+                    out["order"] = (slot, n)
+                    items.append(out)
+            yield {"items": items, "states": {k: win.state() for k, win in windows.items()}}
 
 
-def make_loader(dataset: BatchStream) -> torch.utils.data.DataLoader:
-    """Workers take turns in order, so the batch sequence is the same on every run."""
-    return torch.utils.data.DataLoader(
+def micro_batches(
+    items: list[dict], accumulation: int, pad_id: int, template: dict | None = None
+) -> list[dict]:
+    """A rank's samples of a step, ordered by target length (ties by slot), cut into `accumulation`
+    consecutive micro batches of near-equal size: neighbours in length share a batch, so little is padded.
+    A rank with fewer samples than micro batches (uneven ranks, micro batch 1) runs its missing ones on a
+    copy of a sample with no target token: nothing is learned from it, the ranks stay in step."""
+    items = sorted(items, key=lambda it: (len(it["input_ids"]), it["order"]))
+    out = []
+    for i in range(accumulation):
+        chunk = items[i * len(items) // accumulation : (i + 1) * len(items) // accumulation]
+        if not chunk:
+            like = items[0] if items else template
+            if like is None:
+                raise RuntimeError(
+                    "a step without a single readable sample: check the sources and their tasks"
+                )
+            blank = dict(like, labels=torch.full_like(like["labels"], IGNORE_INDEX))
+            batch = collate([blank], pad_id)
+            batch["keys"] = []
+        else:
+            batch = collate(chunk, pad_id)
+        out.append(batch)
+    return out
+
+
+def make_loader(dataset: BatchStream, pin_memory: bool = False) -> Iterator[dict]:
+    """The rank's micro batches, each carrying the loader state as of the end of its step (the trainer
+    checkpoints between steps). Workers take turns in order, one part each per step. `pin_memory` (on a GPU):
+    the tensors in page-locked memory, so their copies to the device can be asynchronous."""
+    loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=None,
         num_workers=dataset.workers,
@@ -353,19 +468,33 @@ def make_loader(dataset: BatchStream) -> torch.utils.data.DataLoader:
         multiprocessing_context="spawn" if dataset.workers else None,
     )
 
+    parts = iter(loader)  # now: it draws its seed from torch's generator, as the run being resumed did
+
+    def steps():
+        template = None  # a sample kept to stand in, with no target, for a step whose samples were all bad
+        while True:
+            got = [next(parts) for _ in range(dataset.roles)]
+            states = {k: v for part in got for k, v in part["states"].items()}
+            items = [it for part in got for it in part["items"]]
+            template = items[0] if items else template
+            for batch in micro_batches(items, dataset.plan.accumulation, dataset.fmt.tok.pad_id, template):
+                if pin_memory:
+                    batch.update({k: v.pin_memory() for k, v in batch.items() if isinstance(v, torch.Tensor)})
+                batch["loader_state"] = {"states": states}
+                yield batch
+
+    return steps()
+
 
 class LoaderState:
-    """What a checkpoint stores for one rank: the state of each of its slots as of the last batch taken."""
+    """What a checkpoint stores for one rank: the state of each of its slots as of the last step taken."""
 
     def __init__(self, world: int, workers: int, slots: int):
         self.world, self.workers, self.slots = world, max(workers, 1), slots
         self.states: dict[int, dict] = {}
-        self.last_role = -1
 
     def update(self, batch: dict) -> None:
-        info = batch["loader_state"]
-        self.states.update(info["states"])
-        self.last_role = info["role"]
+        self.states.update(batch["loader_state"]["states"])
 
     def to_dict(self) -> dict:
         return {
@@ -373,26 +502,16 @@ class LoaderState:
             "workers": self.workers,
             "slots": self.slots,
             "states": {str(k): v for k, v in self.states.items()},
-            "next_role": (self.last_role + 1) % self.workers,
         }
 
     @staticmethod
     def resume(saved: list[dict] | dict, world: int, workers: int, slots: int) -> dict:
         """The `resume` argument of `BatchStream` from the loader states the ranks saved. Slots carry the
-        streams, so another world size or worker count can resume them as long as the slot count is the
-        same and the checkpoint was taken between steps (as the trainer takes it)."""
+        streams, so any world size or worker count resumes them as long as the slot count is the same."""
         saved = saved if isinstance(saved, list) else [saved]
-        first = saved[0]
-        if first["slots"] != slots:
+        if saved[0]["slots"] != slots:
             raise ValueError(
-                f"the checkpoint's loader had {first['slots']} data slots; this run has {slots}: keep data.slots, "
-                "or set trainer.reset_loader=true to start the data stream afresh"
+                f"the checkpoint's loader had {saved[0]['slots']} data slots; this run has {slots}: keep data.slots "
+                "(and the global batch), or set trainer.reset_loader=true to start the data stream afresh"
             )
-        moved = first["world"] != world or first["workers"] != max(workers, 1)
-        if moved and any(s["next_role"] != 0 for s in saved):
-            raise ValueError(
-                f"the checkpoint was taken in the middle of a round of {first['workers']} loader workers; resume it "
-                f"with world size {first['world']} and {first['workers']} workers, or set trainer.reset_loader=true"
-            )
-        states = {int(k): v for s in saved for k, v in s["states"].items()}
-        return {"states": states, "next_role": 0 if moved else first["next_role"]}
+        return {"states": {int(k): v for s in saved for k, v in s["states"].items()}}

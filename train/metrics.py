@@ -61,7 +61,7 @@ class MetricsLogger:
         """`loss`: the step's loss over the global batch; `per`: this rank's micro-batch details."""
         if self.file is None:
             return
-        samples = sum(len(b[0]) for b in per) * self.world
+        samples = sum(len(b[3]["keys"]) for b in per) * self.world
         tokens = sum(b[2] for b in per) * self.world
         # Per task and per source: token-weighted loss over this rank's samples (rank 0 logs its share).
         groups: dict[str, list[float]] = {}

@@ -56,14 +56,15 @@ def check_numbers(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.max_steps={cfg.trainer.max_steps}: a stage needs at least one step")
 
 
-def batch_math(global_batch: int, micro: int, world: int) -> int:
-    """Gradient accumulation steps so that micro x accumulation x ranks = the global batch."""
-    if micro < 1 or world < 1 or global_batch % (micro * world):
-        raise ConfigError(
-            f"trainer.train_batch_size={global_batch} is not a multiple of micro batch {micro} x {world} ranks; "
-            "choose trainer.micro_batch_size (or the number of ranks) so that it divides"
-        )
-    return global_batch // (micro * world)
+def batch_math(global_batch: int, micro: int, world: int, slots: int | None = None):
+    """The plan of the global batch on `world` ranks (`train.loader.BatchPlan`): accumulation, micro batch,
+    slots. Any world size up to the slot count has one."""
+    from train.loader import batch_plan
+
+    try:
+        return batch_plan(global_batch, micro, world, slots)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def lr_lambda(warmup: int, total: int):
@@ -102,7 +103,7 @@ def param_groups(
     ]
 
 
-def deepspeed_config(cfg: DictConfig, accumulation: int, use_bf16: bool) -> dict:
+def deepspeed_config(cfg: DictConfig, plan, use_bf16: bool) -> dict:
     ds = cfg.deepspeed
     zero: dict = {"stage": int(ds.zero_stage)}
     if ds.offload_optimizer:
@@ -110,9 +111,11 @@ def deepspeed_config(cfg: DictConfig, accumulation: int, use_bf16: bool) -> dict
     if ds.offload_params:
         zero["offload_param"] = {"device": "cpu", "pin_memory": True}
     return {
-        "train_batch_size": int(cfg.trainer.train_batch_size),
-        "train_micro_batch_size_per_gpu": int(cfg.trainer.micro_batch_size),
-        "gradient_accumulation_steps": accumulation,
+        # DeepSpeed's own bookkeeping: the largest micro batch a rank runs. With uneven ranks this
+        # product exceeds the global batch; the loss is scaled by the global batch's tokens (train_step).
+        "train_batch_size": plan.micro * plan.accumulation * plan.world,
+        "train_micro_batch_size_per_gpu": plan.micro,
+        "gradient_accumulation_steps": plan.accumulation,
         "gradient_clipping": float(cfg.optim.grad_clip),
         "zero_optimization": zero,
         "bf16": {"enabled": use_bf16},
@@ -168,7 +171,10 @@ def run(cfg: DictConfig) -> int:
     # Everything checkable is checked before any process group, model or data is touched.
     try:
         check_numbers(cfg)
-        accumulation = batch_math(int(cfg.trainer.train_batch_size), int(cfg.trainer.micro_batch_size), world)
+        plan = batch_math(
+            int(cfg.trainer.train_batch_size), int(cfg.trainer.micro_batch_size), world, cfg.data.get("slots")
+        )
+        accumulation = plan.accumulation
         tok = Tokenizer(cfg.tokenizer)
         overrides = OmegaConf.to_container(cfg.model, resolve=True)
         overrides.setdefault("text", {})["vocab_size"] = tok.vocab_size
@@ -189,8 +195,8 @@ def run(cfg: DictConfig) -> int:
     if cfg.trainer.dry_run:  # the checks above and the batch math, nothing started
         if rank == 0:
             print(
-                f"batch: {cfg.trainer.train_batch_size} = micro {cfg.trainer.micro_batch_size} x accumulation "
-                f"{accumulation} x {world} ranks; {len(sources)} training sources; dry run, exiting",
+                f"batch: {plan.global_batch} = {plan.describe()}; {plan.slots} data slots; "
+                f"{len(sources)} training sources; dry run, exiting",
                 flush=True,
             )
         return 0
@@ -205,11 +211,7 @@ def run(cfg: DictConfig) -> int:
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        print(
-            f"batch: {cfg.trainer.train_batch_size} = micro {cfg.trainer.micro_batch_size} x accumulation "
-            f"{accumulation} x {world} ranks",
-            flush=True,
-        )
+        print(f"batch: {plan.global_batch} = {plan.describe()}; {plan.slots} data slots", flush=True)
 
     torch.manual_seed(int(cfg.seed))
     model = Kosmos25(model_cfg)
@@ -251,19 +253,11 @@ def run(cfg: DictConfig) -> int:
         model=model,
         optimizer=optimizer,
         lr_scheduler=scheduler,
-        config=deepspeed_config(cfg, accumulation, use_bf16),
+        config=deepspeed_config(cfg, plan, use_bf16),
     )
 
     step, resume, rng_state = 0, None, None
-    workers = int(cfg.data.workers)
-    slots = int(cfg.data.slots) if cfg.data.get("slots") else world * max(workers, 1)
-    if slots % (world * max(workers, 1)) or accumulation % max(workers, 1):
-        print(
-            f"error: data.slots={slots} must be a multiple of ranks x loader workers ({world} x {max(workers, 1)}) "
-            f"and the accumulation {accumulation} a multiple of the workers",
-            file=sys.stderr,
-        )
-        return 2
+    workers, slots = int(cfg.data.workers), plan.slots
     tag = latest_checkpoint(ckpt_dir)
     if tag is not None:
         _, client = engine.load_checkpoint(str(ckpt_dir), tag)
@@ -300,13 +294,15 @@ def run(cfg: DictConfig) -> int:
         workers,
         resume,
         slots,
+        plan.global_batch,
+        torch.bfloat16 if use_bf16 else torch.float32,
+        int(cfg.data.get("length_window") or 1),
     )
     loader_state = LoaderState(world, workers, slots)
     if resume:
-        mine = {s for role in range(max(workers, 1)) for s in dataset.my_slots(role)}
+        mine = set(plan.rank_slots(rank))
         loader_state.states = {k: v for k, v in resume["states"].items() if k in mine}
-        loader_state.last_role = resume["next_role"] - 1
-    batches = iter(make_loader(dataset))
+    batches = prefetch(make_loader(dataset, pin_memory=cuda), 2 * accumulation)
     if rng_state is not None:  # after the DataLoader drew its base seed, as the interrupted run had
         torch.set_rng_state(rng_state["torch"])
         if cuda and rng_state["cuda"]:
@@ -464,10 +460,8 @@ def train_step(engine, micro: list[dict], world: int, use_bf16: bool) -> tuple[f
     scale = accumulation * world / max(totals[0].item(), 1.0)  # DeepSpeed divides by both again
     per, sums = [], 0.0
     for batch in micro:
-        inputs = {k: batch[k] for k in MODEL_INPUTS}
-        if use_bf16:
-            inputs["flattened_patches"] = inputs["flattened_patches"].to(torch.bfloat16)
-        inputs = {k: v.to(engine.device) for k, v in inputs.items()}
+        # patches come in the training dtype (cast in the loader's workers), pinned on a GPU
+        inputs = {k: batch[k].to(engine.device, non_blocking=True) for k in MODEL_INPUTS}
         out = engine(**inputs, compute_logits=False)
         engine.backward(out.loss_sum * scale)
         engine.step()
@@ -485,6 +479,30 @@ def train_step(engine, micro: list[dict], world: int, use_bf16: bool) -> tuple[f
     totals[1] = sums
     torch.distributed.all_reduce(totals[1:])
     return totals[1].item() / max(totals[0].item(), 1.0), per
+
+
+def prefetch(items, depth: int):
+    """`items` made ahead by a thread, up to `depth` of them: the next step's micro batches are ordered,
+    collated and pinned while this step computes. An error in the thread is raised where the item was
+    expected."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=max(depth, 1))
+
+    def fill():
+        try:
+            for item in items:
+                q.put((True, item))
+        except BaseException as e:  # handed to the consumer
+            q.put((False, e))
+
+    threading.Thread(target=fill, daemon=True, name="literate-prefetch").start()
+    while True:
+        ok, item = q.get()
+        if not ok:
+            raise item
+        yield item
 
 
 def skipped_samples(loader_state, world: int) -> dict[str, int]:

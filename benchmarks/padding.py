@@ -1,0 +1,180 @@
+"""Padding in micro batches: the share of decoder positions that are padding, on real shards, as the loader
+forms micro batches (one step's samples of a rank ordered by target length) against micro batches taken in
+stream order.
+
+    python -m benchmarks.padding --shards <build output> [--tokenizer <dir>] [--micro 8] [--prompt 2052]
+        [--ranks 1,8,128] [--batch 1024]
+
+Every sample's tokenised target length is measured with the task format; the decoder's positions of a micro
+batch are its size x (prompt + its longest target). The prompt is the image's latent tokens and the task
+tokens (2,052 for the paper's model). Reported per rank count: padding in stream order and in the loader's
+order, and the rank correlation of a micro batch's place in its step with its longest target (1.0: the
+steps' micro batches run from short to long; the step's samples themselves are the same either way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def target_lengths(shards: str, tokenizer, max_length: int) -> list[int]:
+    import json
+
+    from data_pipeline.storage import iter_samples, read_manifest
+    from model.task_format import TaskFormat
+
+    fmt = TaskFormat(tokenizer, 8, max_length)
+    manifest = read_manifest(shards)
+    out = []
+    for i in range(len(manifest)):
+        for sample in iter_samples(
+            manifest.url(i), wanted=lambda ext: ext in ("layout.json", "md", "meta.json")
+        ):
+            if "layout.json" in sample:
+                layout = json.loads(sample["layout.json"])
+                size = (layout.get("width", 1000), layout.get("height", 1000))
+                enc = fmt.encode_layout(layout["lines"], size, size)
+            elif "md" in sample:
+                enc = fmt.encode_markdown(sample["md"].decode())
+            else:
+                continue
+            out.append(len(enc.tensors()["input_ids"]) - 8)  # the target and its task tokens
+    return out
+
+
+def loader_padding(
+    shards: str,
+    tokenizer,
+    world: int,
+    window: int,
+    micro: int,
+    batch: int,
+    steps: int,
+    ranks: int,
+    prompt: int,
+) -> tuple[float, float]:
+    """The loader itself (`train.loader`, real decoding and tokenising): padding share of its micro batches
+    over `steps` steps of the first `ranks` ranks of `world`, and the rank correlation of step with mean
+    target length (rank 0)."""
+    from model.processor import ImageProcessor
+    from model.task_format import TaskFormat
+    from train.loader import BatchStream, SourceSpec, make_loader
+
+    fmt = TaskFormat(tokenizer, prompt - 4, 4096 + prompt)
+    total = real = 0
+    step_means = []
+    for rank in range(ranks):
+        ds = BatchStream([SourceSpec("pdf", shards, 1.0, "ocr")], fmt, ImageProcessor(16), micro, 0, rank, world,
+                         0, None, None, batch, window=window)  # fmt: skip
+        batches = make_loader(ds)
+        for _ in range(steps):
+            lengths = []
+            for _ in range(ds.plan.accumulation):
+                b = next(batches)
+                n = (b["input_ids"] != tokenizer.pad_id).sum(dim=1)
+                total += b["input_ids"].numel()
+                real += int(n.sum())
+                lengths += n.tolist()
+            if rank == 0:
+                step_means.append(sum(lengths) / len(lengths))
+    return 1 - real / total, spearman(list(range(len(step_means))), step_means)
+
+
+def padding(batches: list[list[int]], prompt: int) -> float:
+    total = sum(len(b) * (prompt + max(b)) for b in batches)
+    real = sum(prompt + n for b in batches for n in b)
+    return 1 - real / total
+
+
+def spearman(x, y) -> float:
+    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    return float(np.corrcoef(rx, ry)[0, 1]) if len(x) > 1 else 0.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shards", required=True)
+    ap.add_argument("--tokenizer")
+    ap.add_argument("--micro", type=int, default=8)
+    ap.add_argument("--prompt", type=int, default=2052)
+    ap.add_argument("--batch", type=int, default=1024)
+    ap.add_argument("--ranks", default="1,8,128")
+    ap.add_argument("--max-length", type=int, default=4096 + 2052)
+    ap.add_argument(
+        "--loader", default="128:256,128:1,8:256,8:1", help="world:window pairs run through the loader"
+    )
+    ap.add_argument("--steps", type=int, default=12)
+    args = ap.parse_args()
+    from model.tokenizer import Tokenizer, iter_texts, train_tokenizer
+    from train.loader import batch_plan
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tok = (
+            Tokenizer(args.tokenizer)
+            if args.tokenizer
+            else train_tokenizer(
+                iter_texts([args.shards]), Path(tmp) / "tok", vocab_size=8000, coord_bins=1024
+            )
+        )
+        lengths = target_lengths(args.shards, tok, args.max_length)
+        for pair in filter(None, args.loader.split(",")):
+            world, window = map(int, pair.split(":"))
+            share, corr = loader_padding(args.shards, tok, world, window, args.micro, args.batch, args.steps, 2,
+                                         args.prompt)  # fmt: skip
+            print(
+                f"loader, {world} ranks, length_window={window}: padding {share:.1%} of decoder positions over "
+                f"{args.steps} steps of 2 ranks; rank correlation of step and mean length {corr:.2f}",
+                flush=True,
+            )
+    p10, p50, p90 = np.percentile(lengths, [10, 50, 90])
+    print(
+        f"{len(lengths)} samples; target tokens p10/p50/p90 = {p10:.0f}/{p50:.0f}/{p90:.0f}; prompt {args.prompt}"
+    )
+    rng = random.Random(0)
+    stream = [rng.choice(lengths) for _ in range(args.batch * 20)]  # 20 global batches in mixture order
+    for world in map(int, args.ranks.split(",")):
+        plan = batch_plan(args.batch, args.micro, world)
+        before, after, places, longest = [], [], [], []
+        for step in range(20):
+            batch = stream[step * args.batch : (step + 1) * args.batch]
+            for rank in range(world):
+                mine = [batch[s] for s in plan.rank_slots(rank)]  # one sample per slot
+                for order, out in ((mine, before), (sorted(mine), after)):
+                    cut = [order[i * len(order) // plan.accumulation : (i + 1) * len(order) // plan.accumulation]
+                           for i in range(plan.accumulation)]  # fmt: skip
+                    out.extend(c for c in cut if c)
+                    if out is after:
+                        places += list(range(len(cut)))
+                        longest += [max(c) for c in cut]
+        # Each slot sorting a look-ahead window of its own samples and every slot giving, at each step, the
+        # sample at the same place of its sorted window (places visited in a seeded random order): what a
+        # step holds then depends on the window, not on the ranks.
+        windowed = {}
+        for window in (64, 256):
+            per_slot = [[rng.choice(lengths) for _ in range(window)] for _ in range(plan.slots)]
+            sorted_slots = [sorted(w) for w in per_slot]
+            order = list(range(window))
+            random.Random(1).shuffle(order)
+            got = []
+            for place in order[:20]:
+                batch = [sorted_slots[s][place] for s in range(plan.slots)]
+                for rank in range(world):
+                    mine = sorted(batch[s] for s in plan.rank_slots(rank))
+                    got += [mine[i * len(mine) // plan.accumulation : (i + 1) * len(mine) // plan.accumulation]
+                            for i in range(plan.accumulation)]  # fmt: skip
+            windowed[window] = padding([c for c in got if c], args.prompt)
+        print(
+            f"{world:>4} ranks ({plan.describe()}): padding {padding(before, args.prompt):.1%} in stream order, "
+            f"{', '.join(f'{v:.1%} with slot windows of {w}' for w, v in windowed.items())}, "
+            f"{padding(after, args.prompt):.1%} ordered by length; rank correlation of place and length "
+            f"{spearman(places, longest):.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

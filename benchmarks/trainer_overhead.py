@@ -80,7 +80,10 @@ def main() -> None:
 
     opt, sched = optimizer_for(model)
     engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=opt, lr_scheduler=sched, config=deepspeed_config(run_cfg, batch_plan(args.micro * args.accum, args.micro, 1), False)
+        model=model,
+        optimizer=opt,
+        lr_scheduler=sched,
+        config=deepspeed_config(run_cfg, batch_plan(args.micro * args.accum, args.micro, 1), False),
     )
     bare_opt, bare_sched = optimizer_for(bare)
 

@@ -1,7 +1,9 @@
 """Loader throughput: samples/s of one loader process from shards to collated batches (image decode, patches,
-tokenisation, collation), and how many such workers each GPU needs to feed the 1.3B preset.
+tokenisation, collation), against a plain `webdataset.WebDataset` pipeline doing the same decoding, processing,
+tokenisation and collation on the same shards in the same run (turns alternate, medians of the rounds); and
+how many such workers each GPU needs to feed the 1.3B preset.
 
-    python -m benchmarks.loader [--shards <build output>] [--tokenizer <dir>] [--batches 20] [--mfu 0.4]
+    python -m benchmarks.loader [--shards <build output>] [--tokenizer <dir>] [--batches 20] [--rounds 3] [--mfu 0.4]
 
 Without `--shards`, synthetic pages are built first. The need per GPU comes from `estimate_flops` of the
 `kosmos-2.5` preset at the given MFU on an H100, the same arithmetic as `launch.plan`.
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,12 +32,50 @@ from train.loader import BatchStream, SourceSpec, make_loader
 from train.metrics import PEAK_FLOPS
 
 
+def our_rate(shards: str, fmt, processor, micro: int, batches: int) -> float:
+    ds = BatchStream(
+        [SourceSpec("s", shards, 1.0, "ocr")], fmt, processor, micro, seed=0, rank=0, world=1, workers=0
+    )
+    it = make_loader(ds)
+    next(it)  # warm-up: the slots open their shards
+    t = time.perf_counter()
+    n = sum(len(b["keys"]) for b in itertools.islice(it, batches))
+    return n / (time.perf_counter() - t)
+
+
+def webdataset_rate(shards: str, fmt, processor, micro: int, batches: int) -> float:
+    """The same work through webdataset's own pipeline: shards in manifest order, samples decoded and
+    encoded by the same `Encoder`, collated in fours."""
+    import webdataset as wds
+
+    from data_pipeline.storage import read_manifest
+    from train.loader import Encoder, collate
+
+    manifest = read_manifest(shards)
+    spec = SourceSpec("s", shards, 1.0, "ocr")
+    encode = Encoder(fmt, processor)
+    urls = [manifest.url(i) for i in range(len(manifest))]
+    pipeline = (
+        wds.WebDataset(urls, shardshuffle=False, empty_check=False)
+        .repeat()
+        .map(lambda sample: encode(spec, sample))
+        .select(lambda out: not isinstance(out, str))
+        .batched(micro, collation_fn=lambda items: collate(items, fmt.tok.pad_id))
+    )
+    it = iter(pipeline)
+    next(it)
+    t = time.perf_counter()
+    n = sum(len(b["keys"]) for b in itertools.islice(it, batches))
+    return n / (time.perf_counter() - t)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shards")
     ap.add_argument("--tokenizer")
     ap.add_argument("--batches", type=int, default=20)
     ap.add_argument("--mfu", type=float, default=0.4)
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -71,21 +112,16 @@ def main() -> None:
         )
         full = get_config("kosmos-2.5")
         fmt = TaskFormat(tok, full.latent_query_num, 4096)
-        ds = BatchStream(
-            [SourceSpec("s", Path(args.shards), 1.0, "ocr")],
-            fmt,
-            ImageProcessor(full.max_patches),
-            4,
-            seed=0,
-            rank=0,
-            world=1,
-            workers=0,
+        processor = ImageProcessor(full.max_patches)
+        ours, plain = [], []
+        for _ in range(args.rounds):
+            plain.append(webdataset_rate(args.shards, fmt, processor, 4, args.batches))
+            ours.append(our_rate(args.shards, fmt, processor, 4, args.batches))
+        rate, ref = statistics.median(ours), statistics.median(plain)
+        print(
+            f"plain webdataset.WebDataset pipeline: {ref:.1f} samples/s; ours: {rate:.1f} samples/s; "
+            f"ratio {rate / ref:.2f} (rounds: {', '.join(f'{o / p:.2f}' for o, p in zip(ours, plain, strict=True))})"
         )
-        it = iter(make_loader(ds))
-        next(it)  # warm-up
-        t = time.perf_counter()
-        n = sum(len(b["keys"]) for b in itertools.islice(it, args.batches))
-        rate = n / (time.perf_counter() - t)
     with torch.device("meta"):
         model = Kosmos25(full)
     need = PEAK_FLOPS["h100"] * args.mfu / model.estimate_flops(text_len=full.latent_query_num + 3 + 1024)

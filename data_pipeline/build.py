@@ -1,6 +1,6 @@
 """Build webdataset shards from documents.
 
-    python -m data_pipeline.build source=<pdf|scan|powerpoint|arxiv> input=<dir, glob or list file> output=<dir> \
+    python -m data_pipeline.build source=<pdf|scan|...> input=<dir, glob, list file or s3://prefix> output=<dir or s3://prefix> \
         [workers=N] [executor=local|ray] [docs_per_shard=16] [task_index=i task_count=n] [manifest_only=true]
 
 Writes `shard-NNNNN.tar` + `shard-NNNNN.json` per task, `plan.json`, and `manifest.json`. Exit status 0 when
@@ -21,6 +21,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from data_pipeline import storage
 from data_pipeline.core import list_inputs, plan_tasks, write_manifest
 from data_pipeline.executors import EXECUTORS
 from data_pipeline.render import sandbox
@@ -81,6 +82,16 @@ def validate(cfg: DictConfig):
             source.check_config(cfg.source)
         except ValueError as e:
             raise ConfigError(str(e)) from e
+    if storage.is_object_store(cfg.output):
+        if cfg.dedup:
+            raise ConfigError(
+                f"output={cfg.output}: dedup runs on a local output; set dedup=false (or build locally and copy)"
+            )
+        try:
+            storage.write_text(cfg.output, ".literate-write-check", "")
+        except Exception as e:  # credentials, bucket, endpoint: said before any work
+            raise ConfigError(f"output={cfg.output} is not writable ({type(e).__name__}: {e})") from None
+        return source
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     if not os.access(out, os.W_OK):
@@ -101,16 +112,16 @@ def _plan(cfg: DictConfig, source) -> tuple[list, int]:
         "docs_per_shard": int(cfg.docs_per_shard),
         "inputs_sha256": digest,
     }
-    path = Path(cfg.output) / "plan.json"
-    if path.exists():
-        old = json.loads(path.read_text())
+    path = storage.join(cfg.output, "plan.json")
+    if storage.output_exists(cfg.output, "plan.json"):
+        old = json.loads(storage.read_text(cfg.output, "plan.json"))
         if {k: old.get(k) for k in plan} != plan:
             raise ConfigError(
                 f"{path} was written for other inputs or settings ({old.get('documents')} documents, "
                 f"{old.get('tasks')} tasks, docs_per_shard={old.get('docs_per_shard')}): use a new output folder"
             )
     else:
-        path.write_text(json.dumps(plan, indent=1))
+        storage.write_text(cfg.output, "plan.json", json.dumps(plan, indent=1))
     return tasks, len(docs)
 
 
@@ -147,7 +158,7 @@ def run(cfg: DictConfig) -> int:
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = Path(cfg.output)
+    out = str(cfg.output)
     n_tasks = len(tasks)
     if cfg.task_count is not None:
         tasks = tasks[int(cfg.task_index) :: int(cfg.task_count)]
@@ -160,10 +171,10 @@ def run(cfg: DictConfig) -> int:
         if cfg.dedup:
             from data_pipeline.dedup import deduplicate
 
-            deduplicate(out, n_tasks, workers=int(cfg.workers))
+            deduplicate(Path(out), n_tasks, workers=int(cfg.workers))
         manifest = write_manifest(out, cfg.source.name, n_tasks)
         print(
-            f"manifest: {out / 'manifest.json'}: {manifest['finished']}/{n_tasks} shards, "
+            f"manifest: {storage.join(out, 'manifest.json')}: {manifest['finished']}/{n_tasks} shards, "
             f"{manifest['totals']['samples']} samples, {manifest.get('dropped', 0)} near-duplicates dropped"
         )
     if summary is None:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import glob
 import json
 import os
+import tempfile
 import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_pipeline import storage
 from data_pipeline.filters import VOTE_CHARS, SampleFilter, page_language
 from data_pipeline.runner import DocTimeout, worker_runner
 from data_pipeline.schema import DocumentError, Sample, Skip, compact_json
@@ -38,6 +40,12 @@ class Task:
 def list_inputs(spec: str, extensions: tuple[str, ...]) -> list[Document]:
     """A folder (searched recursively for `extensions`), a glob, a list file (one path per line) or one
     file → documents sorted by path, each with an id relative to the input's root."""
+    if storage.is_object_store(spec):  # a prefix in object storage: its objects, ids relative to it
+        urls = storage.list_objects(spec, extensions)
+        if not urls:
+            raise ValueError(f"input {spec!r}: no objects found (extensions {', '.join(extensions)})")
+        prefix = spec.rstrip("/") + "/"
+        return [Document(u, os.path.splitext(u[len(prefix) :])[0]) for u in urls]
     p = Path(spec)
     if p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in extensions)
@@ -90,7 +98,20 @@ def _count(stats: ShardStats, skip: Skip, path: str) -> None:
 
 
 def build_document(doc: Document, source, cfg) -> Iterator[Sample | Skip]:
-    """The source's builder with whole-document failures turned into counted `Skip`s."""
+    """The source's builder with whole-document failures turned into counted `Skip`s. A document in object
+    storage is fetched first, alone in a folder of its own; its samples name its URL as their origin."""
+    if storage.is_object_store(doc.path):
+        with tempfile.TemporaryDirectory(prefix="literate-doc-") as folder:
+            try:
+                local = storage.fetch(doc.path, folder)
+            except (OSError, ValueError) as e:
+                yield Skip("fetch_failed", detail=f"{doc.path}: {e}", error=True)
+                return
+            for item in build_document(Document(local, doc.doc_id), source, cfg):
+                if isinstance(item, Sample):
+                    item.origin = doc.path
+                yield item
+        return
     try:
         yield from source.build(doc.path if _is_url(doc.path) else Path(doc.path), doc.doc_id, cfg.source)
     except DocumentError as e:
@@ -154,7 +175,7 @@ def with_language(members: dict, meta: dict, lang: str, score: float) -> dict:
 def run_task(task: Task, cfg, progress=None) -> dict:
     """Build shard `task.index` unless finished; returns its stats as a dict (with `"skipped": True` when
     the shard was already there). `progress`, when given, is a queue receiving per-document counts."""
-    out = Path(cfg.output)
+    out = str(cfg.output)
     if is_finished(out, task.index):
         stats = read_stats(out, task.index).to_dict()
         if progress is not None:
@@ -196,7 +217,7 @@ def run_task(task: Task, cfg, progress=None) -> dict:
     return stats.to_dict()
 
 
-def write_manifest(out: Path, source: str, n_tasks: int) -> dict:
+def write_manifest(out: str | Path, source: str, n_tasks: int) -> dict:
     """`manifest.json`: every finished shard with its sample count (wids shard-index format) and totals."""
     shards, totals = [], ShardStats(shard="total")
     for i in range(n_tasks):
@@ -220,11 +241,8 @@ def write_manifest(out: Path, source: str, n_tasks: int) -> dict:
         "totals": {k: v for k, v in totals.to_dict().items() if k not in ("shard", "error_examples")},
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    dedup = out / "dedup" / "drop.json"
-    if dedup.exists():
-        manifest["drop_list"] = str(dedup.relative_to(out))
-        manifest["dropped"] = json.loads(dedup.read_text())["count"]
-    tmp = out / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, out / "manifest.json")
+    if storage.output_exists(out, "dedup/drop.json"):
+        manifest["drop_list"] = "dedup/drop.json"
+        manifest["dropped"] = json.loads(storage.read_text(out, "dedup/drop.json"))["count"]
+    storage.write_text(out, "manifest.json", json.dumps(manifest, indent=1))
     return manifest

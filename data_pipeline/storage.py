@@ -121,21 +121,59 @@ def _missing(e: Exception) -> bool:
     return isinstance(e, FileNotFoundError)
 
 
-def exists(url: str | os.PathLike) -> bool:
-    """Whether `url` names a file that can be read (a remote URL is asked for, not fetched whole)."""
-    url = str(url)
-    path = local_path(url)
-    if path is not None:
-        return os.path.isfile(path)
-    if url.startswith(("s3://", "gs://")):
-        fs, p = filesystem(url)
-        return fs.isfile(p)
-    try:
-        with open_read(url) as f:
-            f.read(1)
-        return True
-    except (OSError, ValueError):
-        return False
+# ---------------------------------------------------------------------------------------------------------
+# A build's output: a local folder, or an object-store prefix (s3://, gs://) written through fsspec.
+
+
+def is_object_store(url: str | os.PathLike) -> bool:
+    return str(url).startswith(("s3://", "gs://"))
+
+
+def output_exists(out: str | os.PathLike, name: str) -> bool:
+    url = join(out, name)
+    if is_object_store(url):
+        fs, path = filesystem(url)
+        return fs.isfile(path)
+    return os.path.isfile(url)
+
+
+def read_text(out: str | os.PathLike, name: str) -> str:
+    return read_bytes(join(out, name)).decode("utf-8")
+
+
+def write_text(out: str | os.PathLike, name: str, text: str) -> None:
+    """`name` inside the output, whole or not at all (a local file is written beside and renamed)."""
+    url = join(out, name)
+    if is_object_store(url):
+        fs, path = filesystem(url)
+        fs.pipe_file(path, text.encode("utf-8"))  # an object appears whole when its upload completes
+        return
+    tmp = f"{url}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, url)
+
+
+def upload(local: str | os.PathLike, out: str | os.PathLike, name: str) -> None:
+    """Copy a finished local file to `name` inside an object-store output."""
+    fs, path = filesystem(join(out, name))
+    fs.put_file(str(local), path)
+
+
+def list_objects(prefix: str, extensions: tuple[str, ...]) -> list[str]:
+    """The URLs under an object-store prefix whose names end with one of `extensions`, sorted."""
+    fs, path = filesystem(prefix)
+    scheme = prefix.split("://", 1)[0]
+    found = fs.find(path.rstrip("/"))
+    return sorted(f"{scheme}://{p}" for p in found if os.path.splitext(p)[1].lower() in extensions)
+
+
+def fetch(url: str, folder: str | os.PathLike) -> str:
+    """Download an object into `folder` (its own, empty one: a document reads only its own folder); its path."""
+    fs, path = filesystem(url)
+    local = os.path.join(str(folder), os.path.basename(path))
+    fs.get_file(path, local)
+    return local
 
 
 def _split(name: str) -> tuple[str, str]:

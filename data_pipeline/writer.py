@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tarfile
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from data_pipeline import storage
 
 _ZEROS = bytes(tarfile.BLOCKSIZE)
 _OWNER = "bigdata"
@@ -56,12 +60,12 @@ class ShardStats:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
-def is_finished(out_dir: Path, index: int) -> bool:
-    return (out_dir / f"{shard_name(index)}.json").exists()
+def is_finished(out_dir: str | Path, index: int) -> bool:
+    return storage.output_exists(out_dir, f"{shard_name(index)}.json")
 
 
-def read_stats(out_dir: Path, index: int) -> ShardStats:
-    return ShardStats.from_dict(json.loads((out_dir / f"{shard_name(index)}.json").read_text()))
+def read_stats(out_dir: str | Path, index: int) -> ShardStats:
+    return ShardStats.from_dict(json.loads(storage.read_text(out_dir, f"{shard_name(index)}.json")))
 
 
 def _header(name: str, size: int) -> bytes:
@@ -79,10 +83,13 @@ def _header(name: str, size: int) -> bytes:
 
 
 class ShardWriter:
-    """`with ShardWriter(out_dir, i) as w: w.write(members)`; on a clean exit the shard is finished."""
+    """`with ShardWriter(out_dir, i) as w: w.write(members)`; on a clean exit the shard is finished. An
+    object-store output (`s3://`, `gs://`) is written through a local staging folder: the tar is uploaded,
+    then its JSON, last, as locally."""
 
     def __init__(self, out_dir: str | Path, index: int):
-        self.out_dir = Path(out_dir)
+        self.remote = str(out_dir) if storage.is_object_store(out_dir) else None
+        self.out_dir = Path(tempfile.mkdtemp(prefix="literate-stage-") if self.remote else out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.name = shard_name(index)
         self.tar_path = self.out_dir / f"{self.name}.tar"
@@ -119,10 +126,19 @@ class ShardWriter:
         self._stream.close()
         if exc_type is not None:
             self._tmp.unlink(missing_ok=True)
+            if self.remote:
+                shutil.rmtree(self.out_dir, ignore_errors=True)
             return
         self.stats.bytes = self._tmp.stat().st_size
         self.stats.seconds = round(time.perf_counter() - self._t0, 3)
         os.replace(self._tmp, self.tar_path)
+        if self.remote:
+            try:
+                storage.upload(self.tar_path, self.remote, self.tar_path.name)
+                storage.write_text(self.remote, self.json_path.name, json.dumps(self.stats.to_dict(), indent=1))
+            finally:  # last: the JSON marks the shard finished
+                shutil.rmtree(self.out_dir, ignore_errors=True)
+            return
         tmp_json = self.json_path.with_suffix(".json.tmp")
         tmp_json.write_text(json.dumps(self.stats.to_dict(), indent=1))
         os.replace(tmp_json, self.json_path)  # last: this marks the shard finished

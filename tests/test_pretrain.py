@@ -117,6 +117,19 @@ def _args(tokenizer, sources, run_dir, steps, *extra):
     ]
 
 
+def _train(tokenizer, sources, run_dir, steps, *extra, env=None) -> subprocess.CompletedProcess:
+    """A one-process run that must succeed."""
+    r = subprocess.run(
+        [sys.executable, "-m", "train.pretrain", *_args(tokenizer, sources, run_dir, steps), *extra],
+        env=env or ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
 def _two_ranks(port: int, args: list[str]) -> list[str]:
     """The real launcher: 2 CPU ranks over gloo."""
     deepspeed = str(Path(sys.executable).parent / "deepspeed")
@@ -341,14 +354,7 @@ def test_a_run_goes_on_over_deleted_truncated_and_undecodable_data(tokenizer, sy
     sources = tmp_path / "sources.json"
     sources.write_text(json.dumps([{"name": "a", "root": str(root), "weight": 1.0, "task": "ocr"}]))
     run = tmp_path / "run"
-    r = subprocess.run(
-        [sys.executable, "-m", "train.pretrain", *_args(tokenizer, sources, run, 4)],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = _train(tokenizer, sources, run, 4)
     assert "shard-00001.tar: unreadable shard" in r.stderr and "No such file" in r.stderr
     assert "shard-00002.tar: unreadable shard" in r.stderr
     assert "bad_image; skipped" in r.stderr

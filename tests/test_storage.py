@@ -16,7 +16,7 @@ import pytest
 from data_pipeline import storage
 from data_pipeline.storage import UnreadableShard, iter_samples, read_manifest
 from tests.servers import http_server, s3_server, upload
-from tests.test_pretrain import ENV, _args, _metrics
+from tests.test_pretrain import ENV, _metrics, _train
 
 
 def _digest(root: str) -> list[tuple[str, str]]:
@@ -88,14 +88,7 @@ def local_run(tokenizer, synthetic_shards, tmp_path_factory):
     sources = tmp / "sources.json"
     sources.write_text(json.dumps(_sources(str(synthetic_shards["a"]), str(synthetic_shards["b"]))))
     run = tmp / "run"
-    r = subprocess.run(
-        [sys.executable, "-m", "train.pretrain", *_args(tokenizer, sources, run, 4)],
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+    _train(tokenizer, sources, run, 4)
     return {m["step"]: m["loss"] for m in _metrics(run)}
 
 
@@ -125,14 +118,7 @@ def test_train_evaluate_and_resume_from_s3_and_a_pipe(tokenizer, synthetic_shard
                 "eval.predictions=1",
                 "eval.max_new_tokens=4",
             ]
-            r = subprocess.run(
-                [sys.executable, "-m", "train.pretrain", *_args(tokenizer, sources, run, steps), *extra],
-                env={**ENV, **env},
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
-            assert r.returncode == 0, r.stderr[-3000:]
+            r = _train(tokenizer, sources, run, steps, *extra, env={**ENV, **env})
         assert "at step 2" in r.stdout
         got = {m["step"]: m["loss"] for m in _metrics(run)}
         assert max(abs(got[s] - local_run[s]) for s in range(1, 5)) < 1e-6, (got, local_run)
@@ -189,3 +175,58 @@ def test_reader_names_a_missing_local_shard(tmp_path):
     with pytest.raises(UnreadableShard, match="nothing.tar"):
         list(iter_samples(tmp_path / "nothing.tar"))
     assert not Path(tmp_path / "nothing.tar").exists()
+
+
+def test_a_build_from_and_to_s3_killed_half_way_resumes_to_the_local_shards(tmp_path):
+    """input=s3://... and output=s3://... on moto's server: SIGKILL after 3 finished shards, run again: the
+    bucket holds the shards of a local build of the same PDFs (every member equal, but the origin, which
+    names the document's URL)."""
+    import os
+    import signal
+    import time
+
+    from data_pipeline.demo_corpus import make_pdf
+    from tests.test_build_pdf import BUILD, build, read_shards, summary
+
+    src = tmp_path / "pdfs"
+    src.mkdir()
+    for i in range(8):
+        make_pdf(src / f"d{i:02d}.pdf", seed=30 + i)
+    args = ["source=pdf", "workers=1", "docs_per_shard=1", "filters.languages=all", "dedup=false"]
+    build(*args, f"input={src}", f"output={tmp_path / 'local'}")
+    with s3_server() as env:
+        upload(src, "s3://literate/in")
+        fs, _ = storage.filesystem("s3://literate/out")
+        remote = [*args, "input=s3://literate/in", "output=s3://literate/out"]
+        proc = subprocess.Popen([*BUILD, *remote], env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        deadline = time.time() + 300
+        while len(fs.glob("literate/out/shard-*.json")) < 3 and time.time() < deadline:
+            fs.invalidate_cache()
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        fs.invalidate_cache()
+        done_before = len(fs.glob("literate/out/shard-*.json"))
+        assert 3 <= done_before < 8
+        r = subprocess.run(
+            [*BUILD, *remote], env={**os.environ, **env}, capture_output=True, text=True, timeout=600
+        )
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert summary(r)["tasks_skipped"] >= done_before
+        fs.invalidate_cache()
+        fs.get("literate/out/", str(tmp_path / "fetched"), recursive=True)
+    got, want = read_shards(tmp_path / "fetched"), read_shards(tmp_path / "local")
+    assert sorted(got) == sorted(want) and len(want) >= 8
+    for key, sample in want.items():
+        for ext, data in sample.items():
+            if ext.startswith("__"):  # webdataset's own: where it read the sample
+                continue
+            if ext == "meta.json":
+                mine, theirs = json.loads(got[key][ext]), json.loads(data)
+                assert mine.pop("origin").startswith("s3://literate/in/") and theirs.pop("origin")
+                assert mine == theirs, key
+            else:
+                assert got[key][ext] == data, (key, ext)
+    manifest = json.loads((tmp_path / "fetched" / "manifest.json").read_text())
+    assert manifest["finished"] == 8 and manifest["totals"]["samples"] == len(want)

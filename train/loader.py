@@ -16,13 +16,14 @@ targets are truncated and counted.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import random
 import sys
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -258,23 +259,37 @@ def collate(items: list[dict], pad_id: int) -> dict:
     }
 
 
-def label_size(spec: SourceSpec, sample: dict) -> int:
-    """A sample's target size, known without decoding it: the bytes of the label its source trains on."""
-    return len(sample.get("layout.json" if spec.task == "ocr" else "md", b""))
+def label_size(fmt: TaskFormat, spec: SourceSpec, sample: dict) -> int:
+    """A sample's target length in tokens, known without decoding its image (0 when its label is bad: the
+    encoder counts it when its turn comes)."""
+    try:
+        if spec.task == "ocr":
+            layout = json.loads(sample["layout.json"])
+            size = (int(layout.get("width") or 1), int(layout.get("height") or 1))
+            return len(fmt.encode_layout(layout["lines"], size, size).tensors()["input_ids"])
+        return len(fmt.encode_markdown(sample["md"].decode("utf-8")).tensors()["input_ids"])
+    except (KeyError, ValueError, TypeError, LayoutError, UnicodeDecodeError):
+        return 0
 
 
 class SlotWindow:
     """One slot's samples, `per_slot` a step, through a look-ahead window: `window` samples read ahead, ordered
-    by their label's size, and given out `per_slot` at a time from places of that order visited in a seeded
-    random order that is the same for every slot. At each step every slot gives samples from the same place
+    by their target's length in tokens (from the label alone), and given out `per_slot` at a time from places
+    of that order visited in a seeded random order that is the same for every slot. At each step every slot gives samples from the same place
     of its own window, so a step's samples have similar lengths (little padding in its micro batches) while
     the steps come in no particular order of length. The state is the slot's stream as of the window's start
     and how many places were given: a resumed slot reads its window again and goes on."""
 
     def __init__(
-        self, stream: MixtureStream, seed: int, window: int, per_slot: int, saved: dict | None = None
+        self,
+        stream: MixtureStream,
+        seed: int,
+        window: int,
+        per_slot: int,
+        size: Callable[[SourceSpec, dict], int],
+        saved: dict | None = None,
     ):
-        self.stream, self.samples = stream, iter(stream)
+        self.stream, self.samples, self.size = stream, iter(stream), size
         self.seed, self.per_slot = seed, per_slot
         self.window = max(window, per_slot) // per_slot * per_slot
         self.index, self.given = (saved or {}).get("window", (0, 0))
@@ -287,8 +302,12 @@ class SlotWindow:
     def take(self) -> list[tuple[SourceSpec, dict]]:
         if self.held is None:
             self.held = [next(self.samples) for _ in range(self.window)]
-            sizes = [label_size(spec, sample) for spec, sample in self.held]
-            self.order = sorted(range(self.window), key=lambda i: (sizes[i], i))
+            sizes = (
+                [self.size(spec, sample) for spec, sample in self.held] if self.window > self.per_slot else []
+            )
+            self.order = (
+                sorted(range(self.window), key=lambda i: (sizes[i], i)) if sizes else list(range(self.window))
+            )
             self.places = list(range(self.window // self.per_slot))
             random.Random(f"{self.seed}/window/{self.index}").shuffle(self.places)
         place = self.places[self.given]
@@ -406,7 +425,8 @@ class BatchStream(torch.utils.data.IterableDataset):
             stream = MixtureStream(
                 self.sources, self.seed, slot, self.slots, StreamState.from_dict(saved) if saved else None
             )
-            windows[slot] = SlotWindow(stream, self.seed, self.window, self.plan.per_slot, saved)
+            size = functools.partial(label_size, self.fmt)
+            windows[slot] = SlotWindow(stream, self.seed, self.window, self.plan.per_slot, size, saved)
         encode = Encoder(self.fmt, self.processor, self.patch_dtype)
         while True:
             items = []

@@ -175,6 +175,12 @@ def run(cfg: DictConfig) -> int:
             int(cfg.trainer.train_batch_size), int(cfg.trainer.micro_batch_size), world, cfg.data.get("slots")
         )
         accumulation = plan.accumulation
+        window = int(cfg.data.get("length_window") or 1)
+        if window > 1 and window % plan.per_slot:
+            raise ConfigError(
+                f"data.length_window={window} must be a multiple of the samples each slot gives a step "
+                f"({plan.per_slot})"
+            )
         tok = Tokenizer(cfg.tokenizer)
         overrides = OmegaConf.to_container(cfg.model, resolve=True)
         overrides.setdefault("text", {})["vocab_size"] = tok.vocab_size
@@ -296,7 +302,7 @@ def run(cfg: DictConfig) -> int:
         slots,
         plan.global_batch,
         torch.bfloat16 if use_bf16 else torch.float32,
-        int(cfg.data.get("length_window") or 1),
+        window,
     )
     loader_state = LoaderState(world, workers, slots)
     if resume:

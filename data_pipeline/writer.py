@@ -135,7 +135,9 @@ class ShardWriter:
         if self.remote:
             try:
                 storage.upload(self.tar_path, self.remote, self.tar_path.name)
-                storage.write_text(self.remote, self.json_path.name, json.dumps(self.stats.to_dict(), indent=1))
+                storage.write_text(
+                    self.remote, self.json_path.name, json.dumps(self.stats.to_dict(), indent=1)
+                )
             finally:  # last: the JSON marks the shard finished
                 shutil.rmtree(self.out_dir, ignore_errors=True)
             return

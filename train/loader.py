@@ -16,6 +16,7 @@ targets are truncated and counted.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
@@ -475,6 +476,16 @@ def micro_batches(
     return out
 
 
+def _die_with_parent(_worker_id: int) -> None:
+    """A loader worker is killed by the kernel when its rank's process ends (Linux), however it ends: a rank
+    leaves with `os._exit` under the launcher, and a worker left behind would hold the launcher's pipes."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def make_loader(dataset: BatchStream, pin_memory: bool = False) -> Iterator[dict]:
     """The rank's micro batches, each carrying the loader state as of the end of its step (the trainer
     checkpoints between steps). Workers take turns in order, one part each per step. `pin_memory` (on a GPU):
@@ -486,6 +497,7 @@ def make_loader(dataset: BatchStream, pin_memory: bool = False) -> Iterator[dict
         persistent_workers=False,
         prefetch_factor=2 if dataset.workers else None,
         multiprocessing_context="spawn" if dataset.workers else None,
+        worker_init_fn=_die_with_parent if dataset.workers else None,
     )
 
     parts = iter(loader)  # now: it draws its seed from torch's generator, as the run being resumed did

@@ -308,7 +308,7 @@ def run(cfg: DictConfig) -> int:
     if resume:
         mine = set(plan.rank_slots(rank))
         loader_state.states = {k: v for k, v in resume["states"].items() if k in mine}
-    batches = prefetch(make_loader(dataset, pin_memory=cuda), 2 * accumulation)
+    batches = prefetch(make_loader(dataset, pin_memory=cuda), min(accumulation, 4))
     if rng_state is not None:  # after the DataLoader drew its base seed, as the interrupted run had
         torch.set_rng_state(rng_state["torch"])
         if cuda and rng_state["cuda"]:

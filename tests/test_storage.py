@@ -230,3 +230,32 @@ def test_a_build_from_and_to_s3_killed_half_way_resumes_to_the_local_shards(tmp_
                 assert got[key][ext] == data, (key, ext)
     manifest = json.loads((tmp_path / "fetched" / "manifest.json").read_text())
     assert manifest["finished"] == 8 and manifest["totals"]["samples"] == len(want)
+
+
+def test_a_run_over_http_with_a_missing_and_a_cut_shard_finishes(tokenizer, synthetic_shards, tmp_path):
+    """Training from an HTTP server whose shard 1 answers 404 and shard 2 drops its connection every time:
+    both named and counted in the metrics, the run finishes; the evaluation CLI reads the same server."""
+    root = synthetic_shards["a"]
+    faults = {"shard-00001.tar": "404", "shard-00002.tar": "drop"}
+    run = tmp_path / "run"
+    with http_server(root, faults) as (url, served):
+        sources = tmp_path / "sources.json"
+        sources.write_text(json.dumps([{"name": "a", "root": url, "weight": 1.0, "task": "ocr"}]))
+        env = {**ENV, "LITERATE_READ_RETRY_DELAY": "0.05"}
+        r = _train(tokenizer, sources, run, 4, "data.slots=1", env=env)  # one slot reads every shard in turn
+        assert (
+            "shard-00001.tar: unreadable shard" in r.stderr
+            and "shard-00002.tar: unreadable shard" in r.stderr
+        )
+        assert _metrics(run)[-1]["data/unreadable_shard"] >= 2
+        r = subprocess.run(
+            [sys.executable, "-m", "train.evaluate", f"checkpoint={run}", f"data={url}", f"out={tmp_path / 'eval'}",
+             "n=2", "max_new_tokens=4"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert served["manifest.json"] >= 2
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import posixpath
 import tempfile
 import time
 import traceback
@@ -38,8 +39,9 @@ class Task:
 
 
 def list_inputs(spec: str, extensions: tuple[str, ...]) -> list[Document]:
-    """A folder (searched recursively for `extensions`), a glob, a list file (one path per line) or one
-    file → documents sorted by path, each with an id relative to the input's root."""
+    """A folder (searched recursively for `extensions`), a glob, a list file (one path or URL per line, `s3://`
+    and `gs://` objects included), an object-store prefix, or one file → documents sorted by path, each with
+    an id relative to the input's root."""
     if storage.is_object_store(spec):  # a prefix in object storage: its objects, ids relative to it
         urls = storage.list_objects(spec, extensions)
         if not urls:
@@ -57,6 +59,14 @@ def list_inputs(spec: str, extensions: tuple[str, ...]) -> list[Document]:
         urls = [e for e in entries if _is_url(e)]
         if urls:  # a URL list: one document per URL, its id the URL without the scheme
             return [Document(u, u.split("://", 1)[1]) for u in sorted(set(urls))]
+        objects = sorted({e for e in entries if storage.is_object_store(e)})
+        if objects:  # objects in a bucket: ids relative to their common folder, as for a list of paths
+            keys = [u.split("://", 1)[1] for u in objects]
+            root = posixpath.commonpath([posixpath.dirname(k) for k in keys])
+            return [
+                Document(u, posixpath.splitext(posixpath.relpath(k, root))[0])
+                for u, k in zip(objects, keys, strict=True)
+            ]
         files = sorted(Path(e) for e in entries)
         root = Path(os.path.commonpath([str(f.parent.resolve()) for f in files])) if files else p.parent
         files = [f.resolve() for f in files]

@@ -216,6 +216,12 @@ def test_a_build_from_and_to_s3_killed_half_way_resumes_to_the_local_shards(tmp_
         assert summary(r)["tasks_skipped"] >= done_before
         fs.invalidate_cache()
         fs.get("literate/out/", str(tmp_path / "fetched"), recursive=True)
+        listed = tmp_path / "objects.txt"  # a list file of the objects builds the same samples
+        listed.write_text("\n".join(f"s3://literate/in/d{i:02d}.pdf" for i in range(8)))
+        r = subprocess.run([*BUILD, *args, f"input={listed}", "output=s3://literate/out2"], env={**os.environ, **env},
+                           capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert r.returncode == 0, r.stderr[-3000:]
+        fs.get("literate/out2/", str(tmp_path / "fetched2"), recursive=True)
     got, want = read_shards(tmp_path / "fetched"), read_shards(tmp_path / "local")
     assert sorted(got) == sorted(want) and len(want) >= 8
     for key, sample in want.items():
@@ -228,6 +234,7 @@ def test_a_build_from_and_to_s3_killed_half_way_resumes_to_the_local_shards(tmp_
                 assert mine == theirs, key
             else:
                 assert got[key][ext] == data, (key, ext)
+    assert sorted(read_shards(tmp_path / "fetched2")) == sorted(want)
     manifest = json.loads((tmp_path / "fetched" / "manifest.json").read_text())
     assert manifest["finished"] == 8 and manifest["totals"]["samples"] == len(want)
 

@@ -111,7 +111,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     args = ap.parse_args()
     from model.tokenizer import Tokenizer, iter_texts, train_tokenizer
-    from train.loader import batch_plan
+    from train.loader import batch_plan, cut
 
     with tempfile.TemporaryDirectory() as tmp:
         tok = (
@@ -145,12 +145,11 @@ def main() -> None:
             for rank in range(world):
                 mine = [batch[s] for s in plan.rank_slots(rank)]  # one sample per slot
                 for order, out in ((mine, before), (sorted(mine), after)):
-                    cut = [order[i * len(order) // plan.accumulation : (i + 1) * len(order) // plan.accumulation]
-                           for i in range(plan.accumulation)]  # fmt: skip
-                    out.extend(c for c in cut if c)
+                    runs = cut(order, plan.accumulation)
+                    out.extend(c for c in runs if c)
                     if out is after:
-                        places += list(range(len(cut)))
-                        longest += [max(c) for c in cut]
+                        places += [i for i, c in enumerate(runs) if c]
+                        longest += [max(c) for c in runs if c]
         # Each slot sorting a look-ahead window of its own samples and every slot giving, at each step, the
         # sample at the same place of its sorted window (places visited in a seeded random order): what a
         # step holds then depends on the window, not on the ranks.
@@ -165,8 +164,7 @@ def main() -> None:
                 batch = [sorted_slots[s][place] for s in range(plan.slots)]
                 for rank in range(world):
                     mine = sorted(batch[s] for s in plan.rank_slots(rank))
-                    got += [mine[i * len(mine) // plan.accumulation : (i + 1) * len(mine) // plan.accumulation]
-                            for i in range(plan.accumulation)]  # fmt: skip
+                    got += cut(mine, plan.accumulation)
             windowed[window] = padding([c for c in got if c], args.prompt)
         print(
             f"{world:>4} ranks ({plan.describe()}): padding {padding(before, args.prompt):.1%} in stream order, "

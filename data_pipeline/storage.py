@@ -101,24 +101,24 @@ def open_read(url: str | os.PathLike):
     return webdataset.gopen(url, "rb")
 
 
+def _attempts(url: str, retries: int | None) -> int:
+    """How many times a read of `url` is tried: once for a local file, 1 + retries for a remote one."""
+    return 1 + (RETRIES if retries is None else retries) if is_remote(url) else 1
+
+
 def read_bytes(url: str | os.PathLike, retries: int | None = None, delay: float | None = None) -> bytes:
-    """The whole content of `url`, remote reads retried with back-off."""
-    retries = RETRIES if retries is None else retries
-    delay = RETRY_DELAY if delay is None else delay
-    for attempt in range(retries + 1 if is_remote(url) else 1):
+    """The whole content of `url`, remote reads retried with back-off (a missing file is not retried)."""
+    url, delay = str(url), RETRY_DELAY if delay is None else delay
+    attempts = _attempts(url, retries)
+    for attempt in range(attempts):
         try:
             with open_read(url) as f:
-                data = f.read()
-            return data
+                return f.read()
         except OSError as e:
-            if attempt == (retries if is_remote(url) else 0) or _missing(e):
+            if attempt + 1 == attempts or isinstance(e, FileNotFoundError):
                 raise
             time.sleep(delay * 2**attempt)
     raise AssertionError("unreachable")
-
-
-def _missing(e: Exception) -> bool:
-    return isinstance(e, FileNotFoundError)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -222,10 +222,8 @@ def iter_samples(
     already yielded, `retries` times with back-off; then, or at once for a local file, `UnreadableShard`.
     `expected` (the manifest's count): a shard that ends before it is truncated (a tar stream cut at a
     block of zeros reads as a shorter, valid one), and is unreadable too."""
-    url = str(url)
-    retries = RETRIES if retries is None else retries
-    delay = RETRY_DELAY if delay is None else delay
-    attempts = retries + 1 if is_remote(url) else 1
+    url, delay = str(url), RETRY_DELAY if delay is None else delay
+    attempts = _attempts(url, retries)
     done = skip
     for attempt in range(attempts):
         try:
@@ -239,7 +237,7 @@ def iter_samples(
         except UnreadableShard:
             raise
         except Exception as e:  # tarfile.ReadError, OSError, EOFError, a pipe's exit status, an HTTP error
-            if attempt + 1 == attempts or _missing(e):
+            if attempt + 1 == attempts or isinstance(e, FileNotFoundError):
                 raise UnreadableShard(url, f"{type(e).__name__}: {e}") from e
             print(
                 f"warning: {url}: read failed after {done} samples ({type(e).__name__}: {e}); "
@@ -264,6 +262,11 @@ def key_hash(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
 
 
+def drop_hashes(keys) -> np.ndarray:
+    """The sorted 64-bit hashes of dropped keys, as `Manifest.dropped` searches them."""
+    return np.array(sorted({key_hash(k) for k in keys}), dtype=np.uint64)
+
+
 @dataclass
 class Manifest:
     """A build's finished shards: their names (fixed-width bytes) and sample counts, and the 64-bit hashes
@@ -274,6 +277,7 @@ class Manifest:
     nsamples: np.ndarray  # int64
     drop: np.ndarray  # uint64, sorted
     source: str | None = None
+    drop_list: str | None = None  # the drop list's path inside the build, as the manifest names it
 
     def __len__(self) -> int:
         return len(self.names)
@@ -308,15 +312,15 @@ def parse_manifest(root: str, data: bytes, drop_keys: list[str] = ()) -> Manifes
         if int(n.group(1)) > 0:
             names.append(url.group(1))
             counts.append(int(n.group(1)))
-    head = data[:start] + data[end:] if end > 0 else data[:start]
-    source = _SOURCE.search(head)
-    drop = np.array(sorted({key_hash(k) for k in drop_keys}), dtype=np.uint64)
+    head = data[:start] + data[end:] if end > 0 else data[:start]  # all but the shard list
+    source, listed = _SOURCE.search(head), _DROP.search(head)
     return Manifest(
         root,
         np.array(names, dtype=bytes) if names else np.zeros(0, dtype="S1"),
         np.array(counts, dtype=np.int64),
-        drop,
+        drop_hashes(drop_keys),
         source.group(1).decode() if source else None,
+        listed.group(1).decode() if listed else None,
     )
 
 
@@ -337,13 +341,12 @@ def read_manifest(root: str | os.PathLike) -> Manifest:
         ) from None
     except (OSError, ValueError) as e:
         raise FileNotFoundError(f"{url}: cannot be read ({e})") from None
-    drop_keys: list[str] = []
-    listed = _DROP.search(data)
-    if listed:
+    manifest = parse_manifest(root, data)
+    if manifest.drop_list:
         import orjson
 
-        drop_keys = orjson.loads(read_bytes(join(root, listed.group(1).decode())))["keys"]
-    manifest = parse_manifest(root, data, drop_keys)
+        keys = orjson.loads(read_bytes(join(root, manifest.drop_list)))["keys"]
+        manifest.drop = drop_hashes(keys)
     if not len(manifest):
         raise FileNotFoundError(f"{url}: names no shard with samples")
     _MANIFESTS[root] = manifest

@@ -132,15 +132,13 @@ class ShardWriter:
         self.stats.bytes = self._tmp.stat().st_size
         self.stats.seconds = round(time.perf_counter() - self._t0, 3)
         os.replace(self._tmp, self.tar_path)
-        if self.remote:
-            try:
+        try:
+            if self.remote:
                 storage.upload(self.tar_path, self.remote, self.tar_path.name)
-                storage.write_text(
-                    self.remote, self.json_path.name, json.dumps(self.stats.to_dict(), indent=1)
-                )
-            finally:  # last: the JSON marks the shard finished
+            # last: the JSON marks the shard finished
+            storage.write_text(
+                self.remote or self.out_dir, self.json_path.name, json.dumps(self.stats.to_dict(), indent=1)
+            )
+        finally:
+            if self.remote:
                 shutil.rmtree(self.out_dir, ignore_errors=True)
-            return
-        tmp_json = self.json_path.with_suffix(".json.tmp")
-        tmp_json.write_text(json.dumps(self.stats.to_dict(), indent=1))
-        os.replace(tmp_json, self.json_path)  # last: this marks the shard finished

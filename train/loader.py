@@ -16,7 +16,6 @@ targets are truncated and counted.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import io
 import json
@@ -450,6 +449,11 @@ class BatchStream(torch.utils.data.IterableDataset):
             yield {"items": items, "states": {k: win.state() for k, win in windows.items()}}
 
 
+def cut(items: list, parts: int) -> list[list]:
+    """`items` in `parts` consecutive runs of near-equal size (some empty when there are fewer items)."""
+    return [items[i * len(items) // parts : (i + 1) * len(items) // parts] for i in range(parts)]
+
+
 def micro_batches(
     items: list[dict], accumulation: int, pad_id: int, template: dict | None = None
 ) -> list[dict]:
@@ -459,8 +463,7 @@ def micro_batches(
     copy of a sample with no target token: nothing is learned from it, the ranks stay in step."""
     items = sorted(items, key=lambda it: (len(it["input_ids"]), it["order"]))
     out = []
-    for i in range(accumulation):
-        chunk = items[i * len(items) // accumulation : (i + 1) * len(items) // accumulation]
+    for chunk in cut(items, accumulation):
         if not chunk:
             like = items[0] if items else template
             if like is None:
@@ -477,13 +480,11 @@ def micro_batches(
 
 
 def _die_with_parent(_worker_id: int) -> None:
-    """A loader worker is killed by the kernel when its rank's process ends (Linux), however it ends: a rank
-    leaves with `os._exit` under the launcher, and a worker left behind would hold the launcher's pipes."""
-    import ctypes
-    import signal
+    """A loader worker dies with its rank's process, however that ends: a rank leaves with `os._exit` under
+    the launcher, and a worker left behind would hold the launcher's pipes."""
+    from data_pipeline.runner import die_with_parent
 
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    die_with_parent()
 
 
 def make_loader(dataset: BatchStream, pin_memory: bool = False) -> Iterator[dict]:

@@ -52,6 +52,7 @@ def loader_padding(
     tokenizer,
     world: int,
     window: int,
+    slots: int | None,
     micro: int,
     batch: int,
     steps: int,
@@ -59,18 +60,19 @@ def loader_padding(
     prompt: int,
 ) -> tuple[float, float]:
     """The loader itself (`train.loader`, real decoding and tokenising): padding share of its micro batches
-    over `steps` steps of the first `ranks` ranks of `world`, and the rank correlation of step with mean
-    target length (rank 0)."""
+    over `steps` steps of the first `ranks` ranks of `world` with `slots` data slots (None: the default), the
+    rank correlation of step with mean target length (rank 0), and the rank correlation of a sample's place
+    in the stream (step, then its place in the step) with its length over those ranks' samples."""
     from model.processor import ImageProcessor
     from model.task_format import TaskFormat
     from train.loader import BatchStream, SourceSpec, make_loader
 
     fmt = TaskFormat(tokenizer, prompt - 4, 4096 + prompt)
     total = real = 0
-    step_means = []
+    step_means, sample_lengths = [], []
     for rank in range(ranks):
         ds = BatchStream([SourceSpec("pdf", shards, 1.0, "ocr")], fmt, ImageProcessor(16), micro, 0, rank, world,
-                         0, None, None, batch, window=window)  # fmt: skip
+                         0, None, slots, batch, window=window)  # fmt: skip
         batches = make_loader(ds)
         for _ in range(steps):
             lengths = []
@@ -82,7 +84,14 @@ def loader_padding(
                 lengths += n.tolist()
             if rank == 0:
                 step_means.append(sum(lengths) / len(lengths))
-    return 1 - real / total, spearman(list(range(len(step_means))), step_means)
+            sample_lengths.append(lengths)
+    rng = random.Random(0)  # a step's samples in a random order (their order within a step means nothing)
+    flat = [n for step in sample_lengths for n in rng.sample(step, len(step))]
+    return (
+        1 - real / total,
+        spearman(list(range(len(step_means))), step_means),
+        spearman(list(range(len(flat))), flat),
+    )
 
 
 def padding(batches: list[list[int]], prompt: int) -> float:
@@ -106,9 +115,12 @@ def main() -> None:
     ap.add_argument("--ranks", default="1,8,128")
     ap.add_argument("--max-length", type=int, default=4096 + 2052)
     ap.add_argument(
-        "--loader", default="128:256,128:1,8:256,8:1", help="world:window pairs run through the loader"
+        "--loader",
+        default="128:1,128:256,128:256:1024,8:1,8:256",
+        help="world:window[:slots] run through the loader (slots left out: the default)",
     )
-    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--measured-ranks", type=int, default=4)
     args = ap.parse_args()
     from model.tokenizer import Tokenizer, iter_texts, train_tokenizer
     from train.loader import batch_plan, cut
@@ -122,13 +134,17 @@ def main() -> None:
             )
         )
         lengths = target_lengths(args.shards, tok, args.max_length)
-        for pair in filter(None, args.loader.split(",")):
-            world, window = map(int, pair.split(":"))
-            share, corr = loader_padding(args.shards, tok, world, window, args.micro, args.batch, args.steps, 2,
-                                         args.prompt)  # fmt: skip
+        for spec in filter(None, args.loader.split(",")):
+            world, window, *rest = map(int, spec.split(":"))
+            slots = rest[0] if rest else None
+            share, corr, drift = loader_padding(args.shards, tok, world, window, slots, args.micro, args.batch,
+                                                args.steps, args.measured_ranks, args.prompt)  # fmt: skip
+            plan = batch_plan(args.batch, args.micro, world, slots)
             print(
-                f"loader, {world} ranks, length_window={window}: padding {share:.1%} of decoder positions over "
-                f"{args.steps} steps of 2 ranks; rank correlation of step and mean length {corr:.2f}",
+                f"loader, {world} ranks, {plan.slots} slots, length_window={window}: padding {share:.1%} of "
+                f"decoder positions over {args.steps} steps of {args.measured_ranks} ranks; rank correlation of "
+                f"step and mean length (rank 0) {corr:.2f}, of a sample's place in the stream and its length "
+                f"{drift:.2f}",
                 flush=True,
             )
     p10, p50, p90 = np.percentile(lengths, [10, 50, 90])
@@ -139,38 +155,38 @@ def main() -> None:
     stream = [rng.choice(lengths) for _ in range(args.batch * 20)]  # 20 global batches in mixture order
     for world in map(int, args.ranks.split(",")):
         plan = batch_plan(args.batch, args.micro, world)
+        k = plan.per_slot
         before, after, places, longest = [], [], [], []
         for step in range(20):
             batch = stream[step * args.batch : (step + 1) * args.batch]
             for rank in range(world):
-                mine = [batch[s] for s in plan.rank_slots(rank)]  # one sample per slot
+                mine = [n for s in plan.rank_slots(rank) for n in batch[s * k : (s + 1) * k]]
                 for order, out in ((mine, before), (sorted(mine), after)):
                     runs = cut(order, plan.accumulation)
                     out.extend(c for c in runs if c)
                     if out is after:
                         places += [i for i, c in enumerate(runs) if c]
                         longest += [max(c) for c in runs if c]
-        # Each slot sorting a look-ahead window of its own samples and every slot giving, at each step, the
-        # sample at the same place of its sorted window (places visited in a seeded random order): what a
-        # step holds then depends on the window, not on the ranks.
+        # Each slot sorting a look-ahead window of samples drawn independently, and every slot giving, at each
+        # step, the samples at the same place of its sorted window (places visited in a seeded random order):
+        # the bound the loader's windows approach when a slot's consecutive samples are unrelated.
         windowed = {}
         for window in (64, 256):
-            per_slot = [[rng.choice(lengths) for _ in range(window)] for _ in range(plan.slots)]
-            sorted_slots = [sorted(w) for w in per_slot]
-            order = list(range(window))
+            sorted_slots = [sorted(rng.choice(lengths) for _ in range(window)) for _ in range(plan.slots)]
+            order = list(range(window // k))
             random.Random(1).shuffle(order)
             got = []
             for place in order[:20]:
-                batch = [sorted_slots[s][place] for s in range(plan.slots)]
+                batch = [n for s in range(plan.slots) for n in sorted_slots[s][place * k : (place + 1) * k]]
                 for rank in range(world):
-                    mine = sorted(batch[s] for s in plan.rank_slots(rank))
+                    mine = sorted(n for s in plan.rank_slots(rank) for n in batch[s * k : (s + 1) * k])
                     got += cut(mine, plan.accumulation)
             windowed[window] = padding([c for c in got if c], args.prompt)
         print(
-            f"{world:>4} ranks ({plan.describe()}): padding {padding(before, args.prompt):.1%} in stream order, "
-            f"{', '.join(f'{v:.1%} with slot windows of {w}' for w, v in windowed.items())}, "
-            f"{padding(after, args.prompt):.1%} ordered by length; rank correlation of place and length "
-            f"{spearman(places, longest):.2f}"
+            f"{world:>4} ranks ({plan.describe()}, {plan.slots} slots): padding {padding(before, args.prompt):.1%} "
+            f"in stream order, {padding(after, args.prompt):.1%} ordered by length within a step, "
+            f"{', '.join(f'{v:.1%} with independent windows of {w}' for w, v in windowed.items())}; rank "
+            f"correlation of a micro batch's place in its step and its length {spearman(places, longest):.2f}"
         )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
@@ -68,7 +69,7 @@ def main() -> None:
     model = Kosmos25(cfg).train()
     run_cfg = OmegaConf.create(
         {
-            "deepspeed": {"zero_stage": 2, "offload_optimizer": False, "offload_params": False},
+            "deepspeed": OmegaConf.load(Path(__file__).parents[1] / "configs/deepspeed/zero2.yaml"),
             "trainer": {"train_batch_size": args.micro * args.accum, "micro_batch_size": args.micro},
             "optim": {"grad_clip": 1.0},
         }

@@ -25,19 +25,24 @@ def test_batch_math():
 
 
 def test_the_paper_batch_has_a_plan_on_every_world_size_up_to_1024():
-    """Global batch 1024, micro batch at most 8, one slot per sample: every world size from 1 to 1024 ranks
-    has a plan; every sample of the global batch is on exactly one rank, ranks differ by at most one sample,
-    each rank's micro batches hold them all and none is over 8."""
+    """Global batch 1024, micro batch at most 8, default slots: every world size from 1 to 1024 ranks has a plan;
+    every sample of the global batch is on exactly one rank, ranks differ by at most one slot's samples and
+    none holds more than 5% above the mean (unless the slots are one per sample), each rank's micro batches
+    hold them all and none is over 8. Up to 128 ranks the slots are the same 128, one per micro batch, so a
+    resumed run keeps its streams on any of those world sizes when they divide it evenly."""
     for world in range(1, 1025):
         plan = batch_math(1024, 8, world)
         counts = [plan.rank_samples(r) for r in range(world)]
-        assert sum(counts) == 1024 and max(counts) - min(counts) <= 1, world
+        assert sum(counts) == 1024 and max(counts) - min(counts) <= plan.per_slot, world
+        assert max(counts) * world <= 1.05 * 1024 or plan.slots == 1024, world
         assert plan.micro <= 8 and plan.micro * plan.accumulation >= max(counts), world
         assert plan.accumulation <= min(counts) or plan.micro == 1, world
+        if 128 % world == 0:
+            assert plan.slots == 128, world
     assert batch_math(1024, 8, 128).describe() == "micro 8 x accumulation 1 x 128 ranks"
     assert (
         batch_math(1024, 8, 24).describe()
-        == "24 ranks x 42-43 samples (accumulation 6 of micro batches of up to 8)"
+        == "24 ranks x 40-44 samples (accumulation 6 of micro batches of up to 8)"
     )
     with pytest.raises(ConfigError, match="1025 ranks but 1024 data slots"):
         batch_math(1024, 8, 1025)
@@ -66,7 +71,7 @@ def test_six_loader_workers_and_the_paper_batch_start_on_24_ranks(tokenizer, sou
         timeout=300,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "batch: 1024 = 24 ranks x 42-43 samples (accumulation 6 of micro batches of up to 8)" in r.stdout
+    assert "batch: 1024 = 24 ranks x 40-44 samples (accumulation 6 of micro batches of up to 8)" in r.stdout
 
 
 def test_schedule_warms_up_then_decays_to_zero():
@@ -292,10 +297,20 @@ def test_two_ranks_under_the_deepspeed_launcher(tokenizer, sources, val_sources,
         "eval.predictions=2",
         "eval.max_new_tokens=8",
     ]
-    cmd = _two_ranks(29633, [*_args(tokenizer, sources, run, 3), "deepspeed=zero3", *evaluation])
+    overrides = ["deepspeed=zero3", "deepspeed.zero_optimization.overlap_comm=false",
+                 "deepspeed.zero_optimization.reduce_bucket_size=1000000", "deepspeed.communication_data_type=fp32"]  # fmt: skip
+    cmd = _two_ranks(29633, [*_args(tokenizer, sources, run, 3), *overrides, *evaluation])
     r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     assert "batch: 8 = micro 2 x accumulation 2 x 2 ranks" in r.stdout
+    # The DeepSpeed overrides as the engine reads them back, and the resolved dict kept with the run.
+    assert "ZeRO stage 3, overlap_comm False" in r.stdout and "reduce bucket 1,000,000" in r.stdout, r.stdout
+    assert "communication torch.float32" in r.stdout
+    resolved = json.loads((run / "deepspeed.json").read_text())
+    assert (
+        resolved["zero_optimization"]["overlap_comm"] is False
+        and resolved["gradient_accumulation_steps"] == 2
+    )
     ckpt = run / "checkpoints" / "step0000002"
     assert (ckpt / "loader_rank0.json").exists() and (ckpt / "loader_rank1.json").exists()
     losses = [x["loss"] for x in _metrics(run)]
@@ -315,6 +330,23 @@ def test_two_ranks_under_the_deepspeed_launcher(tokenizer, sources, val_sources,
         ("trainer.max_steps=many", 2, "trainer.max_steps='many': expected an integer"),
         ("trainer.micro_batchsize=2", 1, "Key 'micro_batchsize' is not in struct"),  # Hydra's own message
         ("stage=pretraining", 1, "Could not find 'stage/pretraining'"),
+        (
+            "+deepspeed.train_batch_size=4",
+            2,
+            "deepspeed.train_batch_size is set by the trainer from trainer.train",
+        ),
+        (
+            "deepspeed.zero_optimization.overlap_comm=maybe",
+            2,
+            "deepspeed.zero_optimization.overlap_comm: Input",
+        ),
+        (
+            "+deepspeed.zero_optimization.bogus=1",
+            2,
+            "deepspeed.zero_optimization.bogus: Extra inputs are not",
+        ),
+        ("trainer.precision=fp16", 2, "trainer.precision=fp16 is not supported"),
+        ("trainer.precision=bf16", 2, "trainer.precision=bf16 needs a GPU here"),
     ],
 )
 def test_bad_configs_and_overrides_fail_before_any_work(
@@ -524,3 +556,13 @@ def test_two_rank_run_killed_and_resumed_continues_exactly(tokenizer, sources, s
     for rank in (0, 1):
         a, b = keys(ref, rank), keys(run, rank)
         assert all(a[s] == b[s] for s in range(1, 14)) and len(a[4]) == 4
+
+
+def test_the_offload_config_trains_with_deepspeeds_cpu_adam(tokenizer, sources, tmp_path):
+    """deepspeed=offload (ZeRO-3, optimizer state and parameters in CPU memory) steps with DeepSpeed's CPU Adam,
+    as DeepSpeed requires of an offloaded optimizer, and learns."""
+    run = tmp_path / "run"
+    r = _train(tokenizer, sources, run, 4, "deepspeed=offload", "trainer.checkpoint_every=1000")
+    assert "ZeRO stage 3" in r.stdout, r.stdout
+    losses = [x["loss"] for x in _metrics(run)]
+    assert len(losses) == 4 and losses[-1] < losses[0], losses

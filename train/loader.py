@@ -351,19 +351,37 @@ class BatchPlan:
         )
 
 
+def default_slots(global_batch: int, micro: int, world: int) -> int:
+    """The fewest slots that fill the micro batches by themselves: the smallest divisor of the global batch that
+    is at least its micro batches and the world size and leaves no rank more than 5% above the mean (slots are
+    dealt whole); the global batch itself, one slot per sample, when no divisor does."""
+    least = max(-(-global_batch // micro), world)
+    return next(
+        (
+            n
+            for n in range(least, global_batch + 1)
+            if global_batch % n == 0 and -(-n // world) * world <= 1.05 * n
+        ),
+        global_batch,
+    )
+
+
 def batch_plan(global_batch: int, micro: int, world: int, slots: int | None = None) -> BatchPlan:
     """The plan of a global batch of `global_batch` samples on `world` ranks with micro batches of at most
-    `micro` samples; `slots` defaults to one per sample of the global batch. Raises ValueError when no plan
-    exists (a slot count that does not divide the global batch, more ranks than slots)."""
+    `micro` samples. `slots` defaults to one per micro batch (global / micro), or one per rank when there are
+    more ranks, raised to a divisor of the global batch that deals evenly (`default_slots`): a slot then fills a
+    micro batch by itself, from one place of its look-ahead window, and the global batches are the same on
+    every world size that keeps that count. Raises ValueError when no plan exists (a slot count that does not divide the global batch, more
+    ranks than slots)."""
     if global_batch < 1 or micro < 1 or world < 1:
         raise ValueError(
             f"batch {global_batch}, micro batch {micro} and {world} ranks must all be at least 1"
         )
-    slots = int(slots or global_batch)
+    slots = int(slots or default_slots(global_batch, micro, world))
     if global_batch % slots:
         raise ValueError(
             f"data.slots={slots} must divide trainer.train_batch_size={global_batch}: every step takes the same "
-            "number of samples from each slot (leave data.slots unset for one slot per sample)"
+            "number of samples from each slot (leave data.slots unset for the default)"
         )
     if world > slots:
         raise ValueError(

@@ -103,25 +103,71 @@ def param_groups(
     ]
 
 
-def deepspeed_config(cfg: DictConfig, plan, use_bf16: bool) -> dict:
-    ds = cfg.deepspeed
-    zero: dict = {"stage": int(ds.zero_stage)}
-    if ds.offload_optimizer:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
-    if ds.offload_params:
-        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+# DeepSpeed keys the trainer computes, and where their values come from.
+COMPUTED_DEEPSPEED_KEYS = {
+    "train_batch_size": "trainer.train_batch_size",
+    "train_micro_batch_size_per_gpu": "trainer.micro_batch_size",
+    "gradient_accumulation_steps": "trainer.train_batch_size, trainer.micro_batch_size and the world size",
+    "gradient_clipping": "optim.grad_clip",
+    "bf16": "trainer.precision",
+    "fp16": "trainer.precision",
+    "optimizer": "optim.*",
+    "scheduler": "optim.warmup_steps and the stage's steps",
+}
+
+
+def _without_nulls(d):
+    return {k: _without_nulls(v) for k, v in d.items() if v is not None} if isinstance(d, dict) else d
+
+
+def training_bf16(cfg: DictConfig, cuda: bool) -> bool:
+    """The training dtype from `trainer.precision`: auto (bf16 on a GPU, fp32 elsewhere), bf16 or fp32. fp16 is
+    refused: the loss is summed over the global batch's tokens, and bf16 has fp32's range without a loss
+    scale."""
+    precision = str(cfg.trainer.precision)
+    if precision == "fp16":
+        raise ConfigError(
+            "trainer.precision=fp16 is not supported (no loss scaling): use bf16 (Ampere or later GPUs) or fp32"
+        )
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"trainer.precision={precision}: one of auto, bf16, fp32")
+    if precision == "bf16" and not cuda:
+        raise ConfigError("trainer.precision=bf16 needs a GPU here; auto trains in fp32 on a CPU")
+    return precision == "bf16" or (precision == "auto" and cuda)
+
+
+def deepspeed_config(cfg: DictConfig, plan, bf16: bool) -> dict:
+    """The DeepSpeed config: the `deepspeed` group's dict (nulls dropped: DeepSpeed's defaults) with the keys the
+    trainer computes. A computed key set in the group, or a ZeRO section DeepSpeed would refuse, is a
+    ConfigError."""
+    from deepspeed.runtime.zero.config import DeepSpeedZeroConfig
+    from pydantic import ValidationError
+
+    ds = _without_nulls(OmegaConf.to_container(cfg.deepspeed, resolve=True))
+    for key in sorted(set(ds) & set(COMPUTED_DEEPSPEED_KEYS)):
+        raise ConfigError(
+            f"deepspeed.{key} is set by the trainer from {COMPUTED_DEEPSPEED_KEYS[key]}; set that instead"
+        )
+    try:
+        DeepSpeedZeroConfig(**ds.get("zero_optimization", {}))
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"deepspeed.zero_optimization.{where}: {first['msg']}") from None
     return {
+        **ds,
         # DeepSpeed's own bookkeeping: the largest micro batch a rank runs. With uneven ranks this
         # product exceeds the global batch; the loss is scaled by the global batch's tokens (train_step).
         "train_batch_size": plan.micro * plan.accumulation * plan.world,
         "train_micro_batch_size_per_gpu": plan.micro,
         "gradient_accumulation_steps": plan.accumulation,
         "gradient_clipping": float(cfg.optim.grad_clip),
-        "zero_optimization": zero,
-        "bf16": {"enabled": use_bf16},
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
+        "bf16": {"enabled": bf16},
     }
+
+
+def offloads_optimizer(ds: dict) -> bool:
+    return (ds.get("zero_optimization", {}).get("offload_optimizer") or {}).get("device", "none") != "none"
 
 
 def load_sources(cfg: DictConfig, validation: bool = False):
@@ -155,6 +201,17 @@ def latest_checkpoint(ckpt_dir: Path) -> str | None:
     return latest.read_text().strip() if latest.exists() else None
 
 
+def resumed_slots(cfg: DictConfig) -> int | None:
+    """`data.slots`, or, when it is left to its default, the slot count of the checkpoint this run resumes
+    (so a run resumed on another world size keeps its streams)."""
+    if cfg.data.get("slots") or cfg.trainer.reset_loader:
+        return cfg.data.get("slots")
+    ckpt_dir = Path(cfg.run_dir) / "checkpoints"
+    tag = latest_checkpoint(ckpt_dir)
+    saved = ckpt_dir / tag / "loader_rank0.json" if tag else None
+    return json.loads(saved.read_text())["slots"] if saved and saved.exists() else None
+
+
 def run(cfg: DictConfig) -> int:
     import deepspeed
 
@@ -172,7 +229,7 @@ def run(cfg: DictConfig) -> int:
     try:
         check_numbers(cfg)
         plan = batch_math(
-            int(cfg.trainer.train_batch_size), int(cfg.trainer.micro_batch_size), world, cfg.data.get("slots")
+            int(cfg.trainer.train_batch_size), int(cfg.trainer.micro_batch_size), world, resumed_slots(cfg)
         )
         accumulation = plan.accumulation
         window = int(cfg.data.get("length_window") or 1)
@@ -194,6 +251,9 @@ def run(cfg: DictConfig) -> int:
             )
         sources = load_sources(cfg)
         val_sources = load_sources(cfg, validation=True) if int(cfg.eval.every) > 0 else []
+        cuda = torch.cuda.is_available()
+        use_bf16 = training_bf16(cfg, cuda)
+        ds_config = deepspeed_config(cfg, plan, use_bf16)
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -206,17 +266,16 @@ def run(cfg: DictConfig) -> int:
                 flush=True,
             )
         return 0
-    cuda = torch.cuda.is_available()
     if "RANK" not in os.environ:  # started without a launcher: a one-process group on this machine
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
-    use_bf16 = cuda and cfg.trainer.precision in ("auto", "bf16")
     run_dir = Path(cfg.run_dir)
     ckpt_dir = run_dir / "checkpoints"
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        (run_dir / "deepspeed.json").write_text(json.dumps(ds_config, indent=1) + "\n")
         print(f"batch: {plan.global_batch} = {plan.describe()}; {plan.slots} data slots", flush=True)
 
     torch.manual_seed(int(cfg.seed))
@@ -246,21 +305,31 @@ def run(cfg: DictConfig) -> int:
         if rank == 0:
             print(f"stage {cfg.stage.name}: starting from {weights}", flush=True)
     steps = int(cfg.trainer.max_steps)
-    optimizer = torch.optim.AdamW(
-        param_groups(
-            model, float(cfg.optim.weight_decay), float(cfg.optim.lr), float(cfg.optim.image_lr_scale)
-        ),
-        lr=float(cfg.optim.lr),
-        betas=tuple(cfg.optim.betas),
-        eps=float(cfg.optim.eps),
+    groups = param_groups(
+        model, float(cfg.optim.weight_decay), float(cfg.optim.lr), float(cfg.optim.image_lr_scale)
     )
+    adam = dict(lr=float(cfg.optim.lr), betas=tuple(cfg.optim.betas), eps=float(cfg.optim.eps))
+    if offloads_optimizer(ds_config):  # the optimizer steps on the CPU: DeepSpeed's vectorised AdamW
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+
+        optimizer = DeepSpeedCPUAdam(groups, adamw_mode=True, **adam)
+    else:
+        optimizer = torch.optim.AdamW(groups, **adam)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(int(cfg.optim.warmup_steps), steps))
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
         lr_scheduler=scheduler,
-        config=deepspeed_config(cfg, plan, use_bf16),
+        config=ds_config,
     )
+    if rank == 0:  # read back from the engine: what DeepSpeed runs with, not what was asked
+        print(
+            f"deepspeed: ZeRO stage {engine.zero_optimization_stage()}, overlap_comm "
+            f"{engine.zero_overlap_comm()}, contiguous_gradients {engine.zero_contiguous_gradients()}, reduce "
+            f"bucket {engine.zero_reduce_bucket_size():,}, communication {engine.communication_data_type}; "
+            f"{run_dir / 'deepspeed.json'}",
+            flush=True,
+        )
 
     step, resume, rng_state = 0, None, None
     workers, slots = int(cfg.data.workers), plan.slots

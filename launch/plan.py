@@ -1,7 +1,9 @@
 """Capacity planner for the paper's recipe.
 
-    python -m launch.plan model=kosmos-2.5 gpus=128 gpu=h100 [mfu=0.4] [text_len=2560] [bytes_per_page=250000]
-                          [loader_samples_per_s=20]
+    python -m launch.plan model=kosmos-2.5 gpus=128 gpu=h100 [mfu=0.4] [text_len=3075] [bytes_per_page=250000]
+                          [loader_samples_per_s=20] [model.text.layers=...]
+
+Keys and defaults are in `configs/tools/plan.yaml`; they are Hydra overrides, as for training (unknown keys refused).
 
 Prints FLOPs per training sample (from `estimate_flops`), the step time of a 1024-sample global batch and the
 days each stage takes at the assumed MFU, the checkpoint size (bf16 weights + fp32 master weights + AdamW
@@ -14,7 +16,7 @@ import sys
 
 import torch
 
-from model.config import get_config
+from model.config import ModelConfig, compose_app, config_from_dict
 from model.kosmos import Kosmos25
 from train.metrics import PEAK_FLOPS
 
@@ -24,18 +26,24 @@ GLOBAL_BATCH = 1024
 
 
 def plan(
-    model: str, gpus: int, gpu: str, mfu: float, text_len: int, bytes_per_page: float, loader_rate: float
+    model: ModelConfig,
+    gpus: int,
+    gpu: str,
+    mfu: float,
+    text_len: int,
+    bytes_per_page: float,
+    loader_rate: float,
 ) -> str:
     if gpu not in PEAK_FLOPS:
         raise ValueError(f"gpu={gpu!r}: choose from {', '.join(PEAK_FLOPS)}")
     with torch.device("meta"):
-        m = Kosmos25(get_config(model))
+        m = Kosmos25(model)
     params = m.num_parameters()
     flops = m.estimate_flops(text_len=text_len)
     step = flops * GLOBAL_BATCH / (gpus * PEAK_FLOPS[gpu] * mfu)
     per_gpu = GLOBAL_BATCH / step / gpus
     lines = [
-        f"model {model}: {params / 1e9:.2f}B parameters; {flops / 1e12:.1f} TFLOPs per training sample "
+        f"model {model.name}: {params / 1e9:.2f}B parameters; {flops / 1e12:.1f} TFLOPs per training sample "
         f"({m.config.max_patches} patches, {text_len} decoder positions)",
         f"{gpus} x {gpu} at {mfu:.0%} MFU: {step:.2f} s per step of {GLOBAL_BATCH} samples, {per_gpu:.1f} samples/s per GPU",
     ]
@@ -56,17 +64,17 @@ def plan(
 
 
 def main(argv: list[str]) -> int:
-    args = dict(a.split("=", 1) for a in argv if "=" in a)
     try:
+        cfg = compose_app("plan", argv)
         print(
             plan(
-                args.get("model", "kosmos-2.5"),
-                int(args.get("gpus", 128)),
-                args.get("gpu", "h100"),
-                float(args.get("mfu", 0.4)),
-                int(args.get("text_len", 2048 + 3 + 1024)),
-                float(args.get("bytes_per_page", 250_000)),
-                float(args.get("loader_samples_per_s", 20)),
+                config_from_dict(cfg.model),
+                int(cfg.gpus),
+                str(cfg.gpu),
+                float(cfg.mfu),
+                int(cfg.text_len),
+                float(cfg.bytes_per_page),
+                float(cfg.loader_samples_per_s),
             )
         )
     except ValueError as e:

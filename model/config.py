@@ -1,8 +1,8 @@
 """Model configuration: dataclasses and the named presets (`tiny`, `small`, `kosmos-2.5`).
 
 Field names follow Hugging Face's `Kosmos2_5Config` where a field exists there, so a config converts
-1:1 (see `model/hf.py`). Presets are defined here once; the Hydra files in `configs/model/` only name a
-preset and override fields.
+1:1 (see `model/hf.py`). Presets are defined here once and registered as Hydra's `model` config group
+(`register_hydra_presets`).
 """
 
 from __future__ import annotations
@@ -187,6 +187,49 @@ def get_config(preset: str, **overrides: Any) -> ModelConfig:
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; choose from {sorted(PRESETS)}")
     return ModelConfig.from_dict(_merge(PRESETS[preset]().to_dict(), overrides))
+
+
+@dataclass
+class ModelNode(ModelConfig):
+    """A Hydra `model:` node: a preset's every field, so `model.text.layers=4` needs no `+` and Hydra checks its
+    type, and the preset's name."""
+
+    preset: str = "kosmos-2.5"
+
+
+def register_hydra_presets() -> None:
+    """The presets as Hydra's config group `model` (structured configs: `model=tiny`, `model=kosmos-2.5`). Hydra
+    is imported here only: the model library does not need it."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    for name, make in PRESETS.items():
+        store.store(group="model", name=name, node=ModelNode(**vars(make()), preset=name))
+
+
+def compose_app(name: str, overrides: list[str]):
+    """The config `configs/tools/<name>.yaml` with command-line `overrides`, by Hydra's rules (as for training: an
+    unknown key or a badly typed value is refused). Raises ValueError with Hydra's message, or naming the
+    required keys left unset."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    register_hydra_presets()
+    configs = Path(__file__).resolve().parents[1] / "configs" / "tools"  # apart from training's groups
+    try:
+        with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+            cfg = compose(name, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as e:
+        cause = f": {e.__cause__}" if e.__cause__ else ""
+        raise ValueError(f"{e}{cause}".strip()) from None
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ValueError(f"required: {', '.join(f'{k}=...' for k in missing)}")
+    return cfg
 
 
 def config_from_dict(d: dict[str, Any]) -> ModelConfig:

@@ -39,14 +39,13 @@ def export(run_dir: Path, out: Path) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    args = dict(a.split("=", 1) for a in argv if "=" in a)
-    if "checkpoint" not in args or "out" not in args:
-        print("usage: python -m model.export checkpoint=<run dir> out=<dir>", file=sys.stderr)
-        return 2
+    from model.config import compose_app
+
     try:
-        out = export(Path(args["checkpoint"]), Path(args["out"]))
+        cfg = compose_app("export", argv)
+        out = export(Path(cfg.checkpoint), Path(cfg.out))
     except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}\nusage: python -m model.export checkpoint=<run dir> out=<dir>", file=sys.stderr)
         return 2
     print(f"wrote {out}")
     return 0

@@ -222,13 +222,18 @@ class Kosmos25(nn.Module):
 
     # ------------------------------------------------------------------ FLOPs
     def estimate_flops(
-        self, num_patches: int | None = None, text_len: int = 1024, target_len: int | None = None
+        self,
+        num_patches: int | None = None,
+        text_len: int = 1024,
+        target_len: int | None = None,
+        recompute: bool = False,
     ) -> float:
         """Training FLOPs (forward + backward = 3x forward) of one sample.
 
         `text_len` counts every decoder position, image slots included; `target_len` the positions that
         get logits (default: those after the image slots). Matmuls count 2 FLOPs per multiply-add; attention
-        scores and weighted sums are counted in full (no causal discount), as MFU conventions do.
+        scores and weighted sums are counted in full (no causal discount), as MFU conventions do. `recompute`
+        adds the second forward pass of the vision and decoder layers that activation checkpointing runs.
         """
         c, v, t = self.config, self.config.vision, self.config.text
         p = c.max_patches if num_patches is None else num_patches
@@ -236,13 +241,15 @@ class Kosmos25(nn.Module):
         target = max(text_len - q - 3, 0) if target_len is None else target_len
         inner = v.num_attention_heads * v.head_dim
         d = t.embed_dim
-        vision = p * (v.patch_embed_hidden_size * v.hidden_size) + v.num_hidden_layers * (
+        vision_layers = v.num_hidden_layers * (
             p * (4 * v.hidden_size * inner + 3 * v.hidden_size * v.intermediate_size) + 2 * p * p * inner
         )
+        vision = p * (v.patch_embed_hidden_size * v.hidden_size) + vision_layers
         resampler = p * v.hidden_size * d + (p + q) * 2 * d * d + q * 2 * d * d + 2 * q * (p + q) * d
         decoder = t.layers * (text_len * (4 * d * d + 2 * d * t.ffn_dim) + 2 * text_len * text_len * d)
         head = target * d * t.vocab_size
-        return 3 * 2 * float(vision + resampler + decoder + head)
+        again = vision_layers + decoder if recompute else 0
+        return 2 * float(3 * (vision + resampler + decoder + head) + again)
 
 
 def _pick(

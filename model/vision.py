@@ -7,6 +7,8 @@ Hugging Face's `Kosmos2_5VisionModel` so weights map 1:1.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,6 +45,34 @@ class VisionEmbeddings(nn.Module):
         return self.dropout(x + self.row_embedder(rows) + self.column_embedder(cols))
 
 
+@dataclass
+class KeyLayout:
+    """Which patches a query may attend to. `mask` is `(B, 1, 1, P)`, True for real patches. When every row's
+    padding is at its end (as the processor makes it), `groups` lists `(real length, row indices)`, and the
+    attention runs per group over the real keys alone, with no mask: on a GPU that is the flash / memory-
+    efficient kernel, which a boolean mask rules out. The outputs are those of the masked attention, padding
+    queries included (they attend to their row's real patches in both)."""
+
+    mask: torch.Tensor
+    groups: list[tuple[int, torch.Tensor]] | None
+
+    @staticmethod
+    def of(flattened_patches: torch.Tensor) -> KeyLayout:
+        real = flattened_patches.sum(dim=-1) != 0  # an all-zero row is padding (ids start at 1), as in HF
+        lengths = real.sum(dim=-1)
+        places = torch.arange(real.shape[1], device=real.device)
+        mask = real[:, None, None, :]
+        if not bool((real == (places[None, :] < lengths[:, None])).all()):
+            return KeyLayout(mask, None)
+        by_length: dict[int, list[int]] = {}
+        for row, length in enumerate(lengths.tolist()):
+            by_length.setdefault(max(int(length), 1), []).append(row)
+        return KeyLayout(
+            mask,
+            [(n, torch.tensor(rows, device=real.device)) for n, rows in sorted(by_length.items())],
+        )
+
+
 class VisionAttention(nn.Module):
     def __init__(self, cfg: VisionConfig):
         super().__init__()
@@ -54,15 +84,23 @@ class VisionAttention(nn.Module):
         self.value = nn.Linear(cfg.hidden_size, inner, bias=False)
         self.output = nn.Linear(inner, cfg.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, keys: KeyLayout) -> torch.Tensor:
         b, n, _ = x.shape
         q, k, v = (
             proj(x).view(b, n, -1, self.head_dim).transpose(1, 2)
             for proj in (self.query, self.key, self.value)
         )
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=key_mask, dropout_p=self.dropout if self.training else 0.0
-        )
+        p = self.dropout if self.training else 0.0
+        if keys.groups is None:  # padding not at the end of a row: the boolean key mask
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=keys.mask, dropout_p=p)
+        elif len(keys.groups) == 1 and keys.groups[0][0] == n:  # no padding: the plain (flash) kernel
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        else:  # each group of rows with the same real length attends to its real keys alone, no mask
+            y = torch.empty_like(q)
+            for length, rows in keys.groups:
+                y[rows] = F.scaled_dot_product_attention(
+                    q[rows], k[rows, :, :length], v[rows, :, :length], dropout_p=p
+                )
         return self.output(y.transpose(1, 2).reshape(b, n, -1))
 
 
@@ -88,8 +126,8 @@ class VisionLayer(nn.Module):
         self.pre_attention_layer_norm = RMSNorm(cfg.hidden_size, cfg.layer_norm_eps)
         self.pre_mlp_layer_norm = RMSNorm(cfg.hidden_size, cfg.layer_norm_eps)
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.attention(self.pre_attention_layer_norm(x), key_mask)
+    def forward(self, x: torch.Tensor, keys: KeyLayout) -> torch.Tensor:
+        x = x + self.attention(self.pre_attention_layer_norm(x), keys)
         return x + self.mlp(self.pre_mlp_layer_norm(x))
 
 
@@ -115,12 +153,11 @@ class VisionModel(nn.Module):
             raise ValueError(
                 f"flattened_patches must be (batch, patches, 2 + p*p*3); got {tuple(flattened_patches.shape)}"
             )
-        # An all-zero row is padding (ids start at 1), exactly the rule Hugging Face applies.
-        key_mask = (flattened_patches.sum(dim=-1) != 0)[:, None, None, :]
+        keys = KeyLayout.of(flattened_patches)
         x = self.embeddings(flattened_patches)
         for layer in self.encoder.layer:
             if self.activation_checkpointing and self.training:
-                x = checkpoint(layer, x, key_mask, use_reentrant=False)
+                x = checkpoint(layer, x, keys, use_reentrant=False)
             else:
-                x = layer(x, key_mask)
+                x = layer(x, keys)
         return self.layernorm(x)

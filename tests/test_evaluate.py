@@ -260,3 +260,18 @@ def test_evaluate_rejects_what_it_cannot_read(hf_model_dir, tmp_path):
         timeout=300,
     )
     assert r.returncode == 2 and "missing.tar" in r.stderr
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "train.evaluate",
+            f"checkpoint={hf_model_dir}",
+            "data=x",
+            "out=y",
+            "samples=3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2 and "Could not override 'samples'" in r.stderr  # Hydra's rules, as for training

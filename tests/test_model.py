@@ -130,14 +130,15 @@ def test_sampling_is_seeded_and_stops_at_eos(tiny):
     assert (out[0, 1:] == tiny.config.text.pad_token_id).all()
 
 
-@pytest.mark.parametrize("preset", ["tiny", "small"])
-def test_estimate_flops_matches_a_flop_counter(preset):
-    cfg = get_config(preset)
+@pytest.mark.parametrize(("preset", "recompute"), [("tiny", False), ("small", False), ("small", True)])
+def test_estimate_flops_matches_a_flop_counter(preset, recompute):
+    """Within 5% of PyTorch's FLOP counter, with activation checkpointing's second forward pass counted."""
+    cfg = get_config(preset, activation_checkpointing=recompute)
     model = Kosmos25(cfg)
     batch = _inputs(cfg, batch=1, text=64)
     with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
         model(**batch, compute_logits=False).loss.backward()
-    estimate = model.estimate_flops(cfg.max_patches, batch["input_ids"].shape[1], 64)
+    estimate = model.estimate_flops(cfg.max_patches, batch["input_ids"].shape[1], 64, recompute=recompute)
     assert abs(estimate / counter.get_total_flops() - 1) < 0.05
 
 
@@ -172,12 +173,24 @@ def test_wrong_patch_width_is_a_clear_error(tiny):
 
 
 def test_hydra_configs_compose_into_model_configs():
+    """The presets are structured configs: a field is overridden without `+`, its type is checked, and an
+    unknown key is refused, all by Hydra."""
+    from hydra.errors import ConfigCompositionException
+
+    from model.config import register_hydra_presets
+
+    register_hydra_presets()
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         for preset in ("tiny", "small", "kosmos-2.5"):
-            cfg = compose("pretrain", overrides=[f"model={preset}", "stage=mixed", "+model.text.layers=3"])
+            cfg = compose("pretrain", overrides=[f"model={preset}", "stage=mixed", "model.text.layers=3"])
             model_cfg = config_from_dict(cfg.model)
             assert model_cfg.name == preset and model_cfg.text.layers == 3
             assert cfg.stage.steps == 140000 and cfg.optim.lr == 2e-4
+        assert compose("pretrain", overrides=["model=small"]).model.vision.hidden_size == 384
+        with pytest.raises(ConfigCompositionException, match="Error merging override model.text.layers=many"):
+            compose("pretrain", overrides=["model.text.layers=many"])
+        with pytest.raises(ConfigCompositionException, match="Could not override 'model.bogus'"):
+            compose("pretrain", overrides=["model.bogus=1"])
 
 
 def test_model_package_never_imports_deepspeed():
@@ -189,3 +202,45 @@ def test_model_package_never_imports_deepspeed():
                 else ([node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             )
             assert not any(n.split(".")[0] == "deepspeed" for n in names), path
+
+
+def test_vision_attention_without_a_mask_equals_the_masked_one():
+    """Rows of 64, 40 and 17 real patches (padding at the end, as the processor makes it) and one without
+    padding: the per-length groups, no mask, give the masked attention's outputs within 1e-5, padding positions
+    included (the resampler reads them); a batch without padding takes one group of full length (no mask, the
+    flash-capable kernel); padding elsewhere than at a row's end falls back to the mask."""
+    from model.processor import ImageProcessor
+    from model.vision import KeyLayout, VisionModel
+
+    torch.manual_seed(0)
+    cfg = get_config("tiny").vision
+    model = VisionModel(cfg).eval()
+    width = cfg.patch_embed_hidden_size
+    patches = torch.zeros(4, 64, 2 + width)
+    for row, n in enumerate((64, 40, 17, 64)):
+        patches[row, :n, 0] = torch.arange(n) // 8 + 1
+        patches[row, :n, 1] = torch.arange(n) % 8 + 1
+        patches[row, :n, 2:] = torch.randn(n, width)
+    keys = KeyLayout.of(patches)
+    assert [(n, r.tolist()) for n, r in keys.groups] == [(17, [2]), (40, [1]), (64, [0, 3])]
+
+    def masked(p):
+        x, forced = model.embeddings(p), KeyLayout(KeyLayout.of(p).mask, None)
+        for layer in model.encoder.layer:
+            x = layer(x, forced)
+        return model.layernorm(x)
+
+    with torch.no_grad():
+        assert (model(patches) - masked(patches)).abs().max() < 1e-5
+    full = KeyLayout.of(patches[[0, 3]])
+    assert len(full.groups) == 1 and full.groups[0][0] == 64
+    holed = patches.clone()
+    holed[0, 5] = 0
+    assert KeyLayout.of(holed).groups is None
+    import numpy as np
+    from PIL import Image
+
+    page = Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 300, 3), dtype=np.uint8))
+    made = ImageProcessor(64)(page)
+    assert made.rows * made.cols < 64  # padded, at the end of the row: the unmasked path
+    assert KeyLayout.of(made.flattened_patches[None]).groups[0][0] == made.rows * made.cols

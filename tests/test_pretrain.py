@@ -215,7 +215,7 @@ def test_run_resume_and_preemption(tokenizer, sources, val_sources, tmp_path):
             config = {item.key for item in record.run.config.update}
     every_metric = {
         "loss", "loss/ocr", "loss/source/a", "lr", "grad_norm", "target_tokens_per_s", "samples_per_s", "mfu",
-        "step_time_s", "data_wait_fraction", "max_rss_mb", "val/loss/ocr", "val/loss/heldout/ocr",
+        "hfu", "step_time_s", "data_wait_fraction", "max_rss_mb", "val/loss/ocr", "val/loss/heldout/ocr",
         "val/loss_shuffled_images/ocr", "val/ocr/f1", "val/ocr/iou", "val/predictions._type",
     }  # fmt: skip
     assert every_metric <= keys, every_metric - keys
@@ -234,6 +234,7 @@ def test_run_resume_and_preemption(tokenizer, sources, val_sources, tmp_path):
         "mfu",
         "data_wait_fraction",
     } <= set(m[0])
+    assert all(x["hfu"] > x["mfu"] > 0 for x in m)  # padded text and patches ran, but are not useful work
     assert (run / "model.pt").exists() and (run / "checkpoints" / "latest").read_text() == "step0000004"
     # The finished run exports to the Hugging Face format, which transformers loads.
     r = subprocess.run(
@@ -347,6 +348,8 @@ def test_two_ranks_under_the_deepspeed_launcher(tokenizer, sources, val_sources,
         ),
         ("trainer.precision=fp16", 2, "trainer.precision=fp16 is not supported"),
         ("trainer.precision=bf16", 2, "trainer.precision=bf16 needs a GPU here"),
+        ("model.bogus=1", 1, "Could not override 'model.bogus'"),
+        ("model.text.layers=many", 1, "Error merging override model.text.layers=many"),
     ],
 )
 def test_bad_configs_and_overrides_fail_before_any_work(
@@ -459,10 +462,11 @@ def test_capacity_planner():
         and "stage layout  100,000 steps" in r.stdout
         and "TB of shards" in r.stdout
     )
-    r = subprocess.run(
-        [sys.executable, "-m", "launch.plan", "gpu=tpu"], capture_output=True, text=True, timeout=120
-    )
-    assert r.returncode == 2 and "gpu='tpu'" in r.stderr
+    for bad, message in (("gpu=tpu", "gpu='tpu'"), ("gpus_=8", "Could not override 'gpus_'")):
+        r = subprocess.run(
+            [sys.executable, "-m", "launch.plan", bad], capture_output=True, text=True, timeout=120
+        )
+        assert r.returncode == 2 and message in r.stderr, r.stderr
 
 
 def test_full_data_config_is_the_paper_mixture():

@@ -113,7 +113,7 @@ def train_stage(
         f"data.val_sources_file={val}", "data.workers=1", f"trainer.max_steps={steps}",
         f"trainer.train_batch_size={args.batch}", f"trainer.micro_batch_size={args.batch // (2 * args.ranks)}",
         f"trainer.max_length={args.max_length}", f"optim.lr={args.lr}", f"optim.warmup_steps={args.lr_warmup}",
-        f"optim.image_lr_scale={args.image_lr_scale}", f"+model.image_proj_init_std={args.image_proj_init_std}",
+        f"optim.image_lr_scale={args.image_lr_scale}", f"model.image_proj_init_std={args.image_proj_init_std}",
         f"trainer.dropout={args.dropout}", f"trainer.checkpoint_every={max(steps // 2, 1)}", "trainer.keep_checkpoints=1",
         f"run_dir={run_dir}", f"run_name=demo-{stage}", "wandb.mode=offline", "eval.tasks=[ocr,md]",
         f"eval.every={args.eval_every}", "eval.samples_per_source=8", "eval.predictions=2", "eval.max_new_tokens=160",

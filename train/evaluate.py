@@ -1,7 +1,9 @@
 """Evaluation with the paper's metrics:
 
     python -m train.evaluate checkpoint=<run dir, checkpoint or Hugging Face directory> data=<shards or image folder> out=<dir>
-        [n=64] [max_new_tokens=512] [batch=4] [tasks=ocr,md] [tokenizer=<dir>] [draw=8] [device=cpu]
+        [n=64] [max_new_tokens=512] [batch=4] [tasks=[ocr,md]] [tokenizer=<dir>] [draw=8] [device=cpu]
+
+Keys and defaults are in `configs/tools/evaluate.yaml`; they are Hydra overrides, as for training.
 
 `checkpoint`: a run directory (its consolidated `model.pt`, or else its latest DeepSpeed checkpoint), one
 checkpoint folder of a run (`runs/x/checkpoints/step0001000`), or a Hugging Face `save_pretrained`
@@ -470,37 +472,36 @@ def evaluate(
 
 
 def main(argv: list[str]) -> int:
-    args = dict(a.split("=", 1) for a in argv if "=" in a)
-    unknown = set(args) - {
-        "checkpoint", "data", "out", "n", "max_new_tokens", "batch", "tasks", "tokenizer", "draw", "device",
-        "max_length",
-    }  # fmt: skip
-    if not {"checkpoint", "data", "out"} <= set(args) or unknown:
+    from model.config import compose_app
+
+    try:
+        cfg = compose_app("evaluate", argv)
+    except ValueError as e:
         print(
-            "usage: python -m train.evaluate checkpoint=<run, checkpoint or HF dir> data=<shards or image folder> "
-            "out=<dir> [n=64] [max_new_tokens=512] [batch=4] [tasks=ocr,md] [tokenizer=<dir>] [draw=8] [device=cpu]"
-            + (f"\nunknown: {', '.join(sorted(unknown))}" if unknown else ""),
+            f"error: {e}\nusage: python -m train.evaluate checkpoint=<run, checkpoint or HF dir> "
+            "data=<shards or image folder> out=<dir> [n=64] [max_new_tokens=512] [batch=4] [tasks=[ocr,md]] "
+            "[tokenizer=<dir>] [draw=8] [device=cpu] (configs/tools/evaluate.yaml)",
             file=sys.stderr,
         )
         return 2
+    out = Path(cfg.out)
     try:
         result = evaluate(
-            args["checkpoint"],
-            args["data"],
-            Path(args["out"]),
-            n=int(args.get("n", 64)),
-            max_new_tokens=int(args.get("max_new_tokens", 512)),
-            batch=int(args.get("batch", 4)),
-            tasks=tuple(args.get("tasks", "ocr,md").split(",")),
-            tokenizer=args.get("tokenizer"),
-            draw=int(args.get("draw", 8)),
-            device=args.get("device", "cpu"),
-            max_length=int(args.get("max_length", 4096)),
+            str(cfg.checkpoint),
+            str(cfg.data),
+            out,
+            n=int(cfg.n),
+            max_new_tokens=int(cfg.max_new_tokens),
+            batch=int(cfg.batch),
+            tasks=tuple(cfg.tasks),
+            tokenizer=cfg.tokenizer,
+            draw=int(cfg.draw),
+            device=str(cfg.device),
+            max_length=int(cfg.max_length),
         )
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = Path(args["out"])
     print((out / "metrics.md").read_text())
     print(f"wrote {out / 'metrics.json'}, {out / 'metrics.md'}, {out / 'predictions.jsonl'}, {out / 'pages'}")
     return 0 if result else 1

@@ -253,6 +253,8 @@ def collate(items: list[dict], pad_id: int) -> dict:
         "input_ids": pad("input_ids", pad_id),
         "labels": pad("labels", IGNORE_INDEX),
         "image_embeds_position_mask": pad("image_embeds_position_mask", 0),
+        "lengths": [len(it["input_ids"]) for it in items],  # real positions (the rest is padding)
+        "patches": [int((it["flattened_patches"].sum(dim=-1) != 0).sum()) for it in items],  # real patches
         "keys": [it["key"] for it in items],
         "sources": [it["source"] for it in items],
         "tasks": [it["task"] for it in items],
@@ -490,7 +492,7 @@ def micro_batches(
                 )
             blank = dict(like, labels=torch.full_like(like["labels"], IGNORE_INDEX))
             batch = collate([blank], pad_id)
-            batch["keys"] = []
+            batch["keys"] = batch["lengths"] = batch["patches"] = []  # nothing of it is a sample
         else:
             batch = collate(chunk, pad_id)
         out.append(batch)

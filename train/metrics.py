@@ -71,8 +71,20 @@ class MetricsLogger:
                     acc = groups.setdefault(name, [0.0, 0])
                     acc[0] += total
                     acc[1] += n
-        n_text = max(int(b[3]["input_ids"].shape[1]) for b in per)
-        flops = self.model.estimate_flops(text_len=n_text) * samples
+        # Model FLOPs: each sample's real patches and text positions; hardware FLOPs: what ran, each micro batch
+        # at its padded shape, with the recomputation of checkpointed layers (rank 0's share times the world).
+        est = self.model.estimate_flops
+        flops = self.world * sum(
+            est(num_patches=n_patches, text_len=n)
+            for b in per
+            for n_patches, n in zip(b[3]["patches"], b[3]["lengths"], strict=True)
+        )
+        recompute = bool(self.model.config.activation_checkpointing)
+        hardware = self.world * sum(
+            int(b[3]["input_ids"].shape[0])
+            * est(text_len=int(b[3]["input_ids"].shape[1]), recompute=recompute)
+            for b in per
+        )
         grad_norm = engine.get_global_grad_norm()
         record = {
             "step": step,
@@ -84,7 +96,8 @@ class MetricsLogger:
             "target_tokens_per_s": tokens / seconds,
             "step_time_s": seconds,
             "data_wait_fraction": wait / seconds,
-            "mfu": flops / seconds / (self.peak * self.world),
+            "mfu": flops / seconds / (self.peak * self.world),  # useful work: no padding, no recomputation
+            "hfu": hardware / seconds / (self.peak * self.world),  # what the devices ran
             "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             # loader counters so far, all ranks: samples skipped (bad image/label), targets truncated, corrupt shards
             **{f"data/{reason}": n for reason, n in sorted((skipped or {}).items())},

@@ -22,7 +22,10 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from model.config import register_hydra_presets
+
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+register_hydra_presets()  # the `model` group: the presets of model/config.py as structured configs
 
 
 class ConfigError(ValueError):

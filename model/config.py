@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union
 
 
 @dataclass
@@ -195,6 +195,8 @@ class ModelNode(ModelConfig):
     type, and the preset's name."""
 
     preset: str = "kosmos-2.5"
+    # true, false, or auto: the trainer decides with the memory model (see trainer.micro_batch_size=auto)
+    activation_checkpointing: Union[bool, str] = False  # noqa: UP007 (OmegaConf reads typing.Union)
 
 
 def register_hydra_presets() -> None:

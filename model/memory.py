@@ -293,3 +293,28 @@ def estimate(
     # of the log-softmax and of the logits before they are cast back.
     loss = costs.loss.at(plan.targets) + 8 * plan.targets * t.vocab_size
     return Memory(parameters, optimizer, gradients, activations, loss, recompute, plan.framework, held, early)
+
+
+def fit(
+    cfg: ModelConfig,
+    budget: float,
+    largest_micro: int,
+    make_plan,
+    checkpointing: bool | None = None,
+    headroom: float = 0.1,
+) -> list[tuple[int, bool, Memory, bool]]:
+    """The candidates for a run that must stay within `(1 - headroom) * budget` bytes, in the order they are
+    preferred: without recomputation at micro batches of 4 or more (largest first), then with activation
+    checkpointing (largest first), then without it below 4. Each is `(micro, checkpointing, memory, fits)`;
+    the chosen one is the first that fits. `make_plan(micro, checkpointing)` gives the `Plan`; `checkpointing`
+    None lets the choice decide it."""
+    micros = [m for m in (64, 32, 16, 8, 4, 2, 1) if m <= largest_micro] or [1]
+    order = [(m, False) for m in micros if m >= 4] + [(m, True) for m in micros]
+    order += [(m, False) for m in micros if m < 4]
+    if checkpointing is not None:
+        order = [(m, c) for m, c in order if c == checkpointing]
+    out = []
+    for micro, ckpt in order:
+        memory = estimate(dataclasses.replace(cfg, activation_checkpointing=ckpt), make_plan(micro, ckpt))
+        out.append((micro, ckpt, memory, memory.peak <= (1 - headroom) * budget))
+    return out

@@ -570,3 +570,33 @@ def test_the_offload_config_trains_with_deepspeeds_cpu_adam(tokenizer, sources, 
     assert "ZeRO stage 3" in r.stdout, r.stdout
     losses = [x["loss"] for x in _metrics(run)]
     assert len(losses) == 4 and losses[-1] < losses[0], losses
+
+
+def test_micro_batch_auto_picks_what_the_memory_model_fits_and_the_run_stays_under_the_budget(
+    tokenizer, sources, tmp_path
+):
+    """trainer.micro_batch_size=auto on a CPU: a dry run prints the memory model's peak for each candidate;
+    with a budget between the peaks of micro batches 8 and 4 (less the 10% headroom), the run takes 4 and its
+    measured peak resident memory stays under the budget."""
+    import re
+
+    args = [a for a in _args(tokenizer, sources, tmp_path / "run", 3) if "micro_batch" not in a]
+    auto = ["trainer.micro_batch_size=auto", "trainer.checkpoint_every=1000"]
+    dry = subprocess.run(
+        [sys.executable, "-m", "train.pretrain", *args, *auto, "trainer.memory_budget_gb=1000", "trainer.dry_run=true"],
+        env=ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    assert "memory: micro batch 8, activation checkpointing off" in dry.stdout, dry.stdout
+    table = dict(re.findall(r"(\d+(?: ckpt)?) ([\d.]+)", dry.stdout.split("GiB at the peak: ")[1]))
+    assert float(table["8"]) > float(table["4"]) > float(table["2"])
+    budget = (float(table["8"]) + float(table["4"])) / 2 / 0.9
+    r = _train(tokenizer, sources, tmp_path / "run", 3, *auto, f"trainer.memory_budget_gb={budget}")
+    assert "memory: micro batch 4, activation checkpointing off" in r.stdout, r.stdout
+    assert "batch: 8 = micro 4 x accumulation 2 x 1 ranks" in r.stdout
+    peak = max(x["max_rss_mb"] for x in _metrics(tmp_path / "run"))
+    assert peak * 2**20 < budget * 2**30, (
+        peak,
+        budget * 1024,
+        [x for x in r.stdout.splitlines() if "memory" in x],
+    )

@@ -11,6 +11,7 @@ step boundary and exits 0.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -34,11 +35,12 @@ class ConfigError(ValueError):
 
 NUMBERS = {
     int: (
-        "trainer.train_batch_size", "trainer.micro_batch_size", "trainer.max_steps", "trainer.max_length",
+        "trainer.train_batch_size", "trainer.max_steps", "trainer.max_length",
         "trainer.checkpoint_every", "trainer.keep_checkpoints", "optim.warmup_steps", "data.workers", "seed",
         "eval.every", "eval.samples_per_source", "eval.batch", "eval.predictions", "eval.max_new_tokens",
     ),
-    float: ("optim.lr", "optim.image_lr_scale", "optim.eps", "optim.weight_decay", "optim.grad_clip", "trainer.dropout"),
+    float: ("optim.lr", "optim.image_lr_scale", "optim.eps", "optim.weight_decay", "optim.grad_clip", "trainer.dropout",
+            "trainer.memory_headroom"),
 }  # fmt: skip
 
 
@@ -55,6 +57,13 @@ def check_numbers(cfg: DictConfig) -> None:
                 ) from None
             if kind is int and (number != float(value) or number < 0):
                 raise ConfigError(f"{key}={value!r}: expected a whole number >= 0")
+    micro = cfg.trainer.micro_batch_size
+    if micro != "auto" and (not str(micro).isdigit() or int(micro) < 1):
+        raise ConfigError(f"trainer.micro_batch_size={micro!r}: a whole number >= 1, or auto")
+    if cfg.model.get("activation_checkpointing") not in (True, False, "auto"):
+        raise ConfigError(
+            f"model.activation_checkpointing={cfg.model.activation_checkpointing!r}: true, false or auto"
+        )
     if int(cfg.trainer.max_steps) < 1:
         raise ConfigError(f"trainer.max_steps={cfg.trainer.max_steps}: a stage needs at least one step")
 
@@ -204,6 +213,77 @@ def latest_checkpoint(ckpt_dir: Path) -> str | None:
     return latest.read_text().strip() if latest.exists() else None
 
 
+GPU_FRAMEWORK_BYTES = 2 * 1024**3  # CUDA context, NCCL buffers, allocator slack: assumed, not measured here
+# What the trainer's process adds on a CPU after the choice: the DeepSpeed engine and gloo (~140 MiB in
+# benchmarks/memory_model.py) and the loader running in the process (measured on the tiny preset: ~260 MiB).
+CPU_FRAMEWORK_BYTES = 260 * 1024**2
+
+
+def fit_memory(cfg: DictConfig, model_cfg, world: int, bf16: bool, cuda: bool, auto_ckpt: bool):
+    """`trainer.micro_batch_size` and `model.activation_checkpointing`, either of them `auto`: resolved by the
+    memory model (`model.memory.fit`) for the longest micro batch the run can make (every sample at
+    `trainer.max_length`) within `trainer.memory_budget_gb` (default: the GPU's memory) less
+    `trainer.memory_headroom`. Returns the micro batch, the model config and a line to print ('' when
+    nothing was automatic)."""
+    import resource
+
+    from model.memory import GIB, Plan, fit
+
+    micro = cfg.trainer.micro_batch_size
+    if micro != "auto" and not auto_ckpt:
+        return int(micro), model_cfg, ""
+    budget = cfg.trainer.get("memory_budget_gb")
+    if budget is None and not cuda:
+        raise ConfigError("trainer.micro_batch_size=auto on a CPU needs trainer.memory_budget_gb")
+    budget = float(budget) * GIB if budget is not None else torch.cuda.get_device_properties(0).total_memory
+    # The process's own memory: on a CPU what it holds now plus what it adds (measured), on a GPU an assumed
+    # allowance.
+    held = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    framework = GPU_FRAMEWORK_BYTES if cuda else held + CPU_FRAMEWORK_BYTES
+    zero = OmegaConf.to_container(cfg.deepspeed, resolve=True).get("zero_optimization", {})
+    length = int(cfg.trainer.max_length)
+    prompt = model_cfg.latent_query_num + 4
+
+    def make_plan(m: int, ckpt: bool) -> Plan:
+        return Plan(
+            micro=m,
+            text_len=length,
+            targets=m * max(length - prompt, 1),
+            checkpointing=ckpt,
+            zero_stage=int(zero.get("stage", 0)),
+            world=world,
+            dtype_bytes=2 if bf16 else 4,
+            offload_optimizer=(zero.get("offload_optimizer") or {}).get("device", "none") != "none",
+            offload_params=(zero.get("offload_param") or {}).get("device", "none") != "none",
+            reduce_bucket=int(zero.get("reduce_bucket_size") or 500_000_000),
+            prefetch_bucket=int(zero.get("stage3_prefetch_bucket_size") or 50_000_000),
+            overlap_comm=bool(zero.get("overlap_comm", False)),
+            device="cuda" if cuda else "cpu",
+            framework=framework,
+        )
+
+    per_rank = -(-int(cfg.trainer.train_batch_size) // world)
+    largest = per_rank if micro == "auto" else int(micro)
+    fixed = None if auto_ckpt else bool(model_cfg.activation_checkpointing)
+    candidates = fit(model_cfg, budget, largest, make_plan, fixed, float(cfg.trainer.memory_headroom))
+    if micro != "auto":
+        candidates = [c for c in candidates if c[0] == int(micro)]
+    table = ", ".join(f"{m}{' ckpt' if c else ''} {mem.peak / GIB:.2f}" for m, c, mem, _ in candidates)
+    chosen = next((c for c in candidates if c[3]), None)
+    if chosen is None:
+        raise ConfigError(
+            f"no micro batch fits {budget / GIB:.1f} GiB less {float(cfg.trainer.memory_headroom):.0%} "
+            f"headroom at trainer.max_length={length} (GiB at the peak: {table}); raise the budget, shorten "
+            "trainer.max_length, or use a ZeRO stage or offload that holds less"
+        )
+    micro, ckpt, memory, _ = chosen
+    line = (
+        f"memory: micro batch {micro}, activation checkpointing {'on' if ckpt else 'off'}: {memory.describe()}; "
+        f"budget {budget / GIB:.1f} GiB less {float(cfg.trainer.memory_headroom):.0%} (GiB at the peak: {table})\n"
+    )
+    return micro, dataclasses.replace(model_cfg, activation_checkpointing=ckpt), line
+
+
 def resumed_slots(cfg: DictConfig) -> int | None:
     """`data.slots`, or, when it is left to its default, the slot count of the checkpoint this run resumes
     (so a run resumed on another world size keeps its streams)."""
@@ -231,9 +311,24 @@ def run(cfg: DictConfig) -> int:
     # Everything checkable is checked before any process group, model or data is touched.
     try:
         check_numbers(cfg)
-        plan = batch_math(
-            int(cfg.trainer.train_batch_size), int(cfg.trainer.micro_batch_size), world, resumed_slots(cfg)
-        )
+        tok = Tokenizer(cfg.tokenizer)
+        overrides = OmegaConf.to_container(cfg.model, resolve=True)
+        overrides.setdefault("text", {})["vocab_size"] = tok.vocab_size
+        if float(cfg.trainer.dropout) >= 0:
+            overrides["text"]["dropout"] = float(cfg.trainer.dropout)
+        auto_ckpt = overrides.get("activation_checkpointing") == "auto"
+        if auto_ckpt:
+            overrides["activation_checkpointing"] = False
+        model_cfg = config_from_dict(overrides)
+        if int(cfg.trainer.max_length) > model_cfg.text.max_position_embeddings:
+            raise ConfigError(
+                f"trainer.max_length={cfg.trainer.max_length} exceeds the model's "
+                f"{model_cfg.text.max_position_embeddings} positions"
+            )
+        cuda = torch.cuda.is_available()
+        use_bf16 = training_bf16(cfg, cuda)
+        micro, model_cfg, memory_line = fit_memory(cfg, model_cfg, world, use_bf16, cuda, auto_ckpt)
+        plan = batch_math(int(cfg.trainer.train_batch_size), micro, world, resumed_slots(cfg))
         accumulation = plan.accumulation
         window = int(cfg.data.get("length_window") or 1)
         if window > 1 and window % plan.per_slot:
@@ -241,21 +336,8 @@ def run(cfg: DictConfig) -> int:
                 f"data.length_window={window} must be a multiple of the samples each slot gives a step "
                 f"({plan.per_slot})"
             )
-        tok = Tokenizer(cfg.tokenizer)
-        overrides = OmegaConf.to_container(cfg.model, resolve=True)
-        overrides.setdefault("text", {})["vocab_size"] = tok.vocab_size
-        if float(cfg.trainer.dropout) >= 0:
-            overrides["text"]["dropout"] = float(cfg.trainer.dropout)
-        model_cfg = config_from_dict(overrides)
-        if int(cfg.trainer.max_length) > model_cfg.text.max_position_embeddings:
-            raise ConfigError(
-                f"trainer.max_length={cfg.trainer.max_length} exceeds the model's "
-                f"{model_cfg.text.max_position_embeddings} positions"
-            )
         sources = load_sources(cfg)
         val_sources = load_sources(cfg, validation=True) if int(cfg.eval.every) > 0 else []
-        cuda = torch.cuda.is_available()
-        use_bf16 = training_bf16(cfg, cuda)
         ds_config = deepspeed_config(cfg, plan, use_bf16)
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -264,7 +346,7 @@ def run(cfg: DictConfig) -> int:
     if cfg.trainer.dry_run:  # the checks above and the batch math, nothing started
         if rank == 0:
             print(
-                f"batch: {plan.global_batch} = {plan.describe()}; {plan.slots} data slots; "
+                f"{memory_line}batch: {plan.global_batch} = {plan.describe()}; {plan.slots} data slots; "
                 f"{len(sources)} training sources; dry run, exiting",
                 flush=True,
             )
@@ -279,7 +361,10 @@ def run(cfg: DictConfig) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         (run_dir / "deepspeed.json").write_text(json.dumps(ds_config, indent=1) + "\n")
-        print(f"batch: {plan.global_batch} = {plan.describe()}; {plan.slots} data slots", flush=True)
+        print(
+            f"{memory_line}batch: {plan.global_batch} = {plan.describe()}; {plan.slots} data slots",
+            flush=True,
+        )
 
     torch.manual_seed(int(cfg.seed))
     model = Kosmos25(model_cfg)
@@ -365,7 +450,7 @@ def run(cfg: DictConfig) -> int:
         sources,
         fmt,
         ImageProcessor(model_cfg.max_patches),
-        int(cfg.trainer.micro_batch_size),
+        micro,
         int(cfg.seed),
         rank,
         world,

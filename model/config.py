@@ -206,7 +206,9 @@ def register_hydra_presets() -> None:
 
     store = ConfigStore.instance()
     for name, make in PRESETS.items():
-        store.store(group="model", name=name, node=ModelNode(**vars(make()), preset=name))
+        node = ModelNode(**vars(make()), preset=name)
+        node.activation_checkpointing = "auto"  # training decides by the memory model unless told
+        store.store(group="model", name=name, node=node)
 
 
 def compose_app(name: str, overrides: list[str]):
@@ -241,6 +243,8 @@ def config_from_dict(d: dict[str, Any]) -> ModelConfig:
     if isinstance(d, DictConfig):
         d = OmegaConf.to_container(d, resolve=True)
     d = {k: v for k, v in dict(d).items() if not (isinstance(v, dict) and not v)}
+    if d.get("activation_checkpointing") == "auto":  # a training-time choice; off when only running the model
+        d["activation_checkpointing"] = False
     if "preset" not in d:
         raise ValueError("model config needs a 'preset' (one of " + ", ".join(sorted(PRESETS)) + ")")
     return get_config(d.pop("preset"), **d)

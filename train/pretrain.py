@@ -233,9 +233,13 @@ def fit_memory(cfg: DictConfig, model_cfg, world: int, bf16: bool, cuda: bool, a
     if micro != "auto" and not auto_ckpt:
         return int(micro), model_cfg, ""
     budget = cfg.trainer.get("memory_budget_gb")
-    if budget is None and not cuda:
-        raise ConfigError("trainer.micro_batch_size=auto on a CPU needs trainer.memory_budget_gb")
-    budget = float(budget) * GIB if budget is not None else torch.cuda.get_device_properties(0).total_memory
+    if budget is not None:
+        budget = float(budget) * GIB
+    elif cuda:
+        budget = torch.cuda.get_device_properties(0).total_memory
+    else:  # the machine's memory shared by the ranks on it
+        ranks = int(os.environ.get("LOCAL_SIZE") or os.environ.get("LOCAL_WORLD_SIZE") or 1)
+        budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / ranks
     # The process's own memory: on a CPU what it holds now plus what it adds (measured), on a GPU an assumed
     # allowance.
     held = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

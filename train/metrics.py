@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 # Dense bf16 peak FLOP/s per GPU by name, for MFU; CPU runs use `trainer.peak_flops` (default 1e12).
-PEAK_FLOPS = {"h100": 989e12, "a100": 312e12, "l40s": 362e12, "a10": 125e12}
+PEAK_FLOPS = {"h100": 989e12, "a100": 312e12, "l40s": 362e12, "a10": 125e12}  # as launch/plan.py's GPUS
 
 
 def peak_flops(cfg) -> float:

@@ -106,9 +106,9 @@ def sample_lengths(cfg, n: int = 4096) -> list[int]:
 def padded_groups(lengths: list[int], micro: int, window: int) -> list[list[int]]:
     """The loader's micro batches: windows of `window` samples sorted by length, cut into runs of `micro`."""
     groups = []
-    for start in range(0, len(lengths) - window + 1, window):
+    for start in range(0, len(lengths), window):  # the last window may be short
         ordered = sorted(lengths[start : start + window])
-        groups += [ordered[i : i + micro] for i in range(0, window, micro)]
+        groups += [ordered[i : i + micro] for i in range(0, len(ordered), micro)]
     return groups
 
 

@@ -617,3 +617,28 @@ def test_micro_batch_auto_picks_what_the_memory_model_fits_and_the_run_stays_und
         budget * 1024,
         [x for x in r.stdout.splitlines() if "memory" in x],
     )
+
+
+def test_the_planner_reads_target_lengths_from_a_build(tokenizer, synthetic_shards):
+    """lengths=<build> tokenizer=<dir>: the padding and FLOPs come from that build's targets (synthetic pages
+    of a few short lines: far shorter than texlive's, so fewer FLOPs per sample)."""
+
+    def flops(*extra):
+        r = subprocess.run(
+            [sys.executable, "-m", "launch.plan", "gpu=a100", *extra],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert r.returncode == 0, r.stderr
+        return float(r.stdout.split("FLOPs per sample: ")[1].split(" TFLOPs")[0])
+
+    built = flops(f"lengths={synthetic_shards['a']}", f"tokenizer={tokenizer.path}")
+    assert built < flops()
+    r = subprocess.run(
+        [sys.executable, "-m", "launch.plan", f"lengths={synthetic_shards['a']}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2 and "needs tokenizer=<dir>" in r.stderr

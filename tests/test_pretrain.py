@@ -642,3 +642,28 @@ def test_the_planner_reads_target_lengths_from_a_build(tokenizer, synthetic_shar
         timeout=300,
     )
     assert r.returncode == 2 and "needs tokenizer=<dir>" in r.stderr
+
+
+def test_a_run_folder_belongs_to_one_run(tokenizer, sources, tmp_path):
+    """Rerunning a finished run with another learning rate is refused with the difference, before any work;
+    trainer.resume=force goes on; a longer stage (a safe key) goes on. Each run folder keeps its own W&B id."""
+    from train.metrics import run_wandb_id
+
+    run = tmp_path / "run"
+    _train(tokenizer, sources, run, 2)
+    r = subprocess.run(
+        [sys.executable, "-m", "train.pretrain", *_args(tokenizer, sources, run, 2), "optim.lr=0.0003"],
+        env=ENV, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 2 and "optim.lr: 0.0002 -> 0.0003" in r.stderr, r.stderr[-2000:]
+    assert "trainer.resume=force" in r.stderr and not (run / "checkpoints" / "step0000003").exists()
+    r = _train(tokenizer, sources, run, 3, "optim.lr=0.0003", "trainer.resume=force")
+    assert "resumed from" in r.stdout and [x["step"] for x in _metrics(run)][-1] == 3
+    r = _train(
+        tokenizer, sources, run, 4, "optim.lr=0.0003"
+    )  # the folder now holds lr 3e-4; max_steps is safe
+    assert "resumed from" in r.stdout
+    (tmp_path / "a").mkdir()
+    first = run_wandb_id(tmp_path / "a", "layout-tiny")
+    (tmp_path / "b").mkdir()
+    assert first == run_wandb_id(tmp_path / "a", "layout-tiny") != run_wandb_id(tmp_path / "b", "layout-tiny")

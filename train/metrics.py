@@ -12,6 +12,19 @@ import torch
 PEAK_FLOPS = {"h100": 989e12, "a100": 312e12, "l40s": 362e12, "a10": 125e12}  # as launch/plan.py's GPUS
 
 
+def run_wandb_id(run_dir: Path, run_name: str) -> str:
+    """The run folder's W&B id: made once (the run's name and a random suffix) and kept in `<run_dir>/wandb_id`,
+    so a resumed run continues its W&B run and two run folders never share one."""
+    import secrets
+
+    kept = Path(run_dir) / "wandb_id"
+    if kept.exists():
+        return kept.read_text().strip()
+    made = f"{run_name.replace('/', '-')}-{secrets.token_hex(4)}"
+    kept.write_text(made + "\n")
+    return made
+
+
 def peak_flops(cfg) -> float:
     if cfg.trainer.get("peak_flops"):
         return float(cfg.trainer.peak_flops)
@@ -40,7 +53,7 @@ class MetricsLogger:
                 dir=str(run_dir),
                 config=OmegaConf.to_container(cfg, resolve=True),
                 resume="allow",
-                id=cfg.wandb.get("id") or cfg.run_name.replace("/", "-"),
+                id=cfg.wandb.get("id") or run_wandb_id(run_dir, cfg.run_name),
             )
             print(
                 f"W&B run: {self.wandb.dir} (offline runs upload with `wandb sync {Path(self.wandb.dir).parent}`)",

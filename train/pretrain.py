@@ -288,6 +288,46 @@ def fit_memory(cfg: DictConfig, model_cfg, world: int, bf16: bool, cuda: bool, a
     return micro, dataclasses.replace(model_cfg, activation_checkpointing=ckpt), line
 
 
+# Settings a run may change between its starts (a longer stage, other evaluation, logging or loader workers);
+# any other difference from the config a run folder holds is refused unless trainer.resume=force.
+SAFE_TO_CHANGE = (
+    "trainer.max_steps", "trainer.checkpoint_every", "trainer.keep_checkpoints", "trainer.dry_run",
+    "trainer.log_sample_keys", "trainer.resume", "trainer.reset_loader", "trainer.memory_budget_gb",
+    "trainer.memory_headroom", "trainer.peak_flops", "stage.steps", "eval.", "wandb.", "data.workers",
+    "data.val_sources", "data.val_sources_file",
+)  # fmt: skip
+
+
+def _flat(d, prefix: str = "") -> dict:
+    if isinstance(d, dict):
+        return {k: v for key, value in d.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: d}
+
+
+def check_identity(cfg: DictConfig) -> None:
+    """A run folder belongs to one run: starting with settings that differ from its `config.yaml` (other than
+    `SAFE_TO_CHANGE`) is refused with the differences, unless `trainer.resume=force`."""
+    saved = Path(cfg.run_dir) / "config.yaml"
+    if not saved.exists() or cfg.trainer.get("resume") == "force":
+        return
+    old = _flat(OmegaConf.to_container(OmegaConf.load(saved), resolve=False))
+    new = _flat(OmegaConf.to_container(cfg, resolve=True))
+    missing = object()
+    diff = [
+        f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}"
+        for k in sorted(set(old) | set(new))
+        if old.get(k, missing) != new.get(k, missing)
+        and not any(k == s or (s.endswith(".") and k.startswith(s)) for s in SAFE_TO_CHANGE)
+    ]
+    if diff:
+        raise ConfigError(
+            f"{saved} is another run's: "
+            + "; ".join(diff[:12])
+            + ("; ..." if len(diff) > 12 else "")
+            + ". Use another run_dir (or run_name), or trainer.resume=force to go on with these settings"
+        )
+
+
 def resumed_slots(cfg: DictConfig) -> int | None:
     """`data.slots`, or, when it is left to its default, the slot count of the checkpoint this run resumes
     (so a run resumed on another world size keeps its streams)."""
@@ -315,6 +355,7 @@ def run(cfg: DictConfig) -> int:
     # Everything checkable is checked before any process group, model or data is touched.
     try:
         check_numbers(cfg)
+        check_identity(cfg)
         tok = Tokenizer(cfg.tokenizer)
         overrides = OmegaConf.to_container(cfg.model, resolve=True)
         overrides.setdefault("text", {})["vocab_size"] = tok.vocab_size

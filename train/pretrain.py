@@ -213,10 +213,12 @@ def latest_checkpoint(ckpt_dir: Path) -> str | None:
     return latest.read_text().strip() if latest.exists() else None
 
 
-GPU_FRAMEWORK_BYTES = 2 * 1024**3  # CUDA context, NCCL buffers, allocator slack: assumed, not measured here
-# What the trainer's process adds on a CPU after the choice: the DeepSpeed engine and gloo (~140 MiB in
-# benchmarks/memory_model.py) and the loader running in the process (measured on the tiny preset: ~260 MiB).
-CPU_FRAMEWORK_BYTES = 260 * 1024**2
+# What a rank's process holds besides the model's parts, the same on every rank so that all ranks choose the
+# same micro batch. GPU: CUDA context, NCCL buffers, allocator slack (assumed, not measured here). CPU: Python,
+# torch, DeepSpeed and gloo, the loader in the process (measured: the tiny preset's trainer peaks at 575 MiB,
+# of which the model's parts are ~100 MiB).
+GPU_FRAMEWORK_BYTES = 2 * 1024**3
+CPU_FRAMEWORK_BYTES = 512 * 1024**2
 
 
 def fit_memory(cfg: DictConfig, model_cfg, world: int, bf16: bool, cuda: bool, auto_ckpt: bool):
@@ -225,8 +227,6 @@ def fit_memory(cfg: DictConfig, model_cfg, world: int, bf16: bool, cuda: bool, a
     `trainer.max_length`) within `trainer.memory_budget_gb` (default: the GPU's memory) less
     `trainer.memory_headroom`. Returns the micro batch, the model config and a line to print ('' when
     nothing was automatic)."""
-    import resource
-
     from model.memory import GIB, Plan, fit
 
     micro = cfg.trainer.micro_batch_size
@@ -240,10 +240,7 @@ def fit_memory(cfg: DictConfig, model_cfg, world: int, bf16: bool, cuda: bool, a
     else:  # the machine's memory shared by the ranks on it
         ranks = int(os.environ.get("LOCAL_SIZE") or os.environ.get("LOCAL_WORLD_SIZE") or 1)
         budget = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / ranks
-    # The process's own memory: on a CPU what it holds now plus what it adds (measured), on a GPU an assumed
-    # allowance.
-    held = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    framework = GPU_FRAMEWORK_BYTES if cuda else held + CPU_FRAMEWORK_BYTES
+    framework = GPU_FRAMEWORK_BYTES if cuda else CPU_FRAMEWORK_BYTES
     zero = OmegaConf.to_container(cfg.deepspeed, resolve=True).get("zero_optimization", {})
     length = int(cfg.trainer.max_length)
     prompt = model_cfg.latent_query_num + 4

@@ -3,8 +3,8 @@
 Activations are measured, not guessed: one layer of each type is built at the model's full width and run
 forward on short inputs (on the CPU, in the training dtype) under `torch.autograd.graph.saved_tensors_hooks`,
 which see every tensor autograd keeps for the backward pass. What a layer keeps for n tokens is fitted as
-`a * n + b * n^2` from two lengths (the quadratic part is zero with flash-style attention), so the figures
-scale to any length. Parameters, gradients and optimizer state follow DeepSpeed's ZeRO stages:
+`c + a * n + b * n^2` from three lengths (the quadratic part is zero with flash-style attention; the
+resampler's latent queries are the constant), so the figures scale to any length. Parameters, gradients and optimizer state follow DeepSpeed's ZeRO stages:
 
 - stage 0-2: the training-dtype weights whole; stage 3: a 1/N share, plus the layers gathered for compute;
 - fp32 master weights (a copy even when training in fp32) and AdamW's two moments: 12 bytes a parameter,
@@ -13,10 +13,11 @@ scale to any length. Parameters, gradients and optimizer state follow DeepSpeed'
   reduction buckets (`reduce_bucket_size` elements, twice with `overlap_comm`; on a GPU the whole bucket is
   reserved, in host memory only what is written).
 
-A step's peak is the persistent part, plus the gradients being formed, plus the saved activations of the
-micro batch, plus the loss's fp32 buffers (the logits of the target tokens, their log-softmax and its
-gradient), plus, with activation checkpointing, one layer's activations recomputed. `framework` is what the
-process holds besides (CUDA context and allocator slack on a GPU, stated by the caller).
+A step's peak is what is held between steps (parameters, optimizer state, ZeRO-3's gradient partition, the
+process's own `framework`, stated by the caller) plus the larger of the backward pass's start (the micro
+batch's saved activations, the loss's fp32 buffers: the target tokens' log-softmax and the gradients of it and
+of the logits, one layer recomputed under activation checkpointing) and its end (the gradients formed): the
+activations are freed as the gradients appear. `benchmarks/memory_model.py` checks it against real steps.
 """
 
 from __future__ import annotations
@@ -99,7 +100,8 @@ def _fit(measure, lengths: tuple[int, int, int]) -> Saved:
 def activation_costs(cfg: ModelConfig, dtype: torch.dtype = torch.bfloat16) -> ActivationCosts:
     """Measure `cfg`'s layers (one of each, full width) in `dtype` on the CPU, once per process. Dropout is
     measured as set in `cfg` (its masks are saved)."""
-    return _measured(json.dumps(cfg.to_dict(), sort_keys=True), str(dtype).removeprefix("torch."))
+    measured = dataclasses.replace(cfg, activation_checkpointing=False, compile=False)  # not what is saved
+    return _measured(json.dumps(measured.to_dict(), sort_keys=True), str(dtype).removeprefix("torch."))
 
 
 @functools.lru_cache(maxsize=16)

@@ -373,8 +373,8 @@ def batch_plan(global_batch: int, micro: int, world: int, slots: int | None = No
     `micro` samples. `slots` defaults to one per micro batch (global / micro), or one per rank when there are
     more ranks, raised to a divisor of the global batch that deals evenly (`default_slots`): a slot then fills a
     micro batch by itself, from one place of its look-ahead window, and the global batches are the same on
-    every world size that keeps that count. Raises ValueError when no plan exists (a slot count that does not divide the global batch, more
-    ranks than slots)."""
+    every world size that keeps that count. Raises ValueError when no plan exists (a slot count that does not
+    divide the global batch, more ranks than slots)."""
     if global_batch < 1 or micro < 1 or world < 1:
         raise ValueError(
             f"batch {global_batch}, micro batch {micro} and {world} ranks must all be at least 1"
@@ -492,7 +492,7 @@ def micro_batches(
                 )
             blank = dict(like, labels=torch.full_like(like["labels"], IGNORE_INDEX))
             batch = collate([blank], pad_id)
-            batch["keys"] = batch["lengths"] = batch["patches"] = []  # nothing of it is a sample
+            batch.update(keys=[], lengths=[], patches=[])  # nothing of it is a sample
         else:
             batch = collate(chunk, pad_id)
         out.append(batch)

@@ -12,6 +12,18 @@ import torch
 PEAK_FLOPS = {"h100": 989e12, "a100": 312e12, "l40s": 362e12, "a10": 125e12}  # as launch/plan.py's GPUS
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory: the kernel's high-water mark of its address space (Linux), which
+    starts afresh at exec; `ru_maxrss` elsewhere (on Linux it carries the parent's peak across fork and exec)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run_wandb_id(run_dir: Path, run_name: str) -> str:
     """The run folder's W&B id: made once (the run's name and a random suffix) and kept in `<run_dir>/wandb_id`,
     so a resumed run continues its W&B run and two run folders never share one."""
@@ -111,7 +123,7 @@ class MetricsLogger:
             "data_wait_fraction": wait / seconds,
             "mfu": flops / seconds / (self.peak * self.world),  # useful work: no padding, no recomputation
             "hfu": hardware / seconds / (self.peak * self.world),  # what the devices ran
-            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "max_rss_mb": peak_rss_mb(),
             # loader counters so far, all ranks: samples skipped (bad image/label), targets truncated, corrupt shards
             **{f"data/{reason}": n for reason, n in sorted((skipped or {}).items())},
         }

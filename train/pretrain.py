@@ -215,10 +215,10 @@ def latest_checkpoint(ckpt_dir: Path) -> str | None:
 
 # What a rank's process holds besides the model's parts, the same on every rank so that all ranks choose the
 # same micro batch. GPU: CUDA context, NCCL buffers, allocator slack (assumed, not measured here). CPU: Python,
-# torch, DeepSpeed and gloo, the loader in the process (measured: the tiny preset's trainer peaks at 575 MiB,
-# of which the model's parts are ~100 MiB).
+# torch, DeepSpeed and gloo, the loader in the process (measured: the tiny preset's trainer peaks at 589 MiB
+# alone and 675 MiB inside the test suite, of which the model's parts are ~100 MiB).
 GPU_FRAMEWORK_BYTES = 2 * 1024**3
-CPU_FRAMEWORK_BYTES = 512 * 1024**2
+CPU_FRAMEWORK_BYTES = 640 * 1024**2
 
 
 def fit_memory(cfg: DictConfig, model_cfg, world: int, bf16: bool, cuda: bool, auto_ckpt: bool):

@@ -109,7 +109,7 @@ def predict(case: dict, framework: float = 0.0):
     from omegaconf import OmegaConf
 
     from model.config import get_config
-    from model.memory import Plan, estimate
+    from model.memory import Plan, estimate, zero_fields
 
     ds = OmegaConf.load(ROOT / f"configs/deepspeed/zero{case['zero']}.yaml").zero_optimization
     cfg = get_config(case["preset"], activation_checkpointing=case["checkpointing"])
@@ -118,13 +118,10 @@ def predict(case: dict, framework: float = 0.0):
         text_len=case["text_len"],
         targets=case["micro"] * case["targets"],
         checkpointing=case["checkpointing"],
-        zero_stage=case["zero"],
         world=case["ranks"],
         dtype_bytes=4,
-        reduce_bucket=int(ds.get("reduce_bucket_size", 500_000_000)),
-        prefetch_bucket=int(ds.get("stage3_prefetch_bucket_size", 50_000_000)),
-        overlap_comm=bool(ds.get("overlap_comm", False)),
         device="cpu",
+        **zero_fields(ds),
         framework=framework,
     )
     return estimate(cfg, plan)

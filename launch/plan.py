@@ -31,7 +31,7 @@ from omegaconf import OmegaConf
 
 from model.config import ModelConfig, compose_app, config_from_dict
 from model.kosmos import Kosmos25
-from model.memory import GIB, Memory, Plan, fit
+from model.memory import GIB, Memory, Plan, fit, zero_fields
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = {"warmup": 20_000, "layout": 100_000, "mixed": 140_000}
@@ -127,15 +127,10 @@ def plan_run(model: ModelConfig, cfg) -> RunPlan:
             text_len=length,
             targets=m * (length - prompt),
             checkpointing=ckpt,
-            zero_stage=int(ds.stage),
             world=gpus,
             dtype_bytes=2,
-            offload_optimizer=bool(ds.get("offload_optimizer")),
-            offload_params=bool(ds.get("offload_param")),
-            reduce_bucket=int(ds.get("reduce_bucket_size", 500_000_000)),
-            prefetch_bucket=int(ds.get("stage3_prefetch_bucket_size", 50_000_000)),
-            overlap_comm=bool(ds.get("overlap_comm", False)),
             device="cuda",
+            **zero_fields(ds),
             framework=float(cfg.framework_gb) * GIB,
         )
 

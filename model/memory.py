@@ -202,6 +202,22 @@ class Plan:
     framework: float = 0.0  # bytes the process holds besides (CUDA context, allocator slack)
 
 
+def zero_fields(zero) -> dict:
+    """The `Plan` fields a DeepSpeed `zero_optimization` section sets (a dict or a DictConfig)."""
+
+    def offloads(key: str) -> bool:
+        return ((zero.get(key) or {}).get("device") or "none") != "none"
+
+    return dict(
+        zero_stage=int(zero.get("stage") or 0),
+        offload_optimizer=offloads("offload_optimizer"),
+        offload_params=offloads("offload_param"),
+        reduce_bucket=int(zero.get("reduce_bucket_size") or 500_000_000),
+        prefetch_bucket=int(zero.get("stage3_prefetch_bucket_size") or 50_000_000),
+        overlap_comm=bool(zero.get("overlap_comm", False)),
+    )
+
+
 @dataclass(frozen=True)
 class Memory:
     """Bytes on one device, by part. `gradients` is what the gradients take once the backward pass has formed

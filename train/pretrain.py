@@ -227,7 +227,7 @@ def fit_memory(cfg: DictConfig, model_cfg, world: int, bf16: bool, cuda: bool, a
     `trainer.max_length`) within `trainer.memory_budget_gb` (default: the GPU's memory) less
     `trainer.memory_headroom`. Returns the micro batch, the model config and a line to print ('' when
     nothing was automatic)."""
-    from model.memory import GIB, Plan, fit
+    from model.memory import GIB, Plan, fit, zero_fields
 
     micro = cfg.trainer.micro_batch_size
     if micro != "auto" and not auto_ckpt:
@@ -251,15 +251,10 @@ def fit_memory(cfg: DictConfig, model_cfg, world: int, bf16: bool, cuda: bool, a
             text_len=length,
             targets=m * max(length - prompt, 1),
             checkpointing=ckpt,
-            zero_stage=int(zero.get("stage", 0)),
             world=world,
             dtype_bytes=2 if bf16 else 4,
-            offload_optimizer=(zero.get("offload_optimizer") or {}).get("device", "none") != "none",
-            offload_params=(zero.get("offload_param") or {}).get("device", "none") != "none",
-            reduce_bucket=int(zero.get("reduce_bucket_size") or 500_000_000),
-            prefetch_bucket=int(zero.get("stage3_prefetch_bucket_size") or 50_000_000),
-            overlap_comm=bool(zero.get("overlap_comm", False)),
             device="cuda" if cuda else "cpu",
+            **zero_fields(zero),
             framework=framework,
         )
 

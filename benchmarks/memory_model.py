@@ -73,7 +73,8 @@ def worker(case: dict, out: str) -> None:
     from model.config import get_config
     from model.kosmos import Kosmos25
     from train.loader import batch_plan
-    from train.pretrain import deepspeed_config, lr_lambda, param_groups, train_step
+    from train.setup import deepspeed_config, lr_lambda, param_groups
+    from train.step import train_step
 
     torch.set_num_threads(1)
     deepspeed.init_distributed(dist_backend="gloo")

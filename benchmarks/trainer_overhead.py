@@ -1,5 +1,5 @@
 """The trainer's step against a bare PyTorch loop: same model, same AdamW, same in-memory batches, one
-process, same run. The trainer's step is `train.pretrain.train_step` on a DeepSpeed engine (ZeRO-2, the
+process, same run. The trainer's step is `train.step.train_step` on a DeepSpeed engine (ZeRO-2, the
 default), with its global token count, gradient clipping and metrics bookkeeping.
 
     DS_ACCELERATOR=cpu python -m benchmarks.trainer_overhead [--preset tiny] [--steps 10] [--micro 4] [--accum 2]
@@ -58,7 +58,8 @@ def main() -> None:
     import deepspeed
 
     from train.loader import batch_plan
-    from train.pretrain import deepspeed_config, lr_lambda, param_groups, train_step
+    from train.setup import deepspeed_config, lr_lambda, param_groups
+    from train.step import train_step
 
     deepspeed.init_distributed(dist_backend="gloo")
     cfg = get_config(args.preset, text={"dropout": 0.0})

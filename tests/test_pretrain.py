@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from train.pretrain import ConfigError, batch_math, lr_lambda
+from train.setup import ConfigError, batch_math, lr_lambda
 
 ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
 

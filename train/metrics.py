@@ -82,6 +82,7 @@ class MetricsLogger:
         seconds: float,
         wait: float,
         skipped: dict[str, int] | None = None,
+        counters: dict[str, int] | None = None,
     ) -> None:
         """`loss`: the step's loss over the global batch; `per`: this rank's micro-batch details."""
         if self.file is None:
@@ -126,6 +127,7 @@ class MetricsLogger:
             "max_rss_mb": peak_rss_mb(),
             # loader counters so far, all ranks: samples skipped (bad image/label), targets truncated, corrupt shards
             **{f"data/{reason}": n for reason, n in sorted((skipped or {}).items())},
+            **(counters or {}),  # train/skipped_steps, train/rollbacks
         }
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
@@ -167,3 +169,33 @@ class MetricsLogger:
             self.file.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def log_sample_keys(run_dir: Path, rank: int, step: int, micro: list[dict]) -> None:
+    """`trainer.log_sample_keys`: each rank appends its samples' keys per step to `sample_keys/rank<r>.jsonl`."""
+    keys_dir = run_dir / "sample_keys"
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    with open(keys_dir / f"rank{rank}.jsonl", "a") as f:
+        f.write(json.dumps({"step": step, "keys": [k for b in micro for k in b["keys"]]}) + "\n")
+
+
+def report_bad_step(
+    run_dir: Path, rank: int, world: int, step: int, reason: str, loss: float, norm, micro
+) -> None:
+    """A skipped step, with every rank's sample keys, in `bad_steps.jsonl` (rank 0)."""
+    keys = [None] * world
+    torch.distributed.all_gather_object(keys, [k for b in micro for k in b["keys"]])
+    if rank == 0:
+        record = {
+            "step": step,
+            "reason": reason,
+            "loss": str(loss),
+            "grad_norm": str(norm),
+            "keys": [k for rank_keys in keys for k in rank_keys],
+        }
+        with open(run_dir / "bad_steps.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        print(
+            f"step {step}: update skipped ({reason}); its samples in {run_dir / 'bad_steps.jsonl'}",
+            flush=True,
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -76,3 +77,18 @@ def synthetic_shards(tmp_path_factory) -> dict[str, Path]:
         )
         out[name] = root
     return out
+
+
+@pytest.fixture(scope="session")
+def sources(synthetic_shards, tmp_path_factory) -> Path:
+    """The two synthetic sources as a sources file, both training the ocr task."""
+    path = tmp_path_factory.mktemp("data") / "sources.json"
+    path.write_text(
+        json.dumps(
+            [
+                {"name": "a", "root": str(synthetic_shards["a"]), "weight": 1.0, "task": "ocr"},
+                {"name": "b", "root": str(synthetic_shards["b"]), "weight": 1.0, "task": "ocr"},
+            ]
+        )
+    )
+    return path

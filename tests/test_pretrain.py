@@ -81,20 +81,6 @@ def test_schedule_warms_up_then_decays_to_zero():
 
 
 @pytest.fixture(scope="module")
-def sources(synthetic_shards, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "sources.json"
-    path.write_text(
-        json.dumps(
-            [
-                {"name": "a", "root": str(synthetic_shards["a"]), "weight": 1.0, "task": "ocr"},
-                {"name": "b", "root": str(synthetic_shards["b"]), "weight": 1.0, "task": "ocr"},
-            ]
-        )
-    )
-    return path
-
-
-@pytest.fixture(scope="module")
 def val_sources(synthetic_shards, tmp_path_factory) -> Path:
     """Held-out data for evaluation during training (source b under its own name)."""
     path = tmp_path_factory.mktemp("val") / "val.json"

@@ -65,8 +65,11 @@ def meta(ckpt_dir: Path, tag: str) -> dict:
 
 
 def complete(ckpt_dir: Path) -> list[str]:
-    """The complete checkpoints' tags, oldest first."""
-    return sorted(p.parent.name for p in Path(ckpt_dir).glob(f"step*/{COMMIT}"))
+    """The complete checkpoints' tags, oldest first: committed, and not newer than `latest` (the pointer is the
+    commit point: a save killed before it moved does not count)."""
+    newest = latest(ckpt_dir)
+    tags = sorted(p.parent.name for p in Path(ckpt_dir).glob(f"step*/{COMMIT}"))
+    return [t for t in tags if newest is not None and t <= newest]
 
 
 def resumed_slots(ckpt_dir: Path) -> int | None:
@@ -78,10 +81,10 @@ def resumed_slots(ckpt_dir: Path) -> int | None:
 
 def remove_incomplete(ckpt_dir: Path) -> list[str]:
     """Rank 0, before any save: folders of saves that never completed (and temporary files) are removed."""
-    keep = latest(Path(ckpt_dir))
+    keep = set(complete(ckpt_dir))
     removed = []
     for folder in sorted(Path(ckpt_dir).glob("step*")):
-        if folder.is_dir() and folder.name != keep and not (folder / COMMIT).exists():
+        if folder.is_dir() and folder.name not in keep:
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder.name)
     for tmp in Path(ckpt_dir).glob("*.tmp"):
@@ -136,11 +139,8 @@ class Checkpoints:
 
     def prune(self) -> None:
         """Rank 0, after the pointer moved: all but the newest `keep` complete checkpoints are removed."""
-        tags = complete(self.dir)
-        current = latest(self.dir)
-        for tag in tags[: -self.keep] if self.keep > 0 else []:
-            if tag != current:
-                shutil.rmtree(self.dir / tag, ignore_errors=True)
+        for tag in complete(self.dir)[: -self.keep] if self.keep > 0 else []:
+            shutil.rmtree(self.dir / tag, ignore_errors=True)
 
     def before(self, step: int) -> str | None:
         """The newest complete checkpoint written before `step` (the rollback target)."""
@@ -150,9 +150,7 @@ class Checkpoints:
     def point_to(self, tag: str) -> None:
         """Rank 0: `latest` moves back to `tag` and newer checkpoints are removed (a rollback)."""
         _write_atomic(self.dir / LATEST, tag)
-        for newer in complete(self.dir):
-            if newer > tag:
-                shutil.rmtree(self.dir / newer, ignore_errors=True)
+        remove_incomplete(self.dir)
 
     def load(self, tag: str, workers: int, slots: int):
         """Load `tag` into the engine (converted to a universal checkpoint first when it was written on another

@@ -206,7 +206,7 @@ def run(cfg: DictConfig) -> int:
         # Whether to save (and stop) is decided alike on every rank: a signal may reach ranks a step apart,
         # and only rank 0's clock counts minutes.
         flags = torch.tensor(
-            [stop["signal"] is not None, rank == 0 and time.monotonic() - last_save >= every_minutes * 60],
+            [stop["signal"] is not None, rank == 0 and 0 < every_minutes * 60 <= time.monotonic() - last_save],
             dtype=torch.float64,
         )
         torch.distributed.all_reduce(flags)

@@ -126,9 +126,13 @@ def test_a_nan_in_one_ranks_gradients_skips_the_step_on_every_rank(tokenizer, so
     metrics = {m["step"]: m for m in _metrics(run)}
     assert [metrics[s]["train/skipped_steps"] for s in range(1, 6)] == [0, 0, 1, 1, 1]
     (bad,) = [json.loads(line) for line in (run / "bad_steps.jsonl").read_text().splitlines()]
-    assert bad["step"] == 3 and "gradient norm nan" in bad["reason"] and len(bad["keys"]) == 8
+    assert (
+        bad["step"] == 3
+        and bad["reason"] in ("gradient norm nan", "gradient norm inf")
+        and len(bad["keys"]) == 8
+    )
     assert sorted(bad["keys"]) == _keys(run)[3]
-    assert metrics[3]["lr"] == metrics[4]["lr"]  # the schedule did not advance
+    assert metrics[2]["lr"] == metrics[3]["lr"] != metrics[4]["lr"]  # step 3 did not advance the schedule
     a, b = _weights(run), _weights(ref)
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
     print(f"NaN at step 3: max |weight - weight of a run without step 3| = {diff:.1e}")
@@ -157,9 +161,9 @@ def test_spikes_are_skipped_and_repeated_ones_rolled_back(tokenizer, sources, tm
     assert json.loads((run / "data_skips.json").read_text()) == [[5, 8]]
     a, b = _weights(run), _weights(ref)
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
-    (history,) = (run / "wandb").glob("*/run-*.wandb")
+    (history,) = (run / "wandb").glob("offline-run-*/run-*.wandb")
     logged = [
-        (item.key, item.value_json)
+        (item.key or "/".join(item.nested_key), item.value_json)
         for record in _wandb_records(history)
         if record.WhichOneof("record_type") == "history"
         for item in record.history.item

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Multi-node training under Slurm, one task per node; each task runs the deepspeed launcher for its node's
 # GPUs with the rendezvous on the first node. Preemption: Slurm sends SIGUSR1 90 s before the time limit,
-# the trainer checkpoints and exits, and a requeued job resumes from that checkpoint.
+# the trainer checkpoints and exits, and a requeued job resumes from that checkpoint. A run that fails (a rank's
+# watchdog ended a hung job, a node died) is requeued too, up to LITERATE_MAX_RESTARTS times; a config error
+# (exit 2) or a run stopped by repeated bad steps (exit 3) is not.
 #
 #   sbatch --nodes=16 launch/slurm_train.sh stage=layout model=kosmos-2.5 data=full tokenizer=/data/tokenizer
 #SBATCH --job-name=literate-train
@@ -16,7 +18,15 @@ set -euo pipefail
 cd "${LITERATE_DIR:-$SLURM_SUBMIT_DIR}"
 MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 export MASTER_ADDR MASTER_PORT=${MASTER_PORT:-29500}
+set +e
 srun --kill-on-bad-exit=1 bash -c '
   .venv/bin/deepspeed --num_nodes "$SLURM_NNODES" --num_gpus "$SLURM_GPUS_ON_NODE" --node_rank "$SLURM_NODEID" \
     --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" --no_ssh --no_local_rank \
     --module train.pretrain "$@"' _ "$@"
+code=$?
+if [ "$code" -ne 0 ] && [ "$code" -ne 2 ] && [ "$code" -ne 3 ] \
+   && [ "${SLURM_RESTART_COUNT:-0}" -lt "${LITERATE_MAX_RESTARTS:-10}" ]; then
+  echo "training exited with code $code: requeueing job $SLURM_JOB_ID to resume from its last checkpoint" >&2
+  scontrol requeue "$SLURM_JOB_ID"
+fi
+exit "$code"

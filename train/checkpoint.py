@@ -99,6 +99,7 @@ class Checkpoints:
     def __init__(self, ckpt_dir: Path, engine, rank: int, world: int, keep: int, fault=None):
         self.dir, self.engine, self.rank, self.world, self.keep = Path(ckpt_dir), engine, rank, world, keep
         self.fault = fault or (lambda phase, step: None)
+        self.saving = 0  # the step being saved
 
     def save(self, step: int, loader_state, client_state: dict) -> None:
         from deepspeed.checkpoint.constants import (
@@ -107,7 +108,7 @@ class Checkpoints:
             UNIVERSAL_CHECKPOINT_VERSION_VALUE,
         )
 
-        tag, folder = tag_of(step), self.dir / tag_of(step)
+        self.saving, tag, folder = step, tag_of(step), self.dir / tag_of(step)
         client = {
             **client_state,
             "step": step,
@@ -152,7 +153,7 @@ class Checkpoints:
         _write_atomic(self.dir / LATEST, tag)
         remove_incomplete(self.dir)
 
-    def load(self, tag: str, workers: int, slots: int):
+    def load(self, tag: str):
         """Load `tag` into the engine (converted to a universal checkpoint first when it was written on another
         world size). Returns the client state, the loader states of all its ranks and this rank's RNG state
         (None on another world size)."""

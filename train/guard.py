@@ -117,6 +117,34 @@ class BadSteps:
     def roll_back_due(self) -> bool:
         return self.rollback_after > 0 and len(self.recent) >= self.rollback_after
 
+    def roll_back(self, ckpts, skips, step: int, rank: int) -> str | None:
+        """The checkpoint to go back to: the newest before the first recent bad step. Its later steps' data up to
+        `step` join the skips (kept in the run folder) and `latest` moves back to it. None when there is no
+        such checkpoint (the bad steps stay skipped, the run goes on); RuntimeError after `max_rollbacks`."""
+        from train.checkpoint import meta
+
+        if self.rollbacks >= self.max_rollbacks:
+            raise RuntimeError(
+                f"bad steps {self.recent} came back after {self.rollbacks} rollbacks; stopping"
+            )
+        target = ckpts.before(self.recent[0])
+        if target is None:
+            if rank == 0:
+                print(f"bad steps {self.recent}: no checkpoint before them to go back to", flush=True)
+            self.recent.clear()
+            return None
+        first = meta(ckpts.dir, target)["step"] + 1
+        skips.add(first, step, write=rank == 0)
+        if rank == 0:
+            ckpts.point_to(target)
+            print(
+                f"bad steps {self.recent}: back to {target}, data of steps {first}-{step} passed over",
+                flush=True,
+            )
+        torch.distributed.barrier()
+        self.rollbacks += 1
+        return target
+
     def state_dict(self) -> dict:
         return {
             "losses": list(self.losses),

@@ -18,7 +18,6 @@ import os
 import signal
 import sys
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import hydra
@@ -32,15 +31,20 @@ register_hydra_presets()  # the `model` group: the presets of model/config.py as
 
 
 def run(cfg: DictConfig) -> int:
-    import deepspeed
-
     from model.processor import ImageProcessor
     from model.task_format import TaskFormat
     from train import checkpoint, faults
     from train.guard import BadSteps
     from train.loader import BatchStream, LoaderState, make_loader
     from train.metrics import MetricsLogger, log_sample_keys, report_bad_step
-    from train.setup import ConfigError, build_engine, build_model, checkpoint_every, prepare
+    from train.setup import (
+        ConfigError,
+        build_engine,
+        build_model,
+        checkpoint_every,
+        prepare,
+        start_distributed,
+    )
     from train.step import Prefetch, skipped_samples, train_step
     from train.validation import Validation, full_state
     from train.watchdog import Watchdog
@@ -60,12 +64,7 @@ def run(cfg: DictConfig) -> int:
         if rank == 0:
             print(f"{summary}; {len(s.sources)} training sources; dry run, exiting", flush=True)
         return 0
-    if "RANK" not in os.environ:  # started without a launcher: a one-process group on this machine
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    hang = float(cfg.trainer.hang_timeout)
-    timeout = float(cfg.trainer.get("collective_timeout") or (4 * hang if hang > 0 else 1800))
-    deepspeed.init_distributed(dist_backend="nccl" if s.cuda else "gloo", timeout=timedelta(seconds=timeout))
+    start_distributed(cfg, s.cuda)
     run_dir = Path(cfg.run_dir)
     ckpt_dir = run_dir / "checkpoints"
     if rank == 0:
@@ -83,17 +82,16 @@ def run(cfg: DictConfig) -> int:
         return 2
     engine, scheduler = build_engine(cfg, model, s.ds_config)
     guard.install(engine)
-    saving = {"step": 0}
-    faults.install(engine, rank, lambda: saving["step"])
     ckpts = checkpoint.Checkpoints(
         ckpt_dir, engine, rank, world, int(cfg.trainer.keep_checkpoints), lambda p, n: faults.kill(p, n, rank)
     )
+    faults.install(engine, rank, lambda: ckpts.saving)
     fmt = TaskFormat(s.tok, s.model_cfg.latent_query_num, int(cfg.trainer.max_length))
     processor = ImageProcessor(s.model_cfg.max_patches)
 
     def restore(tag: str, rollback: bool = False):
         """Checkpoint `tag` into the engine; its step, the loader states to resume from and this rank's RNG."""
-        client, saved, rng = ckpts.load(tag, workers, plan.slots)
+        client, saved, rng = ckpts.load(tag)
         # The learning rate of the next step from this run's schedule: the checkpoint holds the rate its own
         # run's schedule set last (0 at its end when that run was given fewer steps).
         for group, base, f in zip(
@@ -149,7 +147,7 @@ def run(cfg: DictConfig) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGUSR1, on_signal)
     steps = int(cfg.trainer.max_steps)
-    watchdog = Watchdog(hang, rank)
+    watchdog = Watchdog(float(cfg.trainer.hang_timeout), rank)
     last_save = time.monotonic()
     engine.train()
     while step < steps:
@@ -172,32 +170,15 @@ def run(cfg: DictConfig) -> int:
                 step, loss, per, engine, scheduler.optimizer, time.perf_counter() - t0, wait, counts, counters
             )
             if guard.roll_back_due():
-                if guard.rollbacks >= guard.max_rollbacks:
-                    print(
-                        f"error: bad steps {guard.recent} after {guard.rollbacks} rollbacks; stopping",
-                        file=sys.stderr,
-                    )
+                try:
+                    target = guard.roll_back(ckpts, s.skips, step, rank)
+                except RuntimeError as e:
+                    print(f"error: {e}", file=sys.stderr)
                     return 3
-                target = ckpts.before(guard.recent[0])
-                if target is None:
-                    if rank == 0:
-                        print(
-                            f"bad steps {guard.recent}: no checkpoint before them to go back to", flush=True
-                        )
-                    guard.recent.clear()
-                else:
-                    first = checkpoint.meta(ckpt_dir, target)["step"] + 1
-                    s.skips.add(first, step, write=rank == 0)
-                    if rank == 0:
-                        ckpts.point_to(target)
-                        print(
-                            f"bad steps {guard.recent}: back to {target}, data of steps {first}-{step} passed over"
-                        )
-                    torch.distributed.barrier()
+                if target is not None:
                     stream.close()
                     watchdog.beat(4)
                     step, resume, rng = restore(target, rollback=True)
-                    guard.rollbacks += 1
                     stream, loader_state = open_stream(resume, rng)
                     continue
             if validate and (step % int(cfg.eval.every) == 0 or step == steps):
@@ -206,13 +187,15 @@ def run(cfg: DictConfig) -> int:
         # Whether to save (and stop) is decided alike on every rank: a signal may reach ranks a step apart,
         # and only rank 0's clock counts minutes.
         flags = torch.tensor(
-            [stop["signal"] is not None, rank == 0 and 0 < every_minutes * 60 <= time.monotonic() - last_save],
+            [
+                stop["signal"] is not None,
+                rank == 0 and 0 < every_minutes * 60 <= time.monotonic() - last_save,
+            ],
             dtype=torch.float64,
         )
         torch.distributed.all_reduce(flags)
         if flags.any() or (every_steps and step % every_steps == 0) or step == steps:
             watchdog.beat(4)
-            saving["step"] = step
             ckpts.save(step, loader_state, {"guard": guard.state_dict()})
             last_save = time.monotonic()
         if flags[0]:
@@ -231,14 +214,6 @@ def run(cfg: DictConfig) -> int:
     watchdog.close()
     torch.distributed.destroy_process_group()
     return 0
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @hydra.main(config_path=CONFIG_DIR, config_name="pretrain", version_base="1.3")

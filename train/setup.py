@@ -21,6 +21,8 @@ NUMBERS = {
         "trainer.train_batch_size", "trainer.max_steps", "trainer.max_length",
         "trainer.keep_checkpoints", "optim.warmup_steps", "data.workers", "seed",
         "eval.every", "eval.samples_per_source", "eval.batch", "eval.predictions", "eval.max_new_tokens",
+        "trainer.bad_steps.window", "trainer.bad_steps.warmup", "trainer.bad_steps.rollback_after",
+        "trainer.bad_steps.rollback_within", "trainer.bad_steps.max_rollbacks",
     ),
     float: ("optim.lr", "optim.image_lr_scale", "optim.eps", "optim.weight_decay", "optim.grad_clip", "trainer.dropout",
             "trainer.memory_headroom", "trainer.hang_timeout", "trainer.bad_steps.sigma"),
@@ -444,3 +446,22 @@ def build_engine(cfg: DictConfig, model, ds_config: dict):
             flush=True,
         )
     return engine, scheduler
+
+
+def start_distributed(cfg: DictConfig, cuda: bool) -> None:
+    """The process group (NCCL on GPUs, gloo otherwise), its collectives timing out after
+    `trainer.collective_timeout` s (default 4 x `trainer.hang_timeout`); alone, a one-process group."""
+    import socket
+    from datetime import timedelta
+
+    import deepspeed
+
+    if "RANK" not in os.environ:  # started without a launcher: a one-process group on this machine
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(port))
+    hang = float(cfg.trainer.hang_timeout)
+    timeout = float(cfg.trainer.get("collective_timeout") or (4 * hang if hang > 0 else 1800))
+    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout))

@@ -336,6 +336,9 @@ def test_two_ranks_under_the_deepspeed_launcher(tokenizer, sources, val_sources,
         ("trainer.precision=bf16", 2, "trainer.precision=bf16 needs a GPU here"),
         ("model.bogus=1", 1, "Could not override 'model.bogus'"),
         ("model.text.layers=many", 1, "Error merging override model.text.layers=many"),
+        ("trainer.checkpoint_every=2hours", 2, "trainer.checkpoint_every='2hours': a number of steps"),
+        ("trainer.skip_data=[[4,2]]", 2, "trainer.skip_data: [4, 2] is not a [first, last] pair"),
+        ("deepspeed.zero_optimization.stage=0", 2, "the trainer runs ZeRO stage 1, 2 or 3"),
     ],
 )
 def test_bad_configs_and_overrides_fail_before_any_work(

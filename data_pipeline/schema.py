@@ -32,6 +32,9 @@ class Sample:
     lines: list[dict] | None = None  # [{"text", "bbox": [x0, y0, x1, y1]}] in pixels of `image`
     md: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    prompt: str | None = None  # a fine-tuning sample: the prompt after the image, the target, and the answers
+    target: str | None = None  # a prediction is scored against (`data_pipeline/sources/tasks.py`)
+    answers: list[str] | None = None
 
     @property
     def size(self) -> tuple[int, int]:
@@ -45,6 +48,8 @@ class Sample:
         """The page's text, for filters: layout lines joined, else the markdown."""
         if self.lines is not None:
             return "\n".join(line["text"] for line in self.lines)
+        if self.prompt is not None:
+            return f"{self.prompt}\n{self.target}"
         return self.md or ""
 
 
@@ -138,6 +143,10 @@ def encode_sample(
         members["layout.json"] = compact_json(layout)
     if sample.md is not None:
         members["md"] = sample.md.encode()
+    if sample.prompt is not None:
+        members["prompt.txt"] = sample.prompt.encode()
+        members["target.txt"] = (sample.target or "").encode()
+        members["answers.json"] = compact_json(sample.answers or [sample.target or ""])
     members["meta.json"] = compact_json(sample_meta(sample))
     return members
 

@@ -1,7 +1,12 @@
-"""The one place that knows the token format of both tasks (KOSMOS-2.5 v2, Table 1).
+"""The one place that knows the token format of the tasks (KOSMOS-2.5 v2, Table 1, and fine-tuning prompts).
 
     layout:   <s><image> [N image slots] </image><ocr> <bbox><x_a><y_b><x_c><y_d></bbox>text\\n ... </s>
     markdown: <s><image> [N image slots] </image><md> markdown </s>
+    prompt:   <s><image> [N image slots] </image> prompt target </s>     (fine-tuning: any text-image task)
+
+A fine-tuning prompt is free text after the image; `<md>` or `<ocr>` in it are the task tokens (the chat
+variant prompts `<md>A chat between a curious user and ... USER: {question} ASSISTANT:`). The target follows
+the prompt directly. A prompt that leaves no room for a target raises `PromptError`.
 
 Image slots carry the `<s>` id and are replaced by the resampler's output inside the model;
 `image_embeds_position_mask` is 1 on slots, -1 on `<image>`/`</image>`, 0 elsewhere (Hugging Face's
@@ -29,6 +34,10 @@ TASKS = ("ocr", "md")
 
 class LayoutError(ValueError):
     """A layout line that cannot be serialised."""
+
+
+class PromptError(ValueError):
+    """A fine-tuning prompt too long for `max_length`."""
 
 
 @dataclass
@@ -74,6 +83,24 @@ class TaskFormat:
         ]
         mask = [0, -1, *([1] * n), -1, 0]
         return ids, mask
+
+    def text_prompt(self, prompt: str) -> tuple[list[int], list[int]]:
+        """Input ids and image-slot mask of a fine-tuning prompt: the image, then the prompt's text."""
+        t, n = self.tok, self.num_image_tokens
+        text = t.encode(prompt)
+        ids = [t.bos_id, t.token_id("<image>"), *([t.bos_id] * n), t.token_id("</image>"), *text]
+        return ids, [0, -1, *([1] * n), -1, *([0] * len(text))]
+
+    def encode_prompted(self, prompt: str, target: str) -> EncodedSample:
+        """A fine-tuning sample: loss on the target (and its `</s>`) only; a target too long is cut."""
+        ids, _ = self.text_prompt(prompt)
+        if len(ids) + 2 > self.max_length:
+            raise PromptError(
+                f"the prompt takes {len(ids)} positions with the image; max_length {self.max_length} leaves no "
+                "room for a target"
+            )
+        tokens = self.tok.encode(target)
+        return self._assemble("prompt", tokens, list(range(1, len(tokens) + 1)), prompt)
 
     def prompt_batch(self, task: str, batch: int) -> dict[str, torch.Tensor]:
         ids, mask = self.prompt(task)
@@ -125,8 +152,10 @@ class TaskFormat:
         target = self.tok.encode(markdown)
         return self._assemble("md", target, list(range(1, len(target) + 1)))
 
-    def _assemble(self, task: str, target: list[int], cuts: list[int]) -> EncodedSample:
-        ids, mask = self.prompt(task)
+    def _assemble(
+        self, task: str, target: list[int], cuts: list[int], prompt: str | None = None
+    ) -> EncodedSample:
+        ids, mask = self.prompt(task) if prompt is None else self.text_prompt(prompt)
         room = self.max_length - len(ids)
         truncated = len(target) + 1 > room
         if truncated:

@@ -33,7 +33,7 @@ from PIL import Image, UnidentifiedImageError
 from data_pipeline.storage import Manifest, UnreadableShard, iter_samples, read_manifest
 from model.kosmos import IGNORE_INDEX
 from model.processor import ImageProcessor
-from model.task_format import LayoutError, TaskFormat
+from model.task_format import LayoutError, PromptError, TaskFormat
 
 IMAGE_EXTS = ("png", "jpg", "webp")
 
@@ -43,7 +43,7 @@ class SourceSpec:
     name: str
     root: str  # a build's output folder or URL (manifest.json inside): see data_pipeline/storage.py
     weight: float
-    task: str  # "ocr" or "md": which target a sample of this source is trained on
+    task: str  # "ocr", "md" or "prompt" (fine-tuning): which target a sample of this source is trained on
 
     def __post_init__(self):
         self.root = str(self.root)
@@ -223,10 +223,18 @@ class Encoder:
                 enc = self.fmt.encode_layout(
                     layout["lines"], (image.width, image.height), (page.width, page.height)
                 )
+            elif spec.task == "prompt":  # a fine-tuning task: prompt.txt and target.txt
+                if "prompt.txt" not in sample or "target.txt" not in sample:
+                    return "no_prompt"
+                enc = self.fmt.encode_prompted(
+                    sample["prompt.txt"].decode("utf-8"), sample["target.txt"].decode("utf-8")
+                )
             else:
                 if "md" not in sample:
                     return "no_markdown"
                 enc = self.fmt.encode_markdown(sample["md"].decode("utf-8"))
+        except PromptError:
+            return "prompt_too_long"
         except (LayoutError, json.JSONDecodeError, UnicodeDecodeError, KeyError):
             return "bad_label"
         return {
@@ -269,6 +277,11 @@ def label_size(fmt: TaskFormat, spec: SourceSpec, sample: dict) -> int:
             layout = json.loads(sample["layout.json"])
             size = (int(layout.get("width") or 1), int(layout.get("height") or 1))
             return len(fmt.encode_layout(layout["lines"], size, size).tensors()["input_ids"])
+        if spec.task == "prompt":
+            prompted = fmt.encode_prompted(
+                sample["prompt.txt"].decode("utf-8"), sample["target.txt"].decode("utf-8")
+            )
+            return len(prompted.input_ids)
         return len(fmt.encode_markdown(sample["md"].decode("utf-8")).tensors()["input_ids"])
     except (KeyError, ValueError, TypeError, LayoutError, UnicodeDecodeError):
         return 0

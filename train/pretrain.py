@@ -30,7 +30,8 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 register_hydra_presets()  # the `model` group: the presets of model/config.py as structured configs
 
 
-def run(cfg: DictConfig) -> int:
+def run(cfg: DictConfig, tuner=None) -> int:
+    """Train the run `cfg` describes; `tuner` (`train.tuning.Tuner`): fine-tuning's start and trainable parts."""
     from model.processor import ImageProcessor
     from model.task_format import TaskFormat
     from train import checkpoint, faults
@@ -76,10 +77,16 @@ def run(cfg: DictConfig) -> int:
         print(summary, flush=True)
     torch.distributed.barrier()
     try:
-        model = build_model(cfg, s.model_cfg, fresh=checkpoint.latest(ckpt_dir) is None)
+        model = (
+            tuner.model(s.model_cfg)
+            if tuner
+            else build_model(cfg, s.model_cfg, checkpoint.latest(ckpt_dir) is None)
+        )
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if tuner and rank == 0:
+        print(tuner.describe(model), flush=True)
     engine, scheduler = build_engine(cfg, model, s.ds_config)
     guard.install(engine)
     ckpts = checkpoint.Checkpoints(
@@ -162,6 +169,8 @@ def run(cfg: DictConfig) -> int:
                 log_sample_keys(run_dir, rank, step, micro)
             loss, per = train_step(engine, micro, world, s.bf16, guard, step)
             reason = guard.end_step(step, loss, engine.was_step_applied())
+            if tuner and tuner.after_step(step, engine) and rank == 0:
+                print(f"step {step}: LoRA update unloaded into the weights (PeriodicLoRA)", flush=True)
             if reason:
                 report_bad_step(run_dir, rank, world, step, reason, loss, guard.norm, micro)
             counters = {"train/skipped_steps": guard.skipped, "train/rollbacks": guard.rollbacks}
@@ -207,7 +216,10 @@ def run(cfg: DictConfig) -> int:
     if step >= steps:
         state = full_state(engine)  # collective under ZeRO-3: every rank takes part
         if rank == 0:
-            torch.save({k: v.detach().float().cpu() for k, v in state.items()}, run_dir / "model.pt")
+            merged = tuner.merged(state) if tuner else state
+            torch.save({k: v.detach().float().cpu() for k, v in merged.items()}, run_dir / "model.pt")
+            if tuner:
+                tuner.save_adapter(state, run_dir / "adapter")
     logger.close()
     stream.close()
     torch.distributed.barrier()

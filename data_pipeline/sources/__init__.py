@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-SOURCES = ("pdf", "scan", "powerpoint", "arxiv", "web", "html", "readme", "docx", "synthetic")
+SOURCES = ("pdf", "scan", "powerpoint", "arxiv", "web", "html", "readme", "docx", "synthetic", "tasks")
 
 
 def get_source(name: str) -> ModuleType:

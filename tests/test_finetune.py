@@ -1,0 +1,220 @@
+"""Fine-tuning: task data (JSONL and DocVQA-style files to shards), the prompt format, and `train.finetune` with
+full, LoRA and PeriodicLoRA runs on real `deepspeed` ranks."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from tests.test_build_pdf import build, read_shards
+from tests.test_pretrain import ENV, _metrics, _two_ranks
+
+
+def _invoices(folder: Path, n: int, seed: int) -> list[dict]:
+    """Pages of a made-up invoice (a number, lines of items, a total) and the question "What is the total?"."""
+    rng = random.Random(seed)
+    (folder / "pages").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        image = Image.new("RGB", (320, 240), "white")
+        draw = ImageDraw.Draw(image)
+        draw.text((12, 10), f"INVOICE {rng.randint(100, 999)}", fill="black")
+        for k in range(3):
+            draw.text((12, 50 + 25 * k), f"item {k + 1}   {rng.randint(1, 99)}.00", fill="black")
+        total = f"{rng.randint(10, 999)}.{rng.randint(0, 99):02d}"
+        draw.text((12, 200), f"TOTAL {total}", fill="black")
+        image.save(folder / "pages" / f"{i}.png")
+        rows.append({"image": f"pages/{i}.png", "prompt": "What is the total?", "target": total})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def task_sources(tmp_path_factory) -> Path:
+    """Shards of 24 invoice questions built with source=tasks, as a sources file of the prompt task."""
+    src = tmp_path_factory.mktemp("invoices")
+    rows = _invoices(src, 24, 0)
+    (src / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path_factory.mktemp("invoice_shards")
+    build("source=tasks", f"input={src}", f"output={out}", "workers=1", "dedup=false", "filters.languages=all",
+          "docs_per_shard=1")  # fmt: skip
+    sources = out.parent / f"{out.name}.json"
+    sources.write_text(json.dumps([{"name": "invoices", "root": str(out), "task": "prompt"}]))
+    return sources
+
+
+@pytest.fixture(scope="module")
+def pretrained(tokenizer, tmp_path_factory) -> Path:
+    """A pre-training run folder of the tiny preset (its config and final weights) to fine-tune from."""
+    from omegaconf import OmegaConf
+
+    from model.config import get_config
+    from model.kosmos import Kosmos25
+
+    run = tmp_path_factory.mktemp("pretrained")
+    OmegaConf.save(
+        OmegaConf.create({"tokenizer": str(tokenizer.path), "model": {"preset": "tiny"}}), run / "config.yaml"
+    )
+    torch.manual_seed(0)
+    torch.save(
+        Kosmos25(get_config("tiny", text={"vocab_size": tokenizer.vocab_size})).state_dict(), run / "model.pt"
+    )
+    return run
+
+
+def test_task_files_build_prompt_samples_and_count_what_they_cannot(tmp_path):
+    """JSONL lines and a DocVQA-style question file become samples with prompt.txt, target.txt and answers.json;
+    a missing image, an image outside the file's folder and a line that is not a sample are counted and named."""
+    src = tmp_path / "src"
+    rows = _invoices(src, 3, 1)
+    rows += [
+        {"image": "pages/missing.png", "prompt": "p", "target": "t"},
+        {"image": "../outside.png", "prompt": "p", "target": "t"},
+    ]
+    Image.new("RGB", (8, 8)).save(tmp_path / "outside.png")
+    (src / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\nnot json\n")
+    question = {
+        "questionId": 7,
+        "question": "What is the total?",
+        "image": "pages/0.png",
+        "answers": ["1.5", "$1.50"],
+    }
+    (src / "docvqa.json").write_text(json.dumps({"data": [question]}))
+    out = tmp_path / "out"
+    r = build("source=tasks", f"input={src}", f"output={out}", "workers=1", "dedup=false", "filters.languages=all",
+              check=False)  # fmt: skip
+    assert r.returncode != 0 and "exceeds max_error_rate" in r.stderr  # 3 errors in 7 entries
+    for reason in ("missing_image", "image_outside_folder", "bad_line"):
+        assert f"{reason}: {src / 'train.jsonl'}" in r.stdout, r.stdout[-3000:]
+    samples = read_shards(out)
+    assert len(samples) == 4
+    docvqa = next(s for k, s in samples.items() if k.startswith("tasks/docvqa/"))
+    assert docvqa["prompt.txt"].decode().startswith(
+        "<md>A chat between"
+    ) and "USER: What is the total? ASSISTANT:" in (docvqa["prompt.txt"].decode())
+    assert docvqa["target.txt"] == b"1.5" and json.loads(docvqa["answers.json"]) == ["1.5", "$1.50"]
+    first = samples["tasks/train/00000"]
+    assert first["target.txt"].decode() == rows[0]["target"] and json.loads(first["answers.json"]) == [
+        rows[0]["target"]
+    ]
+
+
+def test_the_prompt_format_puts_the_loss_on_the_target_only(tokenizer):
+    from model.kosmos import IGNORE_INDEX
+    from model.task_format import PromptError, TaskFormat
+
+    fmt = TaskFormat(tokenizer, 8, 64)
+    enc = fmt.encode_prompted("<md>USER: What is the total? ASSISTANT:", "12.50")
+    target = [*tokenizer.encode("12.50"), tokenizer.eos_id]
+    assert enc.input_ids[-len(target) :] == target and enc.labels[-len(target) :] == target
+    assert all(x == IGNORE_INDEX for x in enc.labels[: -len(target)]) and not enc.truncated
+    assert tokenizer.token_id("<md>") in enc.input_ids  # the chat prompt's task token is the special token
+    assert enc.image_embeds_position_mask.count(1) == 8
+    long = fmt.encode_prompted("total?", "word " * 200)
+    assert long.truncated and len(long.input_ids) == 64
+    with pytest.raises(PromptError, match="leaves no room"):
+        fmt.encode_prompted("word " * 200, "x")
+
+
+def _finetune(pretrained, task_sources, run, method, ranks=1, port=0, *extra, faults="", steps=6):
+    args = [
+        f"init={pretrained}", f"data.sources_file={task_sources}", f"method={method}", f"run_dir={run}",
+        f"trainer.max_steps={steps}", "trainer.train_batch_size=4", "trainer.micro_batch_size=2", "trainer.max_length=128",
+        "data.workers=0", "data.slots=2", "wandb.mode=disabled", "trainer.checkpoint_every=3", "trainer.dropout=0",
+        "optim.warmup_steps=1", "optim.lr=0.003", "plora.interval=2", "plora.momentum=0.5", "lora.r=2", *extra,
+    ]  # fmt: skip
+    if ranks == 2:
+        cmd = _two_ranks(port, args)
+        cmd[cmd.index("train.pretrain")] = "train.finetune"
+    else:
+        cmd = [sys.executable, "-m", "train.finetune", *args]
+    env = {**ENV, "LITERATE_FAULTS": faults} if faults else ENV
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _ok(r):
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    return r
+
+
+@pytest.mark.parametrize("method", ["lora", "plora"])
+def test_two_ranks_equal_one_rank(pretrained, task_sources, tmp_path, method):
+    """The same global batches on 1 and 2 ranks (ZeRO-2): the same losses and the same merged weights, PeriodicLoRA's
+    unloads included."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    r = _ok(_finetune(pretrained, task_sources, one, method))
+    assert f"fine-tuning: method {method}" in r.stdout
+    assert (method == "plora") == ("step 2: LoRA update unloaded" in r.stdout)
+    _ok(_finetune(pretrained, task_sources, two, method, 2, 29671))
+    a, b = [m["loss"] for m in _metrics(one)], [m["loss"] for m in _metrics(two)]
+    assert len(a) == 6 and max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-5, (a, b)
+    wa, wb = (torch.load(run / "model.pt", weights_only=True) for run in (one, two))
+    assert not any("lora" in k or "base_layer" in k for k in wa)
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+
+
+def test_a_killed_plora_run_resumes_where_its_stage_was(pretrained, task_sources, tmp_path):
+    """PeriodicLoRA killed after step 3's checkpoint (mid-stage: unloads at 2, 4, 6) and started again: the losses
+    and the final weights of the uninterrupted run."""
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    _ok(_finetune(pretrained, task_sources, ref, "plora"))
+    r = _finetune(pretrained, task_sources, run, "plora", faults="kill_after_pointer@3")
+    assert r.returncode != 0 and "killed at step 3" in r.stderr
+    r = _ok(_finetune(pretrained, task_sources, run, "plora"))
+    assert "at step 3" in r.stdout and "step 4: LoRA update unloaded" in r.stdout
+    want, got = ({m["step"]: m["loss"] for m in _metrics(x)} for x in (ref, run))
+    assert max(abs(got[s] - want[s]) for s in range(1, 7)) < 1e-6
+    wa, wb = (torch.load(x / "model.pt", weights_only=True) for x in (ref, run))
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-6
+
+
+def test_merged_lora_weights_are_the_adapted_model_and_export_to_transformers(
+    pretrained, task_sources, tokenizer, tmp_path
+):
+    """A LoRA run's merged model.pt gives the logits of the pre-trained model with its adapter applied (PEFT), and
+    model.export of the run loads in transformers with the same logits within 1e-4. Full fine-tuning leaves the
+    vision encoder as it was."""
+    import transformers
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from model.processor import ImageProcessor
+    from model.task_format import TaskFormat
+    from train.evaluate import load_model
+
+    run = tmp_path / "lora"
+    _ok(_finetune(pretrained, task_sources, run, "lora"))
+    merged, _ = load_model(str(run))
+    adapted, _ = load_model(str(pretrained))
+    config = LoraConfig.from_pretrained(str(run / "adapter"))
+    adapted = inject_adapter_in_model(config, adapted)
+    set_peft_model_state_dict(adapted, load_file(str(run / "adapter" / "adapter_model.safetensors")))
+    fmt = TaskFormat(tokenizer, merged.config.latent_query_num, 128)
+    image = Image.new("RGB", (320, 240), "white")
+    ImageDraw.Draw(image).text((12, 200), "TOTAL 12.50", fill="black")
+    page = ImageProcessor(merged.config.max_patches)(image).flattened_patches[None]
+    ids, mask = fmt.text_prompt("What is the total?")
+    inputs = {"input_ids": torch.tensor([ids]), "image_embeds_position_mask": torch.tensor([mask])}
+    with torch.no_grad():
+        ours = merged.eval()(**inputs, flattened_patches=page).logits
+        theirs = adapted.eval()(**inputs, flattened_patches=page).logits
+    assert (ours - theirs).abs().max().item() < 1e-5
+    r = subprocess.run([sys.executable, "-m", "model.export", f"checkpoint={run}", f"out={tmp_path / 'hf'}"],
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    hf = transformers.Kosmos2_5ForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        out = hf(**inputs, flattened_patches=page, attention_mask=torch.ones_like(inputs["input_ids"])).logits
+    assert (out - ours).abs().max().item() < 1e-4
+    full = tmp_path / "full"
+    _ok(_finetune(pretrained, task_sources, full, "full", steps=2))
+    before, after = (torch.load(x / "model.pt", weights_only=True) for x in (pretrained, full))
+    vision = [k for k in before if k.startswith("vision_model.")]
+    assert vision and all(torch.equal(before[k], after[k]) for k in vision)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("text_model."))

@@ -212,6 +212,22 @@ def test_merged_lora_weights_are_the_adapted_model_and_export_to_transformers(
     with torch.no_grad():
         out = hf(**inputs, flattened_patches=page, attention_mask=torch.ones_like(inputs["input_ids"])).logits
     assert (out - ours).abs().max().item() < 1e-4
+    # train.evaluate scores the prompted task with ANLS and exact match
+    r = subprocess.run(
+        [sys.executable, "-m", "train.evaluate", f"checkpoint={run}", f"data={task_sources}", f"out={tmp_path / 'eval'}",
+         "n=3", "max_new_tokens=6"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    row = result["metrics"]["overall"]["prompt"]
+    assert (
+        row["pages"] == 3
+        and 0 <= row["anls"] <= 1
+        and 0 <= row["em"] <= 1
+        and "invoices/prompt" in result["val_loss"]
+    )
+    assert "Prompted tasks" in (tmp_path / "eval" / "metrics.md").read_text()
     full = tmp_path / "full"
     _ok(_finetune(pretrained, task_sources, full, "full", steps=2))
     before, after = (torch.load(x / "model.pt", weights_only=True) for x in (pretrained, full))

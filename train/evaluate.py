@@ -37,13 +37,18 @@ from PIL import Image, ImageDraw
 from data_pipeline.storage import Manifest, UnreadableShard, is_remote, iter_samples, read_manifest
 from model.kosmos import Kosmos25
 from model.processor import ImageProcessor
-from model.task_format import LayoutError, TaskFormat
+from model.task_format import LayoutError, PromptError, TaskFormat
 from model.tokenizer import Tokenizer
 from train.loader import IMAGE_EXTS, collate
-from train.scoring import layout_scores, markdown_scores
+from train.scoring import anls, exact_match, layout_scores, markdown_scores
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
-METRICS = {"ocr": ("precision", "recall", "f1", "iou", "ned"), "md": ("ned", "nted")}
+METRICS = {
+    "ocr": ("precision", "recall", "f1", "iou", "ned"),
+    "md": ("ned", "nted"),
+    "prompt": ("anls", "em"),
+}
+TASK_TITLES = (("ocr", "Text recognition"), ("md", "Image to markdown"), ("prompt", "Prompted tasks"))
 
 
 @dataclass
@@ -53,9 +58,15 @@ class EvalPage:
     image: Image.Image
     lines: list[dict] | None = None  # layout label, boxes in `image` pixels
     markdown: str | None = None
+    prompt: str | None = (
+        None  # a prompted task (fine-tuning): the prompt, its target, the answers scored against
+    )
+    target: str | None = None
+    answers: list[str] | None = None
 
     def tasks(self) -> list[str]:
-        return [t for t, label in (("ocr", self.lines), ("md", self.markdown)) if label is not None]
+        labels = (("ocr", self.lines), ("md", self.markdown), ("prompt", self.prompt))
+        return [t for t, label in labels if label is not None]
 
 
 # --------------------------------------------------------------------- data
@@ -69,7 +80,11 @@ def _page_from_sample(sample: dict, source: str) -> EvalPage | None:
     image.load()
     lines = json.loads(sample["layout.json"])["lines"] if "layout.json" in sample else None
     md = sample["md"].decode("utf-8") if "md" in sample else None
-    return EvalPage(sample["__key__"], source, image.convert("RGB"), lines, md)
+    page = EvalPage(sample["__key__"], source, image.convert("RGB"), lines, md)
+    if "prompt.txt" in sample:
+        page.prompt, page.target = sample["prompt.txt"].decode("utf-8"), sample["target.txt"].decode("utf-8")
+        page.answers = json.loads(sample["answers.json"]) if "answers.json" in sample else [page.target]
+    return page
 
 
 def shard_pages(shards, source: str | None, n: int, manifest: Manifest | None = None) -> list[EvalPage]:
@@ -128,10 +143,10 @@ def load_pages(data: str, n: int) -> list[EvalPage]:
         pages = []
         for entry in json.loads(path.read_text()):
             for page in manifest_pages(entry["root"], entry["name"], n):
-                if entry.get("task") == "ocr":
-                    page.markdown = None
-                elif entry.get("task") == "md":
-                    page.lines = None
+                task = entry.get("task")
+                page.lines = page.lines if task == "ocr" else None
+                page.markdown = page.markdown if task == "md" else None
+                page.prompt = page.prompt if task == "prompt" else None
                 if page.tasks():
                     pages.append(page)
         return pages
@@ -236,7 +251,7 @@ class Evaluator:
         self.items: list[dict] = []  # one per (page, task)
         self.skipped: dict[str, int] = defaultdict(int)
 
-    def prepare(self, pages: list[EvalPage], tasks: tuple[str, ...] = ("ocr", "md")) -> None:
+    def prepare(self, pages: list[EvalPage], tasks: tuple[str, ...] = ("ocr", "md", "prompt")) -> None:
         for page in pages:
             processed = self.processor(page.image)
             size, resized = (page.image.width, page.image.height), (processed.width, processed.height)
@@ -244,12 +259,13 @@ class Evaluator:
                 if task not in tasks:
                     continue
                 try:
-                    enc = (
-                        self.fmt.encode_layout(page.lines, size, resized)
-                        if task == "ocr"
-                        else self.fmt.encode_markdown(page.markdown)
-                    )
-                except LayoutError as e:
+                    if task == "ocr":
+                        enc = self.fmt.encode_layout(page.lines, size, resized)
+                    elif task == "md":
+                        enc = self.fmt.encode_markdown(page.markdown)
+                    else:
+                        enc = self.fmt.encode_prompted(page.prompt, page.target)
+                except (LayoutError, PromptError) as e:
                     self.skipped[f"bad_label:{page.source}"] += 1
                     print(f"warning: {page.source}/{page.key}: {e}; skipped", file=sys.stderr)
                     continue
@@ -281,7 +297,7 @@ class Evaluator:
         device = next(self.model.parameters()).device
         patches = [it["flattened_patches"] for it in self.items]
         if shuffle_images:
-            for task in ("ocr", "md"):
+            for task in METRICS:
                 idx = [i for i, it in enumerate(self.items) if it["task"] == task]
                 if len(idx) > 1:
                     shift = random.Random(seed).randrange(1, len(idx))
@@ -336,11 +352,19 @@ class Evaluator:
         device = next(self.model.parameters()).device
         dtype = next(self.model.parameters()).dtype
         out = []
-        for task in ("ocr", "md"):
+        for task in METRICS:
             chosen = [it for it in items if it["task"] == task]
-            for i in range(0, len(chosen), self.batch):
-                group = chosen[i : i + self.batch]
-                prompt = self.fmt.prompt_batch(task, len(group))
+            size = 1 if task == "prompt" else self.batch  # prompts differ in length: one at a time
+            for i in range(0, len(chosen), size):
+                group = chosen[i : i + size]
+                if task == "prompt":
+                    ids, mask = self.fmt.text_prompt(group[0]["page"].prompt)
+                    prompt = {
+                        "input_ids": torch.tensor([ids]),
+                        "image_embeds_position_mask": torch.tensor([mask]),
+                    }
+                else:
+                    prompt = self.fmt.prompt_batch(task, len(group))
                 ids = self.model.generate(
                     torch.stack([it["flattened_patches"] for it in group]).to(device, dtype),
                     prompt["input_ids"].to(device),
@@ -367,8 +391,10 @@ class Evaluator:
             page = refs[(p["key"], p["source"], p["task"])]
             if p["task"] == "ocr":
                 s = layout_scores(p["lines"], page.lines)
-            else:
+            elif p["task"] == "md":
                 s = markdown_scores(p["text"], page.markdown)
+            else:
+                s = {"anls": anls(p["text"], page.answers), "em": exact_match(p["text"], page.answers)}
             p["scores"] = s
             scores[(p["source"], p["task"])].append(s)
             scores[("overall", p["task"])].append(s)
@@ -383,7 +409,7 @@ class Evaluator:
 
 def markdown_table(metrics: dict, losses: dict, shuffled: dict) -> str:
     out = []
-    for task, title in (("ocr", "Text recognition"), ("md", "Image to markdown")):
+    for task, title in TASK_TITLES:
         rows = [(src, t[task]) for src, t in metrics.items() if task in t]
         if not rows:
             continue
@@ -413,7 +439,7 @@ def evaluate(
     n: int = 64,
     max_new_tokens: int = 512,
     batch: int = 4,
-    tasks: tuple[str, ...] = ("ocr", "md"),
+    tasks: tuple[str, ...] = ("ocr", "md", "prompt"),
     tokenizer: str | None = None,
     draw: int = 8,
     device: str = "cpu",

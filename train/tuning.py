@@ -76,12 +76,12 @@ class Tuner:
         """PeriodicLoRA's unload at the end of each stage; True when it happened."""
         if self.method != "plora" or step % self.interval:
             return False
+        from deepspeed.runtime.zero import GatheredParameters
         from deepspeed.utils import (
             safe_get_full_fp32_param,
             safe_set_full_fp32_param,
             safe_set_full_optimizer_state,
         )
-        from deepspeed.runtime.zero import GatheredParameters
         from peft.tuners.lora import LoraLayer
 
         m = self.momentum

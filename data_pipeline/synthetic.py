@@ -165,3 +165,23 @@ def render_snippets_page(
         lines.append({"text": text, "bbox": list(box)})
         y = box[3] + rng.randint(4, 40)
     return img, lines
+
+
+def invoice_page(rng: random.Random) -> tuple[Image.Image, list[dict], str]:
+    """A made-up invoice (a number, a date, lines of items, a total) for fine-tuning examples: the page, its
+    lines with boxes (a layout label) and the total as text (the answer to "What is the total?")."""
+    image = Image.new("L", (400, 320), 255)
+    draw = ImageDraw.Draw(image)
+    font = load_font(16)
+    items = [(rng.choice(WORDS), rng.randint(1, 99) + rng.randint(0, 99) / 100) for _ in range(rng.randint(2, 5))]
+    total = f"{sum(price for _, price in items):.2f}"
+    texts = [f"INVOICE {rng.randint(1000, 9999)}", f"Date 2026-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"]
+    texts += [f"{name} {price:.2f}" for name, price in items] + [f"TOTAL {total}"]
+    lines, y = [], 16
+    for text in texts:
+        x = 20 if not text.startswith("TOTAL") else 200
+        draw.text((x, y), text, fill=0, font=font)
+        x0, y0, x1, y1 = draw.textbbox((x, y), text, font=font)
+        lines.append({"text": text, "bbox": [x0, y0, x1, y1]})
+        y += 40 if text.startswith(("INVOICE", "Date")) else 32
+    return image, lines, total

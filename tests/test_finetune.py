@@ -18,18 +18,14 @@ from tests.test_pretrain import ENV, _metrics, _two_ranks
 
 
 def _invoices(folder: Path, n: int, seed: int) -> list[dict]:
-    """Pages of a made-up invoice (a number, lines of items, a total) and the question "What is the total?"."""
+    """Made-up invoices (`invoice_page`) and the question "What is the total?" about each."""
+    from data_pipeline.synthetic import invoice_page
+
     rng = random.Random(seed)
     (folder / "pages").mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(n):
-        image = Image.new("RGB", (320, 240), "white")
-        draw = ImageDraw.Draw(image)
-        draw.text((12, 10), f"INVOICE {rng.randint(100, 999)}", fill="black")
-        for k in range(3):
-            draw.text((12, 50 + 25 * k), f"item {k + 1}   {rng.randint(1, 99)}.00", fill="black")
-        total = f"{rng.randint(10, 999)}.{rng.randint(0, 99):02d}"
-        draw.text((12, 200), f"TOTAL {total}", fill="black")
+        image, _, total = invoice_page(rng)
         image.save(folder / "pages" / f"{i}.png")
         rows.append({"image": f"pages/{i}.png", "prompt": "What is the total?", "target": total})
     return rows

@@ -77,7 +77,7 @@ def make_data(root: Path, n_train: int, n_held: int) -> tuple[Path, Path, Path, 
     rng = random.Random(2)
     texts = [" ".join(rng.choice(WORDS) for _ in range(10)) for _ in range(2000)]
     texts += [f"TOTAL {rng.randint(1, 400)}.{rng.randint(0, 99):02d} INVOICE Date 2026-" for _ in range(500)]
-    train_tokenizer(texts + ["What is the total?"] * 20, tok, vocab_size=1000, coord_bins=512)
+    train_tokenizer(texts + ["What is the total?"] * 20, tok, vocab_size=1200, coord_bins=256)
     return files[0], files[1], files[2], tok
 
 

@@ -230,3 +230,66 @@ def test_merged_lora_weights_are_the_adapted_model_and_export_to_transformers(
     vision = [k for k in before if k.startswith("vision_model.")]
     assert vision and all(torch.equal(before[k], after[k]) for k in vision)
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("text_model."))
+
+
+def _ocreval_fixture(root: Path, kind: str, n: int = 2) -> list[list[dict]]:
+    """Invoice pages written in an OCREval subset's own layout; returns each page's lines."""
+    from data_pipeline.synthetic import invoice_page
+
+    rng, pages = random.Random(kind), []
+    for i in range(n):
+        image, lines, _ = invoice_page(rng)
+        quads = [[x0, y0, x1, y0, x1, y1, x0, y1] for x0, y0, x1, y1 in (ln["bbox"] for ln in lines)]
+        if kind == "funsd":
+            (root / "images").mkdir(parents=True, exist_ok=True)
+            (root / "annotations").mkdir(exist_ok=True)
+            image.save(root / "images" / f"p{i}.png")
+            form = [{"id": k, "box": ln["bbox"], "text": ln["text"], "label": "other", "words": []} for k, ln in
+                    enumerate(lines)]  # fmt: skip
+            (root / "annotations" / f"p{i}.json").write_text(json.dumps({"form": form}))
+        elif kind == "sroie":
+            root.mkdir(parents=True, exist_ok=True)
+            image.convert("RGB").save(root / f"p{i}.jpg")
+            rows = [
+                ",".join(str(v) for v in q) + f",{ln['text']}" for q, ln in zip(quads, lines, strict=True)
+            ]
+            (root / f"p{i}.txt").write_text("\n".join(rows) + "\n")
+        else:
+            (root / "image").mkdir(parents=True, exist_ok=True)
+            (root / "json").mkdir(exist_ok=True)
+            image.save(root / "image" / f"p{i}.png")
+            valid = []
+            for q, ln in zip(quads, lines, strict=True):
+                words, x0, width = ln["text"].split(), q[0], (q[2] - q[0]) / len(ln["text"].split())
+                valid.append({"category": "menu.nm", "words": [
+                    {"text": w, "quad": {"x1": x0 + k * width, "y1": q[1], "x2": x0 + (k + 1) * width, "y2": q[1],
+                                         "x3": x0 + (k + 1) * width, "y3": q[5], "x4": x0 + k * width, "y4": q[5]}}
+                    for k, w in enumerate(words)]})  # fmt: skip
+            meta = {"image_size": {"width": image.width, "height": image.height}}
+            (root / "json" / f"p{i}.json").write_text(json.dumps({"valid_line": valid, "meta": meta}))
+        pages.append(lines)
+    return pages
+
+
+@pytest.mark.parametrize("kind", ["funsd", "sroie", "cord"])
+def test_ocreval_subsets_evaluate_in_their_own_layouts(pretrained, tmp_path, kind):
+    """FUNSD, SROIE and CORD fixtures: recognised by their folders, their lines and boxes read as written, and
+    scored end to end by train.evaluate on the text-recognition task."""
+    from train import ocreval
+
+    root = tmp_path / kind
+    written = _ocreval_fixture(root, kind)
+    assert ocreval.detect(root) == kind
+    read = ocreval.pages(root, kind, 10)
+    assert [p.lines for p in read] == [
+        [{"text": ln["text"], "bbox": [float(v) for v in ln["bbox"]]} for ln in lines] for lines in written
+    ]
+    r = subprocess.run(
+        [sys.executable, "-m", "train.evaluate", f"checkpoint={pretrained}", f"data={root}", f"out={tmp_path / 'out'}",
+         "max_new_tokens=12", "tasks=[ocr]"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert result["pages"] == 2 and set(result["metrics"]) == {kind, "overall"}
+    assert set(result["metrics"]["overall"]["ocr"]) == {"pages", "precision", "recall", "f1", "iou", "ned"}

@@ -136,9 +136,15 @@ def _folder_pages(folder: Path, n: int) -> list[EvalPage]:
     return pages
 
 
-def load_pages(data: str, n: int) -> list[EvalPage]:
-    """Up to `n` labelled pages per source from shards, a build folder, a sources JSON or an image folder."""
+def load_pages(data: str, n: int, fmt: str = "auto") -> list[EvalPage]:
+    """Up to `n` labelled pages per source from shards, a build folder, a sources JSON, an image folder or an
+    OCREval subset in its own layout (`fmt`: funsd, sroie, cord, or auto to recognise them; `train.ocreval`)."""
+    from train import ocreval
+
     path = Path(data)
+    kind = ocreval.detect(path) if fmt == "auto" and path.is_dir() else (None if fmt == "auto" else fmt)
+    if kind is not None:
+        return ocreval.pages(path, kind, n)
     if path.suffix == ".json" and path.is_file():  # the trainer's sources: each entry scored on its own task
         pages = []
         for entry in json.loads(path.read_text()):
@@ -444,12 +450,13 @@ def evaluate(
     draw: int = 8,
     device: str = "cpu",
     max_length: int = 4096,
+    fmt: str = "auto",
 ) -> dict:
     from tqdm import tqdm
 
     model, tok = load_model(checkpoint, tokenizer)
     model.to(device)
-    pages = load_pages(data, n)
+    pages = load_pages(data, n, fmt)
     ev = Evaluator(model, tok, min(max_length, model.config.text.max_position_embeddings), batch)
     ev.prepare(pages, tasks)
     if not ev.items:
@@ -524,6 +531,7 @@ def main(argv: list[str]) -> int:
             draw=int(cfg.draw),
             device=str(cfg.device),
             max_length=int(cfg.max_length),
+            fmt=str(cfg.format),
         )
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -139,15 +139,15 @@ def _ok(r):
     return r
 
 
-@pytest.mark.parametrize("method", ["lora", "plora"])
-def test_two_ranks_equal_one_rank(pretrained, task_sources, tmp_path, method):
-    """The same global batches on 1 and 2 ranks (ZeRO-2): the same losses and the same merged weights, PeriodicLoRA's
-    unloads included."""
+@pytest.mark.parametrize(("method", "zero"), [("lora", "zero2"), ("plora", "zero3")])
+def test_two_ranks_equal_one_rank(pretrained, task_sources, tmp_path, method, zero):
+    """The same global batches on 1 rank (ZeRO-2) and 2 ranks (LoRA under ZeRO-2, PeriodicLoRA under ZeRO-3, whose
+    unloads gather the partitioned weights): the same losses and the same merged weights."""
     one, two = tmp_path / "one", tmp_path / "two"
     r = _ok(_finetune(pretrained, task_sources, one, method))
     assert f"fine-tuning: method {method}" in r.stdout
     assert (method == "plora") == ("step 2: LoRA update unloaded" in r.stdout)
-    _ok(_finetune(pretrained, task_sources, two, method, 2, 29671))
+    _ok(_finetune(pretrained, task_sources, two, method, 2, 29671, f"deepspeed={zero}"))
     a, b = [m["loss"] for m in _metrics(one)], [m["loss"] for m in _metrics(two)]
     assert len(a) == 6 and max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-5, (a, b)
     wa, wb = (torch.load(run / "model.pt", weights_only=True) for run in (one, two))

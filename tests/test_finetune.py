@@ -134,6 +134,16 @@ def _finetune(pretrained, task_sources, run, method, ranks=1, port=0, *extra, fa
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
+def _evaluate(checkpoint, data, out: Path, *extra) -> dict:
+    """`train.evaluate` as a user runs it; its metrics.json."""
+    r = subprocess.run(
+        [sys.executable, "-m", "train.evaluate", f"checkpoint={checkpoint}", f"data={data}", f"out={out}", *extra],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads((out / "metrics.json").read_text())
+
+
 def _ok(r):
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     return r
@@ -209,13 +219,7 @@ def test_merged_lora_weights_are_the_adapted_model_and_export_to_transformers(
         out = hf(**inputs, flattened_patches=page, attention_mask=torch.ones_like(inputs["input_ids"])).logits
     assert (out - ours).abs().max().item() < 1e-4
     # train.evaluate scores the prompted task with ANLS and exact match
-    r = subprocess.run(
-        [sys.executable, "-m", "train.evaluate", f"checkpoint={run}", f"data={task_sources}", f"out={tmp_path / 'eval'}",
-         "n=3", "max_new_tokens=6"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr[-2000:]
-    result = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    result = _evaluate(run, task_sources, tmp_path / "eval", "n=3", "max_new_tokens=6")
     row = result["metrics"]["overall"]["prompt"]
     assert (
         row["pages"] == 3
@@ -284,12 +288,6 @@ def test_ocreval_subsets_evaluate_in_their_own_layouts(pretrained, tmp_path, kin
     assert [p.lines for p in read] == [
         [{"text": ln["text"], "bbox": [float(v) for v in ln["bbox"]]} for ln in lines] for lines in written
     ]
-    r = subprocess.run(
-        [sys.executable, "-m", "train.evaluate", f"checkpoint={pretrained}", f"data={root}", f"out={tmp_path / 'out'}",
-         "max_new_tokens=12", "tasks=[ocr]"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr[-2000:]
-    result = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    result = _evaluate(pretrained, root, tmp_path / "out", "max_new_tokens=12", "tasks=[ocr]")
     assert result["pages"] == 2 and set(result["metrics"]) == {kind, "overall"}
     assert set(result["metrics"]["overall"]["ocr"]) == {"pages", "precision", "recall", "f1", "iou", "ned"}

@@ -13,13 +13,12 @@ The run folder ends with `model.pt` (merged weights) and, for LoRA, `adapter/`.
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from train.pretrain import CONFIG_DIR, run
+from train.pretrain import CONFIG_DIR, finish, run
 
 
 def prepare(cfg: DictConfig):
@@ -41,15 +40,9 @@ def main(cfg: DictConfig) -> None:
         tuner = prepare(cfg)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
-        code = 2
+        finish(2)
     else:
-        code = run(cfg, tuner)
-    if "LOCAL_RANK" in os.environ:  # as train.pretrain.main
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    if code:
-        sys.exit(code)
+        finish(run(cfg, tuner))
 
 
 if __name__ == "__main__":

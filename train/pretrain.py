@@ -85,8 +85,6 @@ def run(cfg: DictConfig, tuner=None) -> int:
     except (ConfigError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if tuner and rank == 0:
-        print(tuner.describe(model), flush=True)
     engine, scheduler = build_engine(cfg, model, s.ds_config)
     guard.install(engine)
     ckpts = checkpoint.Checkpoints(
@@ -230,7 +228,11 @@ def run(cfg: DictConfig, tuner=None) -> int:
 
 @hydra.main(config_path=CONFIG_DIR, config_name="pretrain", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    code = run(cfg)
+    finish(run(cfg))
+
+
+def finish(code: int) -> None:
+    """The process ends with `code`."""
     if "LOCAL_RANK" in os.environ:
         # Under a launcher, end the process here, everything written and flushed: C++ threads of the
         # communication stack that outlive the process group can abort the interpreter's own teardown

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -43,7 +44,13 @@ class Tuner:
 
     # ------------------------------------------------------------------ model
     def model(self, model_cfg):
-        """The pre-trained model with this method's trainable parameters."""
+        """The pre-trained model with this method's trainable parameters (what trains printed on rank 0)."""
+        model = self._model(model_cfg)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(self.describe(model), flush=True)
+        return model
+
+    def _model(self, model_cfg):
         from model.kosmos import Kosmos25
 
         torch.manual_seed(int(self.cfg.seed))

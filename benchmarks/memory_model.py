@@ -162,6 +162,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.worker:
         worker(_case(args.worker), args.out)
+        from train.pretrain import finish
+
+        finish(0)  # under the launcher: ends here, before the communication stack's threads can abort teardown
         return
     # The process's own memory besides the model's parts (threads, communication buffers, allocator slack),
     # taken once from the smallest case: what it holds between steps less the model's persistent parts.

@@ -14,8 +14,9 @@ and, for PeriodicLoRA, what happens between its stages.
 
 The weights a run saves (`model.pt`) are merged: LoRA folded into the layers they adapt, under the layers'
 own names, so `model.export`, `train.evaluate` and transformers load them as any other Kosmos-2.5 weights. LoRA
-runs also save the adapter (`adapter/`: PEFT's `adapter_config.json` and `adapter_model.safetensors`, keys of
-this project's `Kosmos25`).
+runs also save the adapter (`adapter/`: PEFT's `adapter_config.json` and `adapter_model.safetensors`), which
+`peft.PeftModel.from_pretrained` puts on transformers' `Kosmos2_5ForConditionalGeneration` of the starting weights
+(its module names are this project's).
 """
 
 from __future__ import annotations
@@ -150,8 +151,8 @@ class Tuner:
         from safetensors.torch import save_file
 
         folder.mkdir(parents=True, exist_ok=True)
-        adapter = {
-            k.replace(".default.", "."): v.detach().float().contiguous()
+        adapter = {  # PeftModel's key names: transformers' Kosmos2_5ForConditionalGeneration has our module names
+            "base_model.model." + k.replace(".default.", "."): v.detach().float().contiguous()
             for k, v in state.items()
             if "lora_" in k
         }

@@ -6,6 +6,7 @@
 # (exit 2) or a run stopped by repeated bad steps (exit 3) is not.
 #
 #   sbatch --nodes=16 launch/slurm_train.sh stage=layout model=kosmos-2.5 data=full tokenizer=/data/tokenizer
+#   LITERATE_MODULE=train.finetune sbatch --nodes=2 launch/slurm_train.sh init=runs/mixed-kosmos-2.5 method=lora ...
 #SBATCH --job-name=literate-train
 #SBATCH --ntasks-per-node=1
 #SBATCH --gpus-per-node=8
@@ -22,7 +23,7 @@ set +e
 srun --kill-on-bad-exit=1 bash -c '
   .venv/bin/deepspeed --num_nodes "$SLURM_NNODES" --num_gpus "$SLURM_GPUS_ON_NODE" --node_rank "$SLURM_NODEID" \
     --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" --no_ssh --no_local_rank \
-    --module train.pretrain "$@"' _ "$@"
+    --module "${LITERATE_MODULE:-train.pretrain}" "$@"' _ "$@"
 code=$?
 if [ "$code" -ne 0 ] && [ "$code" -ne 2 ] && [ "$code" -ne 3 ] \
    && [ "${SLURM_RESTART_COUNT:-0}" -lt "${LITERATE_MAX_RESTARTS:-10}" ]; then

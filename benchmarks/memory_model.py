@@ -164,7 +164,8 @@ def main() -> None:
         worker(_case(args.worker), args.out)
         from train.pretrain import finish
 
-        finish(0)  # under the launcher: ends here, before the communication stack's threads can abort teardown
+        # under the launcher: end here, before the communication stack's threads can abort the teardown
+        finish(0)
         return
     # The process's own memory besides the model's parts (threads, communication buffers, allocator slack),
     # taken once from the smallest case: what it holds between steps less the model's persistent parts.

@@ -173,9 +173,14 @@ def invoice_page(rng: random.Random) -> tuple[Image.Image, list[dict], str]:
     image = Image.new("L", (400, 320), 255)
     draw = ImageDraw.Draw(image)
     font = load_font(16)
-    items = [(rng.choice(WORDS), rng.randint(1, 99) + rng.randint(0, 99) / 100) for _ in range(rng.randint(2, 5))]
+    items = [
+        (rng.choice(WORDS), rng.randint(1, 99) + rng.randint(0, 99) / 100) for _ in range(rng.randint(2, 5))
+    ]
     total = f"{sum(price for _, price in items):.2f}"
-    texts = [f"INVOICE {rng.randint(1000, 9999)}", f"Date 2026-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"]
+    texts = [
+        f"INVOICE {rng.randint(1000, 9999)}",
+        f"Date 2026-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}",
+    ]
     texts += [f"{name} {price:.2f}" for name, price in items] + [f"TOTAL {total}"]
     lines, y = [], 16
     for text in texts:

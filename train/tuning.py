@@ -60,6 +60,13 @@ class Tuner:
         self.init_state = None  # held once
         if self.method == "full":
             trainable = tuple(f"{name}." for name in self.cfg.finetune.trainable)
+            names = [name for name, _ in model.named_parameters()]
+            unknown = [t[:-1] for t in trainable if not any(n.startswith(t) for n in names)]
+            if unknown or not trainable:
+                parts = sorted({n.split(".")[0] for n in names})
+                raise ValueError(
+                    f"finetune.trainable={unknown or []}: name the parts that train, e.g. {parts}"
+                )
             for name, p in model.named_parameters():
                 p.requires_grad_(name.startswith(trainable))
             return model

@@ -141,8 +141,9 @@ def read_text(out: str | os.PathLike, name: str) -> str:
     return read_bytes(join(out, name)).decode("utf-8")
 
 
-def write_text(out: str | os.PathLike, name: str, text: str) -> None:
-    """`name` inside the output, whole or not at all (a local file is written beside and renamed)."""
+def write_text(out: str | os.PathLike, name: str, text: str, sync: bool = False) -> None:
+    """`name` inside the output, whole or not at all (a local file is written beside and renamed). `sync`: on
+    disk before this returns (the file and the rename), as a checkpoint's commit needs."""
     url = join(out, name)
     if is_object_store(url):
         fs, path = filesystem(url)
@@ -151,7 +152,16 @@ def write_text(out: str | os.PathLike, name: str, text: str) -> None:
     tmp = f"{url}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
+        if sync:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, url)
+    if sync:
+        folder = os.open(os.path.dirname(url) or ".", os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
 
 def upload(local: str | os.PathLike, out: str | os.PathLike, name: str) -> None:

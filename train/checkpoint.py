@@ -35,18 +35,11 @@ def tag_of(step: int) -> str:
     return f"step{step:07d}"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def write_atomic(path: Path, text: str) -> None:
+    """`path` written whole or not at all, and on disk when this returns."""
+    from data_pipeline.storage import write_text
+
+    write_text(path.parent, path.name, text, sync=True)
 
 
 def latest(ckpt_dir: Path) -> str | None:
@@ -121,7 +114,7 @@ class Checkpoints:
         self.engine.save_checkpoint(str(self.dir), tag, client_state=client, save_latest=False)
         self.fault("after_optimizer", step)
         folder.mkdir(parents=True, exist_ok=True)
-        _write_atomic(folder / f"loader_rank{self.rank}.json", json.dumps(loader_state.to_dict()))
+        write_atomic(folder / f"loader_rank{self.rank}.json", json.dumps(loader_state.to_dict()))
         cuda = torch.cuda.is_available()
         rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else []}
         torch.save(rng, folder / f"rng_rank{self.rank}.pt")  # dropout continues the same way after a resume
@@ -134,9 +127,9 @@ class Checkpoints:
                 "zero_stage": self.engine.zero_optimization_stage(),
                 "time": time.time(),
             }
-            _write_atomic(folder / COMMIT, json.dumps(record) + "\n")
+            write_atomic(folder / COMMIT, json.dumps(record) + "\n")
             self.fault("before_pointer", step)
-            _write_atomic(self.dir / LATEST, tag)
+            write_atomic(self.dir / LATEST, tag)
             self.fault("after_pointer", step)
             self.prune()
         torch.distributed.barrier()
@@ -153,7 +146,7 @@ class Checkpoints:
 
     def point_to(self, tag: str) -> None:
         """Rank 0: `latest` moves back to `tag` and newer checkpoints are removed (a rollback)."""
-        _write_atomic(self.dir / LATEST, tag)
+        write_atomic(self.dir / LATEST, tag)
         remove_incomplete(self.dir)
 
     def load(self, tag: str):

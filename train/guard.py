@@ -187,7 +187,7 @@ class DataSkips:
     def add(self, first: int, last: int, write: bool) -> None:
         self.windows.append((first, last))
         if write:
-            from train.checkpoint import _write_atomic
+            from train.checkpoint import write_atomic
 
             saved = json.loads(self.path.read_text()) if self.path.exists() else []
-            _write_atomic(self.path, json.dumps([*saved, [first, last]]) + "\n")
+            write_atomic(self.path, json.dumps([*saved, [first, last]]) + "\n")

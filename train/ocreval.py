@@ -20,7 +20,6 @@ from pathlib import Path
 from PIL import Image
 
 FORMATS = ("funsd", "sroie", "cord")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
 def detect(folder: Path) -> str | None:
@@ -35,6 +34,8 @@ def detect(folder: Path) -> str | None:
 
 
 def _image(folder: Path, stem: str) -> Path | None:
+    from train.evaluate import IMAGE_SUFFIXES
+
     return next((folder / f"{stem}{s}" for s in IMAGE_SUFFIXES if (folder / f"{stem}{s}").exists()), None)
 
 

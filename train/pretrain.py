@@ -152,7 +152,7 @@ def run(cfg: DictConfig, tuner=None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGUSR1, on_signal)
     steps = int(cfg.trainer.max_steps)
-    watchdog = Watchdog(float(cfg.trainer.hang_timeout), rank)
+    watchdog = Watchdog(float(cfg.trainer.hang_timeout))
     last_save = time.monotonic()
     engine.train()
     while step < steps:

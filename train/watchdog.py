@@ -14,8 +14,8 @@ import sys
 
 
 class Watchdog:
-    def __init__(self, timeout: float, rank: int):
-        self.timeout, self.rank = float(timeout), rank
+    def __init__(self, timeout: float):
+        self.timeout = float(timeout)
         self.beat()
 
     def beat(self, allow: float = 1.0) -> None:

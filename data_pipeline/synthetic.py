@@ -5,6 +5,7 @@ Used to make test and benchmark pages without any download, and the seed of the 
 
 from __future__ import annotations
 
+import os
 import random
 from functools import lru_cache
 from pathlib import Path
@@ -137,10 +138,11 @@ def _draws_latin(path: str) -> bool:
 
 def render_snippets_page(
     snippets: list[str], seed: int, size: tuple[int, int] | None = None
-) -> tuple[Image.Image, list[dict]]:
+) -> tuple[Image.Image, list[dict], list[str]]:
     """The v2 warm-up page: text snippets at random places, each in a random installed font, size and dark
     colour, on a random light background. Snippets are placed top to bottom without overlapping; those
-    that do not fit are left out. Returns the image and the `[{"text", "bbox"}]` of what was drawn."""
+    that do not fit are left out. Returns the image, the `[{"text", "bbox"}]` of what was drawn and the
+    font file of each drawn line (`default` for Pillow's own)."""
     rng = random.Random(seed)
     width, height = size or rng.choice([(850, 1100), (1100, 850), (1024, 1448), (800, 800), (1200, 600)])
     background = tuple(rng.randint(215, 255) for _ in range(3))
@@ -149,9 +151,11 @@ def render_snippets_page(
     fonts = installed_fonts()
     y = rng.randint(8, 40)
     lines: list[dict] = []
+    used: list[str] = []
     for text in snippets:
         px = rng.randint(12, 48)
-        font = ImageFont.truetype(rng.choice(fonts), px) if fonts else ImageFont.load_default(size=px)
+        path = rng.choice(fonts) if fonts else None
+        font = ImageFont.truetype(path, px) if path else ImageFont.load_default(size=px)
         while " " in text and draw.textlength(text, font=font) > width - 16:
             text = text.rsplit(" ", 1)[0]  # drop whole words: a label never ends in half a word
         if draw.textlength(text, font=font) > width - 16:
@@ -163,8 +167,9 @@ def render_snippets_page(
         colour = tuple(rng.randint(0, 90) for _ in range(3))
         draw.text((x, y), text, fill=colour, font=font)
         lines.append({"text": text, "bbox": list(box)})
+        used.append(os.path.basename(path) if path else "default")
         y = box[3] + rng.randint(4, 40)
-    return img, lines
+    return img, lines, used
 
 
 def invoice_page(rng: random.Random) -> tuple[Image.Image, list[dict], str]:

@@ -4,6 +4,7 @@ LibreOffice and pandoc, through the real build CLI, on pages and files the tests
 from __future__ import annotations
 
 import http.server
+import io
 import json
 import threading
 from functools import partial
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pymupdf
 import pytest
+from PIL import Image
 
 from data_pipeline.align import markdown_words, token_iou, words
 from data_pipeline.demo_corpus import make_docx, make_readme, make_web_page
@@ -380,9 +382,15 @@ def test_synthetic_pages_have_exact_boxes(tmp_path):
         "filters.languages=all",
         "source.snippets_per_page=10",
     )
-    assert all(
-        read_shards(again)[k]["png"] == read_shards(out)[k]["png"] for k in read_shards(out)
-    )  # deterministic
+    first, second = read_shards(out), read_shards(again)
+    assert sorted(first) == sorted(second)
+    for k in first:  # deterministic: the same fonts, boxes and pixels
+        meta = json.loads(first[k]["meta.json"])
+        assert meta["fonts"] and json.loads(second[k]["meta.json"]) == meta, k
+        assert second[k]["layout.json"] == first[k]["layout.json"], (k, meta["fonts"])
+        pixels = [np.asarray(Image.open(io.BytesIO(s[k]["png"]))) for s in (first, second)]
+        assert np.array_equal(*pixels), (k, meta["fonts"], int((pixels[0] != pixels[1]).sum()))
+        assert second[k]["png"] == first[k]["png"], k  # and the same bytes
 
 
 def test_pdf_text_of_docx_conversion_is_real(tmp_path):

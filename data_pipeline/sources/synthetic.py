@@ -24,8 +24,16 @@ def build(path: Path, doc_id: str, cfg) -> Iterator[Sample | Skip]:
             yield Skip("too_many_pages", pages=(len(snippets) - start + per_page - 1) // per_page)
             return
         seed = int.from_bytes(hashlib.sha256(f"{doc_id}/{page}".encode()).digest()[:8], "little")
-        image, lines = render_snippets_page(snippets[start : start + per_page], seed)
+        image, lines, fonts = render_snippets_page(snippets[start : start + per_page], seed)
         if not lines:
             yield Skip("nothing_drawn", detail=f"{path} page {page}")
             continue
-        yield Sample("synthetic", doc_id, page, image, str(path), lines=lines, meta={"render_seed": seed})
+        yield Sample(
+            "synthetic",
+            doc_id,
+            page,
+            image,
+            str(path),
+            lines=lines,
+            meta={"render_seed": seed, "fonts": fonts},
+        )

@@ -2,7 +2,8 @@
 
     python -m benchmarks.memory_model [--cases tiny:8:1024:512:0:2:1,...]
 
-A case is `preset:micro:text_len:targets per sample:checkpointing(0/1):ZeRO stage:ranks`. Each runs in its own
+A case is `preset:micro:text_len:targets per sample:checkpointing(0/1):ZeRO stage:ranks[:method]`, `method` a
+fine-tuning method (`full` or `lora`, as `configs/finetune.yaml` sets them up) or pre-training. Each runs in its own
 process (two ranks under the `deepspeed` launcher, gloo): the model, AdamW and a DeepSpeed engine built from
 `configs/deepspeed/zero<stage>.yaml`, two steps to allocate everything, then one step measured: the process's
 peak resident memory during that step (the kernel's high-water mark, reset before it) less its resident
@@ -25,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CASES = (
     "tiny:1:512:256:0:2:1,tiny:8:1024:512:0:2:1,small:1:1024:256:0:2:1,small:4:1024:256:0:2:1,"
     "small:8:1024:512:0:2:1,small:8:1024:512:1:2:1,small:2:2048:1024:0:2:1,small:4:1024:256:0:2:2,"
-    "small:4:1024:256:0:3:2,small:4:1024:256:1:3:2"
+    "small:4:1024:256:0:3:2,small:4:1024:256:1:3:2,small:4:1024:256:0:2:1:full,small:4:1024:256:0:2:1:lora,"
+    "small:8:1024:512:1:2:1:lora,small:4:1024:256:0:3:2:lora"
 )
 
 
@@ -37,9 +39,23 @@ def _status(key: str) -> int:
 
 
 def _case(spec: str) -> dict:
-    preset, micro, text_len, targets, ckpt, zero, ranks = spec.split(":")
+    preset, micro, text_len, targets, ckpt, zero, ranks, *method = spec.split(":")
     return dict(preset=preset, micro=int(micro), text_len=int(text_len), targets=int(targets),
-                checkpointing=ckpt == "1", zero=int(zero), ranks=int(ranks))  # fmt: skip
+                checkpointing=ckpt == "1", zero=int(zero), ranks=int(ranks),
+                method=method[0] if method else None)  # fmt: skip
+
+
+def tuner(method: str):
+    """A fine-tuning method set up as `configs/finetune.yaml` sets it up (`train.tuning.Tuner`)."""
+    from omegaconf import OmegaConf
+
+    from train.tuning import Tuner
+
+    defaults = OmegaConf.load(ROOT / "configs/finetune.yaml")
+    keys = ("finetune", "lora", "plora")
+    return Tuner(
+        OmegaConf.create({"method": method, "seed": 0, "init": "", **{k: defaults[k] for k in keys}}), {}
+    )
 
 
 def batch(cfg, micro: int, text_len: int, targets: int, seed: int = 0) -> dict:
@@ -84,6 +100,8 @@ def worker(case: dict, out: str) -> None:
     start = _status("VmRSS")
     torch.manual_seed(0)
     model = Kosmos25(cfg).train()
+    if case["method"]:
+        model = tuner(case["method"]).adapt(model)
     run_cfg = OmegaConf.create(
         {
             "deepspeed": OmegaConf.load(ROOT / f"configs/deepspeed/zero{case['zero']}.yaml"),
@@ -124,6 +142,7 @@ def predict(case: dict, framework: float = 0.0):
         device="cpu",
         **zero_fields(ds),
         framework=framework,
+        **(tuner(case["method"]).shape(cfg) if case["method"] else {}),
     )
     return estimate(cfg, plan)
 

@@ -200,6 +200,11 @@ class Plan:
     overlap_comm: bool = True
     device: str = "cuda"  # "cuda": buckets reserved whole; "cpu": host memory, only what is written counts
     framework: float = 0.0  # bytes the process holds besides (CUDA context, allocator slack)
+    # Fine-tuning: the parameters that train (None: all), those it adds (LoRA's matrices), and whether the
+    # vision encoder is frozen (nothing before it trains, so autograd saves none of its activations).
+    trainable: int | None = None
+    added: int = 0
+    vision_frozen: bool = False
 
 
 def zero_fields(zero) -> dict:
@@ -272,6 +277,8 @@ def estimate(
     costs = costs or activation_costs(cfg, dtype)
     p = cfg.max_patches if patches is None else patches
     psi, largest = parameter_count(cfg)
+    psi += plan.added
+    trained = psi if plan.trainable is None else plan.trainable
     n = shards = max(plan.world, 1)
     b = plan.dtype_bytes
     stage = plan.zero_stage
@@ -283,28 +290,31 @@ def estimate(
         parameters += b * min(psi, plan.prefetch_bucket + largest)
     else:
         parameters = b * psi
-    # fp32 master weights and AdamW's two moments.
-    optimizer = 0.0 if plan.offload_optimizer else 12 * psi / (shards if stage >= 1 else 1)
+    # fp32 master weights and AdamW's two moments, of the parameters that train.
+    optimizer = 0.0 if plan.offload_optimizer else 12 * trained / (shards if stage >= 1 else 1)
     # Gradients. A GPU allocator reserves a bucket whole; in host memory only what is written counts.
-    touched = plan.reduce_bucket if plan.device == "cuda" else min(plan.reduce_bucket, psi)
+    touched = plan.reduce_bucket if plan.device == "cuda" else min(plan.reduce_bucket, trained)
     if stage >= 3:  # an fp32 partition and one bucket, both kept between steps
-        gradients = held = 4 * psi / n + b * touched
+        gradients = held = 4 * trained / n + b * touched
         early = 0.0
     elif stage == 2:  # an fp32 partition, and the buckets (two with overlap_comm) while the pass runs
         buckets = b * touched * (2 if plan.overlap_comm else 1)
-        gradients, held = 4 * psi / n + buckets, 0.0
+        gradients, held = 4 * trained / n + buckets, 0.0
         early = buckets if plan.device == "cuda" else 0.0
     else:  # whole gradients in the training dtype (and an fp32 partition at stage 1)
-        gradients, held, early = b * psi + (4 * psi / n if stage == 1 else 0.0), 0.0, 0.0
+        gradients, held, early = b * trained + (4 * trained / n if stage == 1 else 0.0), 0.0, 0.0
 
     v, t = cfg.vision, cfg.text
-    layer_v, layer_t = costs.vision_layer.at(p), costs.decoder_layer.at(plan.text_len)
-    rest = costs.vision_rest.at(p) + costs.resampler.at(p) + costs.decoder_rest.at(plan.text_len)
+    vision_layers = 0 if plan.vision_frozen else v.num_hidden_layers
+    layer_v = costs.vision_layer.at(p) if vision_layers else 0.0
+    layer_t = costs.decoder_layer.at(plan.text_len)
+    rest = costs.resampler.at(p) + costs.decoder_rest.at(plan.text_len)
+    rest += costs.vision_rest.at(p) if vision_layers else 0.0
     if plan.checkpointing:  # each layer keeps its input; one layer's activations are rebuilt at a time
-        kept = v.num_hidden_layers * p * v.hidden_size * b + t.layers * plan.text_len * t.embed_dim * b
+        kept = vision_layers * p * v.hidden_size * b + t.layers * plan.text_len * t.embed_dim * b
         recompute = plan.micro * max(layer_v, layer_t)
     else:
-        kept = v.num_hidden_layers * layer_v + t.layers * layer_t
+        kept = vision_layers * layer_v + t.layers * layer_t
         recompute = 0.0
     activations = plan.micro * (kept + rest)
     # The loss keeps the target tokens' fp32 log-softmax (measured); its backward pass adds the fp32 gradients

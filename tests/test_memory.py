@@ -23,6 +23,7 @@ def framework() -> float:
         "small:4:1024:256:0:2:1",  # ZeRO-2, one rank
         "small:8:1024:512:1:2:1",  # activation checkpointing
         "small:4:1024:256:0:3:2",  # ZeRO-3, two ranks under the launcher
+        "small:4:1024:256:0:2:1:lora",  # LoRA: the frozen encoder saves no activations, AdamW holds LoRA's
     ],
 )
 def test_the_memory_model_predicts_a_cpu_steps_peak_within_15_percent(spec, framework):
@@ -47,3 +48,43 @@ def test_activations_are_measured_per_token_and_scale():
         cfg, Plan(micro=8, text_len=4096, targets=8 * 1500, world=128, checkpointing=True), costs=costs
     )
     assert plain.peak > 80e9 > ckpt.peak
+
+
+def test_fine_tuning_counts_what_trains_and_the_frozen_encoder():
+    """LoRA trains its own matrices only and full fine-tuning the resampler and decoder (the defaults of
+    configs/finetune.yaml): the plan holds AdamW's state and gradients of what trains, and no activations of
+    the frozen vision encoder; at the same budget the automatic micro batch is larger than pre-training's."""
+    from benchmarks.memory_model import tuner
+    from model.memory import fit, parameter_count
+
+    cfg = get_config("kosmos-2.5")
+    total, _ = parameter_count(cfg)
+    lora, full = tuner("lora").shape(cfg), tuner("full").shape(cfg)
+    assert lora["vision_frozen"] and full["vision_frozen"]
+    assert 0 < lora["trainable"] == lora["added"] < 0.01 * total
+    vision = sum(p.numel() for n, p in _meta_params(cfg) if n.startswith("vision_model."))
+    assert full["trainable"] == total - vision and full["added"] == 0
+    costs = activation_costs(cfg)
+
+    def plan(micro, ckpt=False, **tuning):
+        return Plan(micro=micro, text_len=4096, targets=micro * 1500, world=8, checkpointing=ckpt, **tuning)
+
+    base, tuned = estimate(cfg, plan(4), costs=costs), estimate(cfg, plan(4, **lora), costs=costs)
+    assert tuned.optimizer < 0.01 * base.optimizer and tuned.activations < 0.6 * base.activations
+    # a budget (less the 10% headroom) between LoRA's and pre-training's peaks at micro batch 8
+    peaks = [estimate(cfg, plan(8, **t), costs=costs).peak for t in (lora, {})]
+    budget = sum(peaks) / 2 / 0.9
+    chosen = [
+        next(c[:2] for c in fit(cfg, budget, 16, lambda m, c, t=t: plan(m, c, **t)) if c[3])
+        for t in ({}, full, lora)
+    ]
+    assert chosen[0] == (4, False) and chosen[1] == chosen[2] == (8, False), chosen
+
+
+def _meta_params(cfg):
+    import torch
+
+    from model.kosmos import Kosmos25
+
+    with torch.device("meta"):
+        return list(Kosmos25(cfg).named_parameters())

@@ -53,7 +53,7 @@ def run(cfg: DictConfig, tuner=None) -> int:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     try:  # everything checkable is checked before any process group, model or data is touched
-        s = prepare(cfg, world)
+        s = prepare(cfg, world, tuner)
         guard = BadSteps(cfg.trainer.bad_steps)
         every_steps, every_minutes = checkpoint_every(cfg.trainer.checkpoint_every)
     except (ConfigError, ValueError, FileNotFoundError) as e:

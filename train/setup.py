@@ -221,12 +221,20 @@ GPU_FRAMEWORK_BYTES = 2 * 1024**3
 CPU_FRAMEWORK_BYTES = 640 * 1024**2
 
 
-def fit_memory(cfg: DictConfig, model_cfg, world: int, bf16: bool, cuda: bool, auto_ckpt: bool):
+def fit_memory(
+    cfg: DictConfig,
+    model_cfg,
+    world: int,
+    bf16: bool,
+    cuda: bool,
+    auto_ckpt: bool,
+    tuning: dict | None = None,
+):
     """`trainer.micro_batch_size` and `model.activation_checkpointing`, either of them `auto`: resolved by the
     memory model (`model.memory.fit`) for the longest micro batch the run can make (every sample at
     `trainer.max_length`) within `trainer.memory_budget_gb` (default: the GPU's memory) less
     `trainer.memory_headroom`. Returns the micro batch, the model config and a line to print ('' when
-    nothing was automatic)."""
+    nothing was automatic). `tuning`: fine-tuning's `Plan` fields (`train.tuning.Tuner.shape`)."""
     from model.memory import GIB, Plan, fit, zero_fields
 
     micro = cfg.trainer.micro_batch_size
@@ -256,6 +264,7 @@ def fit_memory(cfg: DictConfig, model_cfg, world: int, bf16: bool, cuda: bool, a
             device="cuda" if cuda else "cpu",
             **zero_fields(zero),
             framework=framework,
+            **(tuning or {}),
         )
 
     per_rank = -(-int(cfg.trainer.train_batch_size) // world)
@@ -349,9 +358,10 @@ class Settings:
     skips: object
 
 
-def prepare(cfg: DictConfig, world: int) -> Settings:
+def prepare(cfg: DictConfig, world: int, tuner=None) -> Settings:
     """Check the config and the data and work out the batch, memory and DeepSpeed plans; a ConfigError (or
-    ValueError, FileNotFoundError) names what is wrong."""
+    ValueError, FileNotFoundError) names what is wrong. `tuner`: fine-tuning's (`train.tuning.Tuner`), whose
+    trainable parameters the memory plan counts."""
     from model.config import config_from_dict
     from model.tokenizer import Tokenizer
 
@@ -373,7 +383,10 @@ def prepare(cfg: DictConfig, world: int) -> Settings:
         )
     cuda = torch.cuda.is_available()
     bf16 = training_bf16(cfg, cuda)
-    micro, model_cfg, memory_line = fit_memory(cfg, model_cfg, world, bf16, cuda, auto_ckpt)
+    tuning = (
+        tuner.shape(model_cfg) if tuner and (cfg.trainer.micro_batch_size == "auto" or auto_ckpt) else None
+    )
+    micro, model_cfg, memory_line = fit_memory(cfg, model_cfg, world, bf16, cuda, auto_ckpt, tuning)
     plan = batch_math(int(cfg.trainer.train_batch_size), micro, world, resumed_slots(cfg))
     window = int(cfg.data.get("length_window") or 1)
     if window > 1 and window % plan.per_slot:

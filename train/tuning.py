@@ -58,6 +58,28 @@ class Tuner:
         model = Kosmos25(model_cfg)
         model.load_full_state_dict(self.init_state, str(self.cfg.init))
         self.init_state = None  # held once
+        return self.adapt(model)
+
+    def shape(self, model_cfg) -> dict:
+        """What the memory model (`model.memory.Plan`) needs to know of this method, from the model built on
+        the meta device: the parameters that train, those added, and whether the vision encoder is frozen."""
+        from model.kosmos import Kosmos25
+
+        with torch.device("meta"):
+            base = sum(p.numel() for p in Kosmos25(model_cfg).parameters())
+            model = self.adapt(Kosmos25(model_cfg))
+        params = dict(model.named_parameters())
+        return dict(
+            trainable=sum(p.numel() for p in params.values() if p.requires_grad),
+            added=sum(p.numel() for p in params.values()) - base,
+            vision_frozen=not any(
+                p.requires_grad for n, p in params.items() if n.startswith("vision_model.")
+            ),
+        )
+
+    def adapt(self, model):
+        """`model` with this method's trainable parameters: the parts named in `finetune.trainable` (full), or
+        LoRA's matrices on `lora.target_modules` with everything else frozen."""
         if self.method == "full":
             trainable = tuple(f"{name}." for name in self.cfg.finetune.trainable)
             names = [name for name, _ in model.named_parameters()]

@@ -167,9 +167,14 @@ def test_two_ranks_equal_one_rank(pretrained, task_sources, tmp_path, method, ze
 
 def test_a_killed_plora_run_resumes_where_its_stage_was(pretrained, task_sources, tmp_path):
     """PeriodicLoRA killed after step 3's checkpoint (mid-stage: unloads at 2, 4, 6) and started again: the losses
-    and the final weights of the uninterrupted run."""
+    and the final weights of the uninterrupted run. An unload restarts AdamW's step count: step 3's checkpoint
+    holds a count of 1."""
     ref, run = tmp_path / "ref", tmp_path / "run"
     _ok(_finetune(pretrained, task_sources, ref, "plora"))
+    optim = torch.load(
+        ref / "checkpoints/step0000003/zero_pp_rank_0_mp_rank_00_optim_states.pt", weights_only=False
+    )["optimizer_state_dict"]["base_optimizer_state"]["state"]
+    assert [float(s["step"]) for s in optim.values()] == [1.0]
     r = _finetune(pretrained, task_sources, run, "plora", faults="kill_after_pointer@3")
     assert r.returncode != 0 and "killed at step 3" in r.stderr
     r = _ok(_finetune(pretrained, task_sources, run, "plora"))

@@ -7,10 +7,10 @@ and, for PeriodicLoRA, what happens between its stages.
   LoRA matrices train.
 - `plora`: PeriodicLoRA. Every `plora.interval` steps the LoRA update is unloaded into the frozen weights:
   W <- W + m s B A, then A and B are each scaled by sqrt(1 - m), so B A keeps (1 - m) of itself and the model's
-  function is unchanged at the unload; AdamW's moments of A and B are reset, the LR schedule goes on. With
-  m = 1 (no momentum) the whole update is unloaded, A is drawn afresh and B set to 0. Over many stages the
-  accumulated update sum_k m s B_k A_k has a rank above r at LoRA's memory. The stage position is the step
-  counter's, so a resumed run unloads where the uninterrupted one does.
+  function is unchanged at the unload; AdamW's moments of A and B and its step count are reset, the LR schedule
+  goes on. With m = 1 (no momentum) the whole update is unloaded, A is drawn afresh and B set to 0. Over many
+  stages the accumulated update sum_k m s B_k A_k has a rank above r at LoRA's memory. The stage position is the
+  step counter's, so a resumed run unloads where the uninterrupted one does.
 
 The weights a run saves (`model.pt`) are merged: LoRA folded into the layers they adapt, under the layers'
 own names, so `model.export`, `train.evaluate` and transformers load them as any other Kosmos-2.5 weights. LoRA
@@ -149,6 +149,7 @@ class Tuner:
                 safe_set_full_fp32_param(param, value)
                 for key in ("exp_avg", "exp_avg_sq"):
                     safe_set_full_optimizer_state(param, torch.zeros_like(value), key)
+        restart_step_counts(engine)
         return True
 
     # ------------------------------------------------------------------ saving
@@ -190,3 +191,22 @@ class Tuner:
         (folder / "literate.json").write_text(
             json.dumps({"method": self.method, "base": str(self.cfg.init)}) + "\n"
         )
+
+
+def restart_step_counts(engine) -> None:
+    """AdamW's step counts back to 0, so that the next stage's moments are bias-corrected as a new optimizer's.
+    DeepSpeed keeps one count per flat parameter group, not per parameter: this is right because under LoRA
+    every parameter that trains is an A or a B (checked)."""
+    training = [n for n, p in engine.module.named_parameters() if p.requires_grad]
+    others = [n for n in training if not any(k in f".{n}" for k in LORA_KEYS)]
+    if others:
+        raise RuntimeError(
+            f"PeriodicLoRA: parameters besides LoRA's train ({others[:3]}); their step would restart"
+        )
+    inner = getattr(
+        engine.optimizer, "optimizer", engine.optimizer
+    )  # ZeRO's wrapped torch or DeepSpeed optimizer
+    for state in inner.state.values():
+        if "step" in state:
+            step = state["step"]
+            state["step"] = step.zero_() if torch.is_tensor(step) else 0

@@ -149,6 +149,14 @@ def _ok(r):
     return r
 
 
+def test_trainable_parts_the_model_lacks_are_refused_before_start(pretrained, task_sources, tmp_path):
+    r = _finetune(
+        pretrained, task_sources, tmp_path / "run", "full", 1, 0, "finetune.trainable=[text_model,decoder]"
+    )
+    assert r.returncode == 2 and "finetune.trainable=['decoder']" in r.stderr, r.stderr[-2000:]
+    assert "vision_model" in r.stderr and not (tmp_path / "run").exists()  # nothing started
+
+
 @pytest.mark.parametrize(("method", "zero"), [("lora", "zero2"), ("plora", "zero3")])
 def test_two_ranks_equal_one_rank(pretrained, task_sources, tmp_path, method, zero):
     """The same global batches on 1 rank (ZeRO-2) and 2 ranks (LoRA under ZeRO-2, PeriodicLoRA under ZeRO-3, whose

@@ -383,9 +383,7 @@ def prepare(cfg: DictConfig, world: int, tuner=None) -> Settings:
         )
     cuda = torch.cuda.is_available()
     bf16 = training_bf16(cfg, cuda)
-    tuning = (
-        tuner.shape(model_cfg) if tuner and (cfg.trainer.micro_batch_size == "auto" or auto_ckpt) else None
-    )
+    tuning = tuner.shape(model_cfg) if tuner else None  # also refuses trainable parts the model lacks
     micro, model_cfg, memory_line = fit_memory(cfg, model_cfg, world, bf16, cuda, auto_ckpt, tuning)
     plan = batch_math(int(cfg.trainer.train_batch_size), micro, world, resumed_slots(cfg))
     window = int(cfg.data.get("length_window") or 1)

@@ -109,14 +109,14 @@ def render_text_page(
     return img, lines
 
 
-@lru_cache(maxsize=1)
-def installed_fonts() -> tuple[str, ...]:
-    """TrueType/OpenType fonts under /usr/share/fonts that draw Latin letters (symbol fonts, whose letters
-    would come out as empty boxes, are left out); sorted, so choices are reproducible."""
-    root = Path("/usr/share/fonts")
+@lru_cache(maxsize=4)
+def installed_fonts(root: str = "/usr/share/fonts") -> tuple[str, ...]:
+    """TrueType/OpenType fonts under `root` that draw Latin letters (symbol fonts, whose letters would come
+    out as empty boxes, are left out); sorted, so choices are reproducible on machines with the same fonts."""
+    folder = Path(root)
     found = (
-        sorted(str(p) for p in root.rglob("*") if p.suffix.lower() in (".ttf", ".otf"))
-        if root.is_dir()
+        sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in (".ttf", ".otf"))
+        if folder.is_dir()
         else []
     )
     return tuple(f for f in found if _draws_latin(f))
@@ -137,18 +137,19 @@ def _draws_latin(path: str) -> bool:
 
 
 def render_snippets_page(
-    snippets: list[str], seed: int, size: tuple[int, int] | None = None
+    snippets: list[str], seed: int, size: tuple[int, int] | None = None, fonts: tuple[str, ...] | None = None
 ) -> tuple[Image.Image, list[dict], list[str]]:
     """The v2 warm-up page: text snippets at random places, each in a random installed font, size and dark
     colour, on a random light background. Snippets are placed top to bottom without overlapping; those
     that do not fit are left out. Returns the image, the `[{"text", "bbox"}]` of what was drawn and the
-    font file of each drawn line (`default` for Pillow's own)."""
+    font file of each drawn line (`default` for Pillow's own). `fonts`: the font files to draw with (default:
+    `installed_fonts()`)."""
     rng = random.Random(seed)
     width, height = size or rng.choice([(850, 1100), (1100, 850), (1024, 1448), (800, 800), (1200, 600)])
     background = tuple(rng.randint(215, 255) for _ in range(3))
     img = Image.new("RGB", (width, height), background)
     draw = ImageDraw.Draw(img)
-    fonts = installed_fonts()
+    fonts = installed_fonts() if fonts is None else fonts
     y = rng.randint(8, 40)
     lines: list[dict] = []
     used: list[str] = []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import io
 import json
+import shutil
 import threading
 from functools import partial
 from pathlib import Path
@@ -351,21 +352,23 @@ def test_docx_pages_get_their_markdown(tmp_path):
 
 
 def test_synthetic_pages_have_exact_boxes(tmp_path):
+    """Pages drawn from a `fonts` folder of the job's own (as a cluster job ships one) are alike build after
+    build; a folder without fonts is refused before any work."""
     src = tmp_path / "in"
     src.mkdir()
     snippets = [f"snippet number {i} reads text" for i in range(30)]
     (src / "s.txt").write_text("\n".join(snippets))
+    fonts = tmp_path / "fonts"
+    shutil.copytree("/usr/share/fonts/truetype/dejavu", fonts / "dejavu")
     out = tmp_path / "out"
-    s = summary(
-        build(
-            "source=synthetic",
-            f"input={src}",
-            f"output={out}",
-            "workers=1",
-            "filters.languages=all",
-            "source.snippets_per_page=10",
-        )
-    )
+    opts = [
+        "source=synthetic",
+        f"input={src}",
+        "workers=1",
+        "filters.languages=all",
+        "source.snippets_per_page=10",
+    ]
+    s = summary(build(*opts, f"output={out}", f"source.fonts={fonts}"))
     assert s["samples"] == 3
     drawn = [
         ln["text"]
@@ -374,14 +377,7 @@ def test_synthetic_pages_have_exact_boxes(tmp_path):
     ]
     assert drawn and all(any(sn.startswith(t) for sn in snippets) for t in drawn)
     again = tmp_path / "again"
-    build(
-        "source=synthetic",
-        f"input={src}",
-        f"output={again}",
-        "workers=1",
-        "filters.languages=all",
-        "source.snippets_per_page=10",
-    )
+    build(*opts, f"output={again}", f"source.fonts={fonts}")
     first, second = read_shards(out), read_shards(again)
     assert sorted(first) == sorted(second)
     for k in first:  # deterministic: the same fonts, boxes and pixels
@@ -391,6 +387,11 @@ def test_synthetic_pages_have_exact_boxes(tmp_path):
         pixels = [np.asarray(Image.open(io.BytesIO(s[k]["png"]))) for s in (first, second)]
         assert np.array_equal(*pixels), (k, meta["fonts"], int((pixels[0] != pixels[1]).sum()))
         assert second[k]["png"] == first[k]["png"], k  # and the same bytes
+    assert {f for k in first for f in json.loads(first[k]["meta.json"])["fonts"]} <= {
+        p.name for p in fonts.rglob("*.ttf")
+    }
+    r = build(*opts, f"output={tmp_path / 'none'}", f"source.fonts={src}", check=False)
+    assert r.returncode == 2 and f"source.fonts={src}: no .ttf or .otf font" in r.stderr + r.stdout
 
 
 def test_pdf_text_of_docx_conversion_is_real(tmp_path):

@@ -221,35 +221,59 @@ class Kosmos25(nn.Module):
         return torch.stack(out, dim=1) if out else input_ids.new_zeros((b, 0))
 
     # ------------------------------------------------------------------ FLOPs
+    def trained_parts(self) -> str:
+        """What trains, as `estimate_flops` counts it: `all`, `frozen_vision` (nothing of the vision encoder
+        trains) or `adapters` (LoRA's matrices only, the vision encoder frozen)."""
+        names = [n for n, p in self.named_parameters() if p.requires_grad]
+        if any(n.startswith("vision_model.") for n in names):
+            return "all"
+        return "adapters" if names and all(".lora_" in n for n in names) else "frozen_vision"
+
     def estimate_flops(
         self,
         num_patches: int | None = None,
         text_len: int = 1024,
         target_len: int | None = None,
         recompute: bool = False,
+        trains: str = "all",
     ) -> float:
-        """Training FLOPs (forward + backward = 3x forward) of one sample.
+        """Training FLOPs of one sample: the forward pass and what the backward pass computes.
 
         `text_len` counts every decoder position, image slots included; `target_len` the positions that
         get logits (default: those after the image slots). Matmuls count 2 FLOPs per multiply-add; attention
         scores and weighted sums are counted in full (no causal discount), as MFU conventions do. `recompute`
-        adds the second forward pass of the vision and decoder layers that activation checkpointing runs.
+        adds the second forward pass of the layers that activation checkpointing runs again. `trains`
+        (`trained_parts()`): `all` is 3x the forward pass (gradients of the inputs and of the weights); with
+        the vision encoder frozen it has no backward pass (nor a second forward); with `adapters` only, the
+        weights' gradients are LoRA's (negligible) and the backward pass computes the inputs' gradients.
         """
+        if trains not in ("all", "frozen_vision", "adapters"):
+            raise ValueError(f"trains={trains!r}: all, frozen_vision or adapters")
         c, v, t = self.config, self.config.vision, self.config.text
         p = c.max_patches if num_patches is None else num_patches
         q = c.latent_query_num
         target = max(text_len - q - 3, 0) if target_len is None else target_len
         inner = v.num_attention_heads * v.head_dim
         d = t.embed_dim
-        vision_layers = v.num_hidden_layers * (
-            p * (4 * v.hidden_size * inner + 3 * v.hidden_size * v.intermediate_size) + 2 * p * p * inner
+        # weight matmuls (`*_w`: backward = inputs' + weights' gradients) and attention (backward: both operands)
+        vision_w = p * (v.patch_embed_hidden_size * v.hidden_size) + v.num_hidden_layers * p * (
+            4 * v.hidden_size * inner + 3 * v.hidden_size * v.intermediate_size
         )
-        vision = p * (v.patch_embed_hidden_size * v.hidden_size) + vision_layers
-        resampler = p * v.hidden_size * d + (p + q) * 2 * d * d + q * 2 * d * d + 2 * q * (p + q) * d
+        vision_attention = v.num_hidden_layers * 2 * p * p * inner
+        vision_layers = vision_w - p * (v.patch_embed_hidden_size * v.hidden_size) + vision_attention
+        text_w = p * v.hidden_size * d + (p + q) * 2 * d * d + q * 2 * d * d  # the resampler's
+        text_w += t.layers * text_len * (4 * d * d + 2 * d * t.ffn_dim) + target * d * t.vocab_size
+        text_attention = 2 * q * (p + q) * d + t.layers * 2 * text_len * text_len * d
         decoder = t.layers * (text_len * (4 * d * d + 2 * d * t.ffn_dim) + 2 * text_len * text_len * d)
-        head = target * d * t.vocab_size
-        again = vision_layers + decoder if recompute else 0
-        return 2 * float(3 * (vision + resampler + decoder + head) + again)
+        forward = vision_w + vision_attention + text_w + text_attention
+        if trains == "all":
+            backward = 2 * forward
+        elif trains == "frozen_vision":
+            backward = 2 * (text_w + text_attention)
+        else:
+            backward = text_w + 2 * text_attention
+        again = (vision_layers if trains == "all" else 0) + decoder if recompute else 0
+        return 2 * float(forward + backward + again)
 
 
 def _pick(

@@ -142,6 +142,29 @@ def test_estimate_flops_matches_a_flop_counter(preset, recompute):
     assert abs(estimate / counter.get_total_flops() - 1) < 0.05
 
 
+@pytest.mark.parametrize("trains", ["frozen_vision", "adapters"])
+def test_estimate_flops_counts_what_fine_tuning_computes(trains):
+    """With the vision encoder frozen its backward pass is not run; under LoRA only the inputs' gradients are
+    (and LoRA's own small matmuls, left out): within 5% of PyTorch's FLOP counter, and below pre-training's."""
+    from benchmarks.memory_model import tuner
+
+    cfg = get_config("small")
+    model = Kosmos25(cfg)
+    if trains == "adapters":
+        model = tuner("lora").adapt(model)
+    else:
+        for name, p in model.named_parameters():
+            p.requires_grad_(not name.startswith("vision_model."))
+    assert model.trained_parts() == trains
+    batch = _inputs(cfg, batch=1, text=64)
+    with FlopCounterMode(display=False) as counter, sdpa_kernel(SDPBackend.MATH):
+        model(**batch, compute_logits=False).loss.backward()
+    text = batch["input_ids"].shape[1]
+    estimate = model.estimate_flops(cfg.max_patches, text, 64, trains=trains)
+    assert abs(estimate / counter.get_total_flops() - 1) < 0.05, estimate / counter.get_total_flops()
+    assert estimate < 0.8 * model.estimate_flops(cfg.max_patches, text, 64)
+
+
 def test_presets_sizes():
     with torch.device("meta"):
         full = Kosmos25(get_config("kosmos-2.5"))

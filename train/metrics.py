@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import resource
 from pathlib import Path
@@ -52,6 +53,7 @@ class MetricsLogger:
         self.file = open(run_dir / "metrics.jsonl", "a") if rank == 0 else None  # noqa: SIM115 - closed in close()
         self.peak = peak_flops(cfg)
         self.model = model
+        self.trains = model.trained_parts()  # what the backward pass computes (fine-tuning trains less)
         self.wandb = None
         if rank == 0 and cfg.wandb.mode != "disabled":
             import wandb
@@ -99,7 +101,7 @@ class MetricsLogger:
                     acc[1] += n
         # Model FLOPs: each sample's real patches and text positions; hardware FLOPs: what ran, each micro batch
         # at its padded shape, with the recomputation of checkpointed layers (rank 0's share times the world).
-        est = self.model.estimate_flops
+        est = functools.partial(self.model.estimate_flops, trains=self.trains)
         flops = self.world * sum(
             est(num_patches=n_patches, text_len=n)
             for b in per

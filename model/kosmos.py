@@ -255,25 +255,28 @@ class Kosmos25(nn.Module):
         target = max(text_len - q - 3, 0) if target_len is None else target_len
         inner = v.num_attention_heads * v.head_dim
         d = t.embed_dim
-        # weight matmuls (`*_w`: backward = inputs' + weights' gradients) and attention (backward: both operands)
-        vision_w = p * (v.patch_embed_hidden_size * v.hidden_size) + v.num_hidden_layers * p * (
-            4 * v.hidden_size * inner + 3 * v.hidden_size * v.intermediate_size
+        # Weight matmuls (backward: the inputs' and the weights' gradients) and attention's (both operands').
+        vision_layers = v.num_hidden_layers * (
+            p * (4 * v.hidden_size * inner + 3 * v.hidden_size * v.intermediate_size) + 2 * p * p * inner
         )
-        vision_attention = v.num_hidden_layers * 2 * p * p * inner
-        vision_layers = vision_w - p * (v.patch_embed_hidden_size * v.hidden_size) + vision_attention
-        text_w = p * v.hidden_size * d + (p + q) * 2 * d * d + q * 2 * d * d  # the resampler's
-        text_w += t.layers * text_len * (4 * d * d + 2 * d * t.ffn_dim) + target * d * t.vocab_size
-        text_attention = 2 * q * (p + q) * d + t.layers * 2 * text_len * text_len * d
-        decoder = t.layers * (text_len * (4 * d * d + 2 * d * t.ffn_dim) + 2 * text_len * text_len * d)
-        forward = vision_w + vision_attention + text_w + text_attention
-        if trains == "all":
-            backward = 2 * forward
-        elif trains == "frozen_vision":
-            backward = 2 * (text_w + text_attention)
-        else:
-            backward = text_w + 2 * text_attention
-        again = (vision_layers if trains == "all" else 0) + decoder if recompute else 0
-        return 2 * float(forward + backward + again)
+        vision = p * v.patch_embed_hidden_size * v.hidden_size + vision_layers
+        decoder_weights = t.layers * text_len * (4 * d * d + 2 * d * t.ffn_dim)
+        decoder_attention = t.layers * 2 * text_len * text_len * d
+        text_weights = p * v.hidden_size * d + (p + q) * 2 * d * d + q * 2 * d * d  # the resampler's
+        text_weights += decoder_weights + target * d * t.vocab_size  # the decoder's and the head's
+        text_attention = 2 * q * (p + q) * d + decoder_attention
+        text = text_weights + text_attention
+        backward = {
+            "all": 2 * (vision + text),
+            "frozen_vision": 2 * text,
+            "adapters": text_weights + 2 * text_attention,
+        }[trains]
+        again = (
+            (vision_layers if trains == "all" else 0) + decoder_weights + decoder_attention
+            if recompute
+            else 0
+        )
+        return 2 * float(vision + text + backward + again)
 
 
 def _pick(

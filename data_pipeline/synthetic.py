@@ -109,8 +109,11 @@ def render_text_page(
     return img, lines
 
 
+FONT_ROOT = "/usr/share/fonts"
+
+
 @lru_cache(maxsize=4)
-def installed_fonts(root: str = "/usr/share/fonts") -> tuple[str, ...]:
+def installed_fonts(root: str = FONT_ROOT) -> tuple[str, ...]:
     """TrueType/OpenType fonts under `root` that draw Latin letters (symbol fonts, whose letters would come
     out as empty boxes, are left out); sorted, so choices are reproducible on machines with the same fonts."""
     folder = Path(root)

@@ -64,17 +64,14 @@ class Tuner:
         """What the memory model (`model.memory.Plan`) needs to know of this method, from the model built on
         the meta device: the parameters that train, those added, and whether the vision encoder is frozen."""
         from model.kosmos import Kosmos25
+        from model.memory import parameter_count
 
         with torch.device("meta"):
-            base = sum(p.numel() for p in Kosmos25(model_cfg).parameters())
             model = self.adapt(Kosmos25(model_cfg))
-        params = dict(model.named_parameters())
         return dict(
-            trainable=sum(p.numel() for p in params.values() if p.requires_grad),
-            added=sum(p.numel() for p in params.values()) - base,
-            vision_frozen=not any(
-                p.requires_grad for n, p in params.items() if n.startswith("vision_model.")
-            ),
+            trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
+            added=model.num_parameters() - parameter_count(model_cfg)[0],
+            vision_frozen=model.trained_parts() != "all",
         )
 
     def adapt(self, model):
@@ -203,9 +200,8 @@ def restart_step_counts(engine) -> None:
         raise RuntimeError(
             f"PeriodicLoRA: parameters besides LoRA's train ({others[:3]}); their step would restart"
         )
-    inner = getattr(
-        engine.optimizer, "optimizer", engine.optimizer
-    )  # ZeRO's wrapped torch or DeepSpeed optimizer
+    # ZeRO's optimizer wraps the torch (or DeepSpeed) optimizer that holds the state
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
     for state in inner.state.values():
         if "step" in state:
             step = state["step"]

@@ -11,13 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from data_pipeline.schema import Sample, Skip
-from data_pipeline.synthetic import installed_fonts, render_snippets_page
+from data_pipeline.synthetic import FONT_ROOT, installed_fonts, render_snippets_page
 
 EXTENSIONS = (".txt",)
 
 
 def _font_root(cfg) -> str:
-    return str(cfg.get("fonts") or "/usr/share/fonts")
+    return str(cfg.get("fonts") or FONT_ROOT)
 
 
 def check_config(cfg) -> None:

@@ -140,7 +140,11 @@ def _draws_latin(path: str) -> bool:
 
 
 def render_snippets_page(
-    snippets: list[str], seed: int, size: tuple[int, int] | None = None, fonts: tuple[str, ...] | None = None
+    snippets: list[str],
+    seed: int,
+    size: tuple[int, int] | None = None,
+    fonts: tuple[str, ...] | None = None,
+    font_px: tuple[int, int] = (12, 48),
 ) -> tuple[Image.Image, list[dict], list[str]]:
     """The v2 warm-up page: text snippets at random places, each in a random installed font, size and dark
     colour, on a random light background. Snippets are placed top to bottom without overlapping; those
@@ -157,7 +161,7 @@ def render_snippets_page(
     lines: list[dict] = []
     used: list[str] = []
     for text in snippets:
-        px = rng.randint(12, 48)
+        px = rng.randint(*font_px)
         path = rng.choice(fonts) if fonts else None
         font = ImageFont.truetype(path, px) if path else ImageFont.load_default(size=px)
         while " " in text and draw.textlength(text, font=font) > width - 16:
@@ -174,6 +178,84 @@ def render_snippets_page(
         used.append(os.path.basename(path) if path else "default")
         y = box[3] + rng.randint(4, 40)
     return img, lines, used
+
+
+def render_snippet(
+    texts: list[str],
+    seed: int,
+    fonts: tuple[str, ...] | None = None,
+    font_px: tuple[int, int] = (24, 48),
+    padding: tuple[float, float] = (0.1, 0.5),
+    max_width: int = 1024,
+    canvas: tuple[int, int] | None = None,
+) -> tuple[Image.Image, list[dict], list[str]]:
+    """The reading warm-up's sample: `texts` (one or a few lines) in one random font (from `fonts`), size (from
+    `font_px`) and dark colour on a light background, so that the text is large against the patch grid.
+
+    Without `canvas` the image is the text's crop with a margin of `padding` (a fraction of the font size, drawn
+    from the range); with `canvas=(W, H)` every image is W x H and the text sits at a random place inside it (a
+    model with `max_patches = W*H/256` then sees it unscaled: `font_px/16` patches per line). Text wider than
+    `max_width` (or the canvas) loses trailing words, then characters; on a canvas, a first line taller than it
+    takes a smaller margin, then a smaller font, and later lines that do not fit are left out. Returns the image, the `[{"text", "bbox"}]` of each drawn line and its font file."""
+    rng = random.Random(seed)
+    fonts = installed_fonts() if fonts is None else fonts
+    px = rng.randint(*font_px)
+    path = rng.choice(fonts) if fonts else None
+    margin = max(1, round(px * rng.uniform(*padding)))
+    gap = int(px * rng.uniform(0.2, 0.6))
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    while True:
+        font = ImageFont.truetype(path, px) if path else ImageFont.load_default(size=px)
+        room = (canvas[0] if canvas else max_width) - 2 * margin
+        fitted = [t for t in (_fit(probe, t, font, room) for t in texts) if t]
+        extents = [probe.textbbox((0, 0), t, font=font) for t in fitted]
+        # On a canvas the first line always fits: the margin gives way first, then the font size.
+        if not canvas or not extents or extents[0][3] - extents[0][1] + 2 * margin <= canvas[1]:
+            break
+        if margin > 0:
+            margin = max(0, (canvas[1] - (extents[0][3] - extents[0][1])) // 2)
+        elif px > 4:
+            px -= 1
+        else:
+            break
+    if canvas:  # keep the lines that fit the canvas's height
+        used_height, keep = 2 * margin, 0
+        for _, y0, _, y1 in extents:
+            used_height += (y1 - y0) + (gap if keep else 0)
+            if used_height > canvas[1]:
+                break
+            keep += 1
+        fitted, extents = fitted[:keep], extents[:keep]
+    heights = [b[3] - b[1] for b in extents]
+    block_w = max((b[2] - b[0] for b in extents), default=0)
+    block_h = sum(heights) + gap * max(len(heights) - 1, 0)
+    if canvas:
+        width, height = canvas
+        left = rng.randint(margin, max(margin, width - margin - block_w))
+        top = rng.randint(margin, max(margin, height - margin - block_h))
+    else:
+        width, height = max(block_w + 2 * margin, 8), max(block_h + 2 * margin, 8)
+        left, top = margin, margin
+    background = tuple(rng.randint(200, 255) for _ in range(3))
+    colour = tuple(rng.randint(0, 90) for _ in range(3))
+    img = Image.new("RGB", (width, height), background)
+    draw = ImageDraw.Draw(img)
+    lines, y = [], top
+    for text, (x0, y0, _, _), h in zip(fitted, extents, heights, strict=True):
+        origin = (left - x0, y - y0)
+        draw.text(origin, text, fill=colour, font=font)
+        lines.append({"text": text, "bbox": list(draw.textbbox(origin, text, font=font))})
+        y += h + gap
+    return img, lines, [os.path.basename(path) if path else "default"] * len(lines)
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font, room: int) -> str:
+    """`text` cut to `room` pixels: trailing words first, then trailing characters (what is drawn is the label)."""
+    while " " in text and draw.textlength(text, font=font) > room:
+        text = text.rsplit(" ", 1)[0]
+    while text and draw.textlength(text, font=font) > room:
+        text = text[:-1]
+    return text.strip()
 
 
 def invoice_page(rng: random.Random) -> tuple[Image.Image, list[dict], str]:

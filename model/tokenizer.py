@@ -178,7 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="output folder (tokenizer.model + tokenizer.json)")
     ap.add_argument("--vocab-size", type=int, default=65536)
     ap.add_argument("--coord-bins", type=int, default=4096, help="L: <x_0>..<x_{L-1}> and <y_0>..<y_{L-1}>")
-    ap.add_argument("--model-type", default="unigram", choices=["unigram", "bpe"])
+    ap.add_argument(
+        "--model-type",
+        default="unigram",
+        choices=["unigram", "bpe", "char"],
+        help="char: one piece per character (with --vocab-size just above the reserved ids), for learning to read",
+    )
     ap.add_argument("--max-lines", type=int, default=5_000_000, help="sample at most this many lines")
     args = ap.parse_args(argv)
     try:

@@ -384,8 +384,8 @@ class Evaluator:
                     page = it["page"]
                     record = {"key": it["key"], "source": it["source"], "task": task, "text": text}
                     if task == "ocr":
-                        size = (page.image.width, page.image.height)
-                        record["lines"] = self.fmt.parse_layout(row, it["resized"], size)
+                        image_size = (page.image.width, page.image.height)
+                        record["lines"] = self.fmt.parse_layout(row, it["resized"], image_size)
                     out.append(record)
         return out
 

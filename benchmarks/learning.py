@@ -1,0 +1,326 @@
+"""Does a model trained from scratch learn to read? Train on snippet samples, read held-out ones every N steps.
+
+    python -m benchmarks.learning --minutes 10 [key=value ...]      (keys and defaults: configs/tools/learning.yaml)
+
+A bare training loop over the pieces `train.pretrain` uses (it evaluates losses, not greedy reading, every N
+steps): the model built from a preset (`model.kosmos.build_model`), samples of the synthetic source's snippet mode
+(`draw_sample`) stored as shard members (`data_pipeline.schema.encode_sample`), the loader's `Encoder` and
+`collate`, the `<ocr>` task format, the project's sentencepiece tokenizer (by default a character vocabulary made
+for the run), and `train.setup`'s parameter groups and schedule under AdamW.
+
+Every `eval.every` steps the held-out snippets (their own seed, and words and fonts of their own where the
+config says so) are read by greedy generation as `train.evaluate` reads pages: character error rate (edit
+distance over the truth's length) and exact match of the text, then the same with each image swapped for another
+snippet's (the control: what the model writes without reading). The validation loss is taken both ways too.
+Writes `curve.jsonl`, `curve.png` and `table.md` into `out`, prints the table and a row for
+`benchmarks/results/learning.md`.
+
+Without `steps`, the schedule's length is fitted to `--minutes` from the first steps' and the first evaluation's
+times; curves are only comparable on equal schedules, so pass `steps=` to compare runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from data_pipeline.schema import Sample, encode_sample
+from data_pipeline.snippet_text import TextSpec, make_text, make_texts
+from data_pipeline.sources import synthetic
+from model.config import compose_app, config_from_dict
+from model.kosmos import build_model
+from model.processor import ImageProcessor
+from model.task_format import TaskFormat
+from model.tokenizer import Tokenizer, special_symbols, train_tokenizer
+from train.evaluate import EvalPage, Evaluator
+from train.loader import Encoder, SourceSpec, collate
+from train.scoring import levenshtein
+from train.setup import lr_lambda, param_groups
+
+SOURCE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "source" / "synthetic.yaml"
+SPEC = SourceSpec("snippets", "generated", 1.0, "ocr")
+FIT_STEPS = 20  # steps timed before the schedule's length is fitted to the budget
+
+
+def compose(overrides: list[str]):
+    cfg = compose_app("learning", overrides)
+    if cfg.snippets.get("mode") != "snippet":
+        raise ValueError(
+            f"snippets.mode={cfg.snippets.get('mode')}: the benchmark reads snippets (mode=snippet)"
+        )
+    return cfg
+
+
+def text_spec(cfg, extra=None) -> TextSpec:
+    merged = OmegaConf.merge(cfg.text, extra or {})
+    return TextSpec.from_config(OmegaConf.to_container(merged, resolve=True))
+
+
+def source_config(cfg, extra=None):
+    """The synthetic source's config with the run's snippet knobs (and a held-out set's) over it; checked."""
+    merged = OmegaConf.merge(OmegaConf.load(SOURCE_CONFIG), cfg.snippets, extra or {})
+    synthetic.check_config(merged)
+    return merged
+
+
+def make_tokenizer(cfg, out: Path) -> Tokenizer:
+    """`tokenizer=char`: one piece per character of the training texts (and of the alphabet, digits and
+    punctuation), with the task's symbols; or the folder named."""
+    if cfg.tokenizer != "char":
+        return Tokenizer(cfg.tokenizer)
+    spec = text_spec(cfg)
+    texts = [*make_texts(spec, 5000, cfg.seed), spec.alphabet, "0123456789", ".,:;!?()-/'\"%$#&+[]"]
+    reserved = len(special_symbols(cfg.coord_bins)) + 4 + 256
+    return train_tokenizer(texts, out / "tokenizer", reserved + 100, cfg.coord_bins, "char", num_threads=1)
+
+
+def snippet_samples(texts: list[str], doc_id: str, cfg, fonts) -> list[dict]:
+    """Shard samples (tar members) of `texts`, one snippet each, as a build of the synthetic source writes them."""
+    out = []
+    for page, text in enumerate(texts):
+        sample = synthetic.draw_sample([text], doc_id, page, doc_id, cfg, fonts)
+        if isinstance(sample, Sample):
+            out.append(encode_sample(sample))
+    return out
+
+
+def held_out_pages(cfg) -> list[EvalPage]:
+    spec = text_spec(cfg, cfg.held_out.text)
+    source = source_config(cfg, cfg.held_out.snippets)
+    fonts = synthetic.fonts_of(source)
+    texts = make_texts(spec, int(cfg.held_out.count), int(cfg.held_out.seed))
+    pages = []
+    for page, text in enumerate(texts):
+        sample = synthetic.draw_sample(
+            [text], f"held-out-{cfg.held_out.seed}", page, "held-out", source, fonts
+        )
+        if isinstance(sample, Sample):
+            pages.append(EvalPage(sample.key, "snippets", sample.image, sample.lines))
+    return pages
+
+
+def read_scores(evaluator: Evaluator, max_new_tokens: int, shuffled: bool) -> dict:
+    """Greedy reading of the held-out items: character error rate and exact match of the text; `shuffled`:
+    each item with the next one's image (the control)."""
+    items = evaluator.items
+    if shuffled:
+        items = [
+            {**it, "flattened_patches": items[(i + 1) % len(items)]["flattened_patches"]}
+            for i, it in enumerate(items)
+        ]
+    preds = evaluator.predict(items, max_new_tokens=max_new_tokens)
+    errors = chars = exact = 0
+    for item, pred in zip(items, preds, strict=True):
+        truth = "\n".join(line["text"] for line in item["page"].lines)
+        said = "\n".join(line["text"] for line in pred["lines"])
+        errors += levenshtein(said, truth)
+        chars += len(truth)
+        exact += said == truth
+    return {"cer": errors / max(chars, 1), "em": exact / max(len(items), 1)}
+
+
+def evaluate(evaluator: Evaluator, max_new_tokens: int) -> dict:
+    evaluator.model.eval()
+    read = read_scores(evaluator, max_new_tokens, shuffled=False)
+    control = read_scores(evaluator, max_new_tokens, shuffled=True)
+    loss = evaluator.losses()["ocr"]
+    loss_shuffled = evaluator.losses(shuffle_images=True)["ocr"]
+    evaluator.model.train()
+    return {
+        "cer": read["cer"],
+        "em": read["em"],
+        "control_cer": control["cer"],
+        "control_em": control["em"],
+        "val_loss": loss,
+        "val_loss_shuffled": loss_shuffled,
+    }
+
+
+def run(cfg, minutes: float | None = None, threads: int | None = None, quiet: bool = False) -> dict:
+    """Train and evaluate as configured; returns the run's summary (and writes the curve files)."""
+    if threads:
+        torch.set_num_threads(threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    torch.manual_seed(int(cfg.seed))
+    train_spec = text_spec(cfg)
+    source = source_config(cfg)
+    fonts = synthetic.fonts_of(source)
+    tok = make_tokenizer(cfg, out)
+    model_node = OmegaConf.to_container(cfg.model, resolve=True)
+    model_node["text"]["vocab_size"] = tok.vocab_size
+    model = build_model(config_from_dict(model_node))
+    model.train()
+    fmt = TaskFormat(tok, model.config.latent_query_num, int(cfg.max_length))
+    encoder = Encoder(fmt, ImageProcessor(model.config.max_patches))
+    evaluator = Evaluator(model, tok, int(cfg.max_length), batch=int(cfg.eval.batch))
+    evaluator.prepare(held_out_pages(cfg), ("ocr",))
+    longest = max(len(tok.encode(ln["text"])) for it in evaluator.items for ln in it["page"].lines)
+    max_new = int(cfg.eval.max_new_tokens or longest + 9)  # the box's 6 tokens, the newline, </s>, one spare
+    opt = torch.optim.AdamW(
+        param_groups(model, cfg.optim.weight_decay, cfg.optim.lr, cfg.optim.image_lr_scale),
+        lr=cfg.optim.lr,
+        betas=tuple(cfg.optim.betas),
+    )
+    warmup = int(cfg.optim.warmup_steps)
+    total = int(cfg.steps) if cfg.steps else None
+    # Until the schedule's length is fitted, only the warm-up's part of it runs (it does not depend on the length).
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(warmup, total or 10**9)(s))
+    budget = minutes * 60 if minutes else None
+    every = int(cfg.eval.every)
+    say(
+        f"model {model.num_parameters() / 1e6:.2f}M parameters, vocabulary {tok.vocab_size}, "
+        f"{len(evaluator.items)} held-out snippets, text {train_spec.kind} {list(train_spec.length)}"
+    )
+    curve_file = (out / "curve.jsonl").open("w")
+    curve: list[dict] = []
+    rng = random.Random(int(cfg.seed))
+    started = time.perf_counter()
+    train_time = eval_time = 0.0
+    losses: list[float] = []
+
+    def record(step: int) -> None:
+        nonlocal eval_time
+        t = time.perf_counter()
+        row = {"step": step, "minutes": round((t - started) / 60, 2), "loss": None}
+        if losses:
+            row["loss"] = round(sum(losses) / len(losses), 4)
+            losses.clear()
+        row.update({k: round(v, 4) for k, v in evaluate(evaluator, max_new).items()})
+        eval_time += time.perf_counter() - t
+        curve.append(row)
+        curve_file.write(json.dumps(row) + "\n")
+        curve_file.flush()
+        say(json.dumps(row))
+
+    record(0)
+    step = 0
+    while total is None or step < total:
+        if budget and time.perf_counter() - started > budget:
+            break
+        t = time.perf_counter()
+        texts = [make_text(train_spec, rng) for _ in range(int(cfg.batch))]
+        samples = snippet_samples(texts, f"train-{cfg.seed}-{step}", source, fonts)
+        items = [it for it in (encoder(SPEC, s) for s in samples) if isinstance(it, dict)]
+        batch = collate(items, tok.pad_id)
+        patches = batch["flattened_patches"]
+        if cfg.train_shuffled:
+            patches = patches.roll(1, dims=0)
+        result = model(
+            batch["input_ids"],
+            flattened_patches=patches,
+            image_embeds_position_mask=batch["image_embeds_position_mask"],
+            labels=batch["labels"],
+            compute_logits=False,
+        )
+        opt.zero_grad(set_to_none=True)
+        result.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        opt.step()
+        sched.step()
+        losses.append(result.loss.item())
+        step += 1
+        train_time += time.perf_counter() - t
+        if total is None and step == FIT_STEPS:
+            per_step = train_time / step
+            per_eval = eval_time  # the step-0 evaluation
+            left = budget - (time.perf_counter() - started) if budget else 600.0
+            total = step + max(int(left / (per_step + per_eval / every)), 1)
+            say(f"schedule fitted to the budget: {total} steps ({per_step * 1000:.0f} ms a step)")
+        if step % every == 0 and step != total:
+            record(step)
+    record(step)
+    curve_file.close()
+    summary = {
+        "steps": step,
+        "schedule": total,
+        "minutes": round((time.perf_counter() - started) / 60, 2),
+        "train_ms_per_step": round(1000 * train_time / max(step, 1), 1),
+        "parameters": model.num_parameters(),
+        "final": curve[-1],
+        "best_em": max(r["em"] for r in curve),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "table.md").write_text(table(curve))
+    plot(curve, out / "curve.png")
+    return summary
+
+
+def table(curve: list[dict]) -> str:
+    head = (
+        "| step | min | train loss | val loss (own / shuffled) | CER | exact | control CER | control exact |"
+    )
+    rows = [head, "|" + "---|" * 8]
+    for r in curve:
+        loss = "" if r["loss"] is None else f"{r['loss']:.3f}"
+        rows.append(
+            f"| {r['step']} | {r['minutes']:.1f} | {loss} | {r['val_loss']:.3f} / {r['val_loss_shuffled']:.3f} | "
+            f"{r['cer']:.3f} | {100 * r['em']:.1f}% | {r['control_cer']:.3f} | {100 * r['control_em']:.1f}% |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def plot(curve: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in curve]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    left.plot(steps, [100 * r["em"] for r in curve], "o-", label="held out")
+    left.plot(steps, [100 * r["control_em"] for r in curve], "x--", label="control (images shuffled)")
+    left.set(xlabel="step", ylabel="exact match (%)", ylim=(0, 100), title="Held-out snippets read exactly")
+    right.plot(steps, [r["cer"] for r in curve], "o-", label="held out")
+    right.plot(steps, [r["control_cer"] for r in curve], "x--", label="control")
+    right.set(xlabel="step", ylabel="character error rate", ylim=(0, None), title="Character errors")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.learning",
+        description="Train a model from scratch on snippets and read held-out ones every N steps.",
+        epilog="overrides: key=value pairs of configs/tools/learning.yaml (e.g. text.kind=words steps=3000)",
+    )
+    ap.add_argument(
+        "--minutes", type=float, default=None, help="time budget (the schedule fits it without steps=)"
+    )
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args(argv)
+    try:
+        cfg = compose(args.overrides)
+        if not cfg.steps and not args.minutes:
+            raise ValueError("give --minutes or steps=")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    summary = run(cfg, args.minutes, args.threads)
+    print((Path(cfg.out) / "table.md").read_text())
+    final = summary["final"]
+    print(
+        f"| {cfg.model.preset} {summary['parameters'] / 1e6:.2f}M | {cfg.text.kind} {list(cfg.text.length)} | "
+        f"lr {cfg.optim.lr}, batch {cfg.batch}, seed {cfg.seed} | {summary['steps']}/{summary['schedule']} | "
+        f"{summary['minutes']:.1f} | {final['cer']:.3f} | {100 * final['em']:.1f}% | "
+        f"{final['control_cer']:.3f} / {100 * final['control_em']:.1f}% |"
+    )
+    print(f"wrote {Path(cfg.out) / 'curve.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Reading: the snippet texts and samples of the warm-up, and the chain test (a model trained from scratch reads
+held-out random letters, and does not when its images and texts are mispaired)."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from data_pipeline.snippet_text import TextSpec, held_out, make_texts, word_list
+from tests.test_build_pdf import build, read_shards, summary
+
+WORDS = "/usr/share/dict/words"
+
+
+def test_snippet_texts_follow_their_spec():
+    """Letters from the alphabet in the length range; words of the list, train and held-out splits disjoint and
+    together the whole list; mixes carry digits and punctuation; the same seed gives the same texts."""
+    letters = make_texts(TextSpec("letters", (2, 4), alphabet="xyz"), 300, seed=1)
+    assert all(2 <= len(t) <= 4 and set(t) <= set("xyz") for t in letters)
+    assert {len(t) for t in letters} == {2, 3, 4}
+    assert letters == make_texts(TextSpec("letters", (2, 4), alphabet="xyz"), 300, seed=1)
+    assert letters != make_texts(TextSpec("letters", (2, 4), alphabet="xyz"), 300, seed=2)
+
+    train, held = word_list(WORDS, 0.1, "train"), word_list(WORDS, 0.1, "held_out")
+    everything = word_list(WORDS, 0.1, "all")
+    assert not set(train) & set(held) and len(train) + len(held) == len(everything) > 50000
+    assert 0.08 < len(held) / len(everything) < 0.12
+    assert all(held_out(w, 0.1) for w in held[:100]) and not any(held_out(w, 0.1) for w in train[:100])
+    spoken = make_texts(TextSpec("words", (1, 3), split="held_out"), 200, seed=3)
+    assert all(1 <= len(t.split()) <= 3 and set(t.split()) <= set(held) for t in spoken)
+
+    mixed = make_texts(TextSpec("mixed", (2, 5)), 200, seed=4)
+    assert any(re.search(r"\d", t) for t in mixed) and any(re.search(r"[.,:;!?()$#%]", t) for t in mixed)
+    for bad, why in (
+        ({"kind": "poems"}, "text.kind=poems"),
+        ({"length": (0, 3)}, "needs 1 <= low <= high"),
+        ({"kind": "words", "words": "/nonexistent/list"}, "no such file"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(why)):
+            TextSpec(**bad)
+
+
+def test_snippet_text_cli_writes_a_build_input(tmp_path):
+    out = tmp_path / "texts" / "w.txt"
+    cmd = [sys.executable, "-m", "data_pipeline.snippet_text", "--kind", "words", "--count", "50"]
+    r = subprocess.run([*cmd, "--out", str(out), "--seed", "5"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    lines = out.read_text().splitlines()
+    assert len(lines) == 50 and lines == make_texts(TextSpec("words", (1, 3)), 50, seed=5)
+    r = subprocess.run([*cmd, "--out", str(out), "--length", "3", "1"], capture_output=True, text=True)
+    assert r.returncode == 2 and "text.length=[3, 1]" in r.stderr
+
+
+def _snippets(out: Path) -> list[tuple[list[dict], tuple[int, int], dict]]:
+    shards = read_shards(out)
+    return [
+        (
+            json.loads(shards[k]["layout.json"])["lines"],
+            Image.open(io.BytesIO(shards[k]["png"])).size,
+            json.loads(shards[k]["meta.json"]),
+        )
+        for k in sorted(shards)
+    ]
+
+
+def test_synthetic_snippets_are_crops_or_canvases_of_their_lines(tmp_path):
+    """`source.mode=snippet`: each sample is `lines_per_snippet` lines in one crop the size of the text, or on a
+    fixed canvas; every box inside the image and the text as given (descenders included: a line taller than the
+    canvas's room takes a smaller margin, not a loss); held-out fonts are the ones training never draws; knobs that
+    cannot draw are refused before any work."""
+    src = tmp_path / "in"
+    src.mkdir()
+    snippets = [f"line {i} of the warm-up" for i in range(9)]
+    (src / "s.txt").write_text("\n".join(snippets))
+    opts = ["source=synthetic", f"input={src}", "workers=1", "filters.languages=all", "source.mode=snippet"]
+    out = tmp_path / "crops"
+    s = summary(build(*opts, f"output={out}", "source.lines_per_snippet=2", "source.font_px=[30,30]"))
+    assert s["samples"] == 5  # 4 of two lines, 1 of the last one
+    drawn = []
+    for lines, (w, h), _ in _snippets(out):
+        assert 1 <= len(lines) <= 2 and h < 2 * 30 * 2.5, (lines, h)  # a crop, not a page
+        for ln in lines:
+            x0, y0, x1, y1 = ln["bbox"]
+            assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h, ln
+        drawn += [ln["text"] for ln in lines]
+    assert sorted(drawn) == sorted(snippets)
+
+    (src / "s.txt").write_text("\n".join(["gjq", "pyg", "abc", "Wjy"] * 5))
+    out = tmp_path / "canvas"
+    dejavu = "/usr/share/fonts/truetype/dejavu"
+    # Snippets are short and repeat: the page filters' minimum and near-duplicate removal are off for them.
+    canvas = [*opts, "source.canvas=[96,32]", "source.font_px=[22,26]", f"source.fonts={dejavu}"]
+    canvas += ["filters.min_chars=1", "dedup=false"]
+    s = summary(build(*canvas, f"output={out}", "source.fonts_split=held_out"))
+    assert s["samples"] == 20
+    held_fonts = set()
+    for lines, size, meta in _snippets(out):
+        assert size == (96, 32) and len(lines) == 1 and lines[0]["text"] in {"gjq", "pyg", "abc", "Wjy"}
+        x0, y0, x1, y1 = lines[0]["bbox"]
+        assert 0 <= x0 < x1 <= 96 and 0 <= y0 < y1 <= 32, lines
+        held_fonts.update(meta["fonts"])
+    out = tmp_path / "canvas-train"
+    build(*canvas, f"output={out}", "source.fonts_split=train")
+    train_fonts = {f for _, _, meta in _snippets(out) for f in meta["fonts"]}
+    assert held_fonts and train_fonts and not held_fonts & train_fonts
+    assert all(held_out(f, 0.2) for f in held_fonts)
+
+    for bad, why in (
+        ("source.mode=poster", "source.mode=poster: choose from page, snippet"),
+        ("source.lines_per_snippet=0", "needs at least 1"),
+        ("source.font_px=[40,20]", "needs 4 <= low <= high"),
+        ("source.canvas=[96,4]", "source.canvas=[96, 4]: needs a width and height of at least 8 px"),
+        ("source.fonts_split=some", "source.fonts_split=some: choose from"),
+    ):
+        r = build(*opts, f"output={tmp_path / 'bad'}", bad, check=False)
+        assert r.returncode == 2 and why in r.stderr + r.stdout, (bad, r.stderr[-500:])

@@ -124,6 +124,7 @@ def _finetune(pretrained, task_sources, run, method, ranks=1, port=0, *extra, fa
         f"trainer.max_steps={steps}", "trainer.train_batch_size=4", "trainer.micro_batch_size=2", "trainer.max_length=128",
         "data.workers=0", "data.slots=2", "wandb.mode=disabled", "trainer.checkpoint_every=3", "trainer.dropout=0",
         "optim.warmup_steps=1", "optim.lr=0.003", "plora.interval=2", "plora.momentum=0.5", "lora.r=2", *extra,
+        *(["trainer.test_faults=true"] if faults else []),
     ]  # fmt: skip
     if ranks == 2:
         cmd = _two_ranks(port, args)

@@ -22,7 +22,12 @@ COMMON = ["data.slots=4", "trainer.checkpoint_every=2", "trainer.log_sample_keys
 def _launch(
     tokenizer, sources, run: Path, ranks: int, port: int, *extra, faults: str = "", steps: int = STEPS
 ):
-    args = [*_args(tokenizer, sources, run, steps), *COMMON, *extra]
+    args = [
+        *_args(tokenizer, sources, run, steps),
+        *COMMON,
+        *extra,
+        *(["trainer.test_faults=true"] if faults else []),
+    ]
     cmd = _two_ranks(port, args) if ranks == 2 else [sys.executable, "-m", "train.pretrain", *args]
     env = {**ENV, "LITERATE_FAULTS": faults} if faults else ENV
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -152,11 +157,25 @@ def test_a_save_killed_at_any_phase_resumes_from_a_complete_checkpoint(
     assert kept == ["step0000002", "step0000004", "step0000005"]  # keep_checkpoints=3, all complete
 
 
+def test_fault_injection_left_in_the_environment_refuses_to_start(tokenizer, sources, tmp_path):
+    """`LITERATE_FAULTS` set without `trainer.test_faults=true` (a variable left in a shell, or passed on by srun)
+    stops the run before any work, naming the variable; nothing is injected into a real run."""
+    run = tmp_path / "run"
+    args = [*_args(tokenizer, sources, run, STEPS), *COMMON]
+    env = {**ENV, "LITERATE_FAULTS": "spike@2"}
+    r = subprocess.run(
+        [sys.executable, "-m", "train.pretrain", *args], env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 2 and "LITERATE_FAULTS='spike@2' is set: fault injection is for the" in r.stderr
+    assert "ARMED" not in r.stderr and not run.exists()
+
+
 def test_a_nan_in_one_ranks_gradients_skips_the_step_on_every_rank(tokenizer, sources, tmp_path):
     """A NaN in rank 1's gradients at step 3: the update is skipped on both ranks, counted, logged with the
     step's 8 sample keys, and the final weights equal those of a run that passed over step 3's data."""
     run, ref = tmp_path / "run", tmp_path / "ref"
-    _ok(_launch(tokenizer, sources, run, 2, 29657, faults="nan_grad@3:1"))
+    r = _ok(_launch(tokenizer, sources, run, 2, 29657, faults="nan_grad@3:1"))
+    assert "rank 1: TEST FAULTS ARMED (nan_grad@3:1)" in r.stderr
     _ok(_launch(tokenizer, sources, ref, 2, 29658, "trainer.skip_data=[[3,3]]"))
     metrics = {m["step"]: m for m in _metrics(run)}
     assert [metrics[s]["train/skipped_steps"] for s in range(1, 6)] == [0, 0, 1, 1, 1]

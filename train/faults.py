@@ -1,4 +1,7 @@
 """Faults injected on purpose, for the tests of the trainer's recovery: `LITERATE_FAULTS`, never set in a real run.
+They arm only when the run also says `trainer.test_faults=true`; a run that finds `LITERATE_FAULTS` set without it
+refuses to start (exit 2), so a variable left in a shell or passed on by `srun` cannot kill saves or poison
+gradients of a real run. An armed run says so on every rank's stderr before its first step.
 A comma-separated list of `kind@step` or `kind@step:rank` (every rank when no rank is given):
 
     kill_after_model@4:1      SIGKILL while saving step 4's checkpoint: after DeepSpeed's model file
@@ -38,7 +41,25 @@ def _parse(text: str) -> list[tuple[str, int, int | None]]:
     return faults
 
 
-FAULTS = _parse(os.environ.get("LITERATE_FAULTS", ""))
+FAULTS: list[tuple[str, int, int | None]] = []  # armed by `arm`, for this process
+
+
+def arm(allowed: bool, rank: int) -> None:
+    """Arm `LITERATE_FAULTS` when the run allows it (`trainer.test_faults=true`); raises ValueError when the
+    variable is set and the run does not allow it, or when it does not parse."""
+    text = os.environ.get("LITERATE_FAULTS", "")
+    FAULTS.clear()
+    if not text.strip():
+        return
+    if not allowed:
+        raise ValueError(
+            f"LITERATE_FAULTS={text!r} is set: fault injection is for the recovery tests only. Unset it for a real "
+            "run, or pass trainer.test_faults=true in a test"
+        )
+    FAULTS.extend(_parse(text))
+    print(
+        f"rank {rank}: TEST FAULTS ARMED ({text}): this run will fail on purpose", file=sys.stderr, flush=True
+    )
 
 
 def active(kind: str, step: int, rank: int) -> bool:

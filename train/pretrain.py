@@ -54,6 +54,7 @@ def run(cfg: DictConfig, tuner=None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     try:  # everything checkable is checked before any process group, model or data is touched
         s = prepare(cfg, world, tuner)
+        faults.arm(bool(cfg.trainer.test_faults), rank)
         guard = BadSteps(cfg.trainer.bad_steps)
         every_steps, every_minutes = checkpoint_every(cfg.trainer.checkpoint_every)
     except (ConfigError, ValueError, FileNotFoundError) as e:

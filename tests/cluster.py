@@ -1,0 +1,138 @@
+"""Nodes on one machine for the multi-node tests: each a Linux network namespace with an address of its own on a
+shared link and Debian's `sshd` inside it, reached with keys made for the test. The nodes share the machine's
+file system, as the nodes of a cluster share a parallel file system: the same `.venv`, code and run folder.
+
+    with Nodes(tmp_path, 2) as nodes:
+        nodes.addresses                 # ["10.77.K.1", "10.77.K.2"]
+        nodes.run(0, ["hostname", "-I"])  # a command on node 0
+        nodes.ssh_options               # what ssh (and pdsh, through PDSH_SSH_ARGS_APPEND) needs to log in
+
+Every node's link is named `lit0`, so one `GLOO_SOCKET_IFNAME=lit0` serves all of them.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+LINK = "lit0"
+
+
+def can_make_nodes() -> str | None:
+    """None when this machine can make nodes, else the reason it cannot."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    for tool in ("ip", "sshd", "ssh", "ssh-keygen", "pdsh"):
+        if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
+            return f"{tool} is not installed (make apt installs openssh-server, openssh-client and pdsh)"
+    return None
+
+
+def _sh(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+
+
+class Nodes:
+    def __init__(self, workdir: Path, count: int = 2):
+        self.dir = Path(workdir) / "nodes"
+        self.count = count
+        tag = f"{os.getpid() % 10000}-{random.randrange(1000)}"
+        self.names = [f"lit{tag}-{i}" for i in range(count)]
+        subnet = random.randrange(1, 250)
+        self.addresses = [f"10.77.{subnet}.{i + 1}" for i in range(count)]
+        self._bridge = f"litbr{tag}"[:15]
+
+    def __enter__(self) -> Nodes:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._network()
+            self._sshd()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _network(self) -> None:
+        # A bridge in the test's own namespace joins the nodes' links, as a switch joins a cluster's hosts.
+        root = f"{self.names[0]}-sw"
+        _sh("ip", "netns", "add", root)
+        _sh("ip", "-n", root, "link", "add", self._bridge, "type", "bridge")
+        _sh("ip", "-n", root, "link", "set", self._bridge, "up")
+        for i, (name, address) in enumerate(zip(self.names, self.addresses, strict=True)):
+            _sh("ip", "netns", "add", name)
+            port = f"litp{i}"
+            _sh("ip", "link", "add", LINK, "netns", name, "type", "veth", "peer", "name", port, "netns", root)
+            _sh("ip", "-n", root, "link", "set", port, "master", self._bridge)
+            _sh("ip", "-n", root, "link", "set", port, "up")
+            _sh("ip", "-n", name, "addr", "add", f"{address}/24", "dev", LINK)
+            _sh("ip", "-n", name, "link", "set", LINK, "up")
+            _sh("ip", "-n", name, "link", "set", "lo", "up")
+        self._switch = root
+
+    def _sshd(self) -> None:
+        d = self.dir
+        for key in ("host_key", "user_key"):
+            if not (d / key).exists():
+                _sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key))
+        (d / "authorized_keys").write_text((d / "user_key.pub").read_text())
+        Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege separation folder
+        sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+        for i, name in enumerate(self.names):
+            config = d / f"sshd_{i}.conf"
+            config.write_text(
+                f"Port 22\nListenAddress {self.addresses[i]}\nHostKey {d / 'host_key'}\n"
+                f"AuthorizedKeysFile {d / 'authorized_keys'}\nPermitRootLogin prohibit-password\n"
+                f"PasswordAuthentication no\nKbdInteractiveAuthentication no\nStrictModes no\nUsePAM no\n"
+                f"PidFile {d / f'sshd_{i}.pid'}\n"
+            )
+            _sh("ip", "netns", "exec", name, sshd, "-f", str(config), "-E", str(d / f"sshd_{i}.log"))
+        deadline = time.monotonic() + 20
+        for i in range(self.count):
+            while self.run(0, ["true"], via_ssh=i, check=False).returncode != 0:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"sshd on node {i} did not answer: {(d / f'sshd_{i}.log').read_text()}"
+                    )
+                time.sleep(0.2)
+
+    @property
+    def ssh_options(self) -> str:
+        """ssh options for the test's key and the nodes' fresh host key (pdsh: `PDSH_SSH_ARGS_APPEND`)."""
+        return (
+            f"-i {self.dir / 'user_key'} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+            "-o LogLevel=ERROR -o BatchMode=yes"
+        )
+
+    def run(
+        self, node: int, cmd: list[str], via_ssh: int | None = None, check: bool = True, **kwargs
+    ) -> subprocess.CompletedProcess:
+        """`cmd` in node `node`'s namespace; with `via_ssh=j`, run from there on node j over ssh."""
+        if via_ssh is not None:
+            cmd = ["ssh", *self.ssh_options.split(), self.addresses[via_ssh], " ".join(cmd)]
+        kwargs.setdefault("capture_output", True)
+        kwargs.setdefault("text", True)
+        return subprocess.run(["ip", "netns", "exec", self.names[node], *cmd], check=check, **kwargs)
+
+    def stop(self, node: int) -> None:
+        """Take node `node` off the network (its sshd stopped, its link down): a node that is gone."""
+        pid = self.dir / f"sshd_{node}.pid"
+        if pid.exists():
+            subprocess.run(["kill", pid.read_text().strip()], capture_output=True)
+        subprocess.run(["ip", "-n", self.names[node], "link", "set", LINK, "down"], capture_output=True)
+
+    def __exit__(self, *exc) -> None:
+        for i in range(self.count):
+            pid = self.dir / f"sshd_{i}.pid"
+            if pid.exists():
+                subprocess.run(["kill", pid.read_text().strip()], capture_output=True)
+        for name in [*self.names, f"{self.names[0]}-sw"]:
+            pids = subprocess.run(
+                ["ip", "netns", "pids", name], capture_output=True, text=True
+            ).stdout.split()
+            for p in pids:  # anything a test left running on a node
+                subprocess.run(["kill", "-9", p], capture_output=True)
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)

@@ -12,7 +12,8 @@ Every `eval.every` steps the held-out snippets (their own seed, and words and fo
 config says so) are read by greedy generation as `train.evaluate` reads pages: character error rate (edit
 distance over the truth's length) and exact match of the text, then the same with each image swapped for another
 snippet's (the control: what the model writes without reading). The validation loss is taken both ways too.
-Writes `curve.jsonl`, `curve.png` and `table.md` into `out`, prints the table and a row for
+Writes `curve.jsonl`, `curve.png`, `table.md`, the last evaluation's `predictions.jsonl` and the weights
+(`model.pt`) into `out`, prints the table and a row for
 `benchmarks/results/learning.md`.
 
 Without `steps`, the schedule's length is fitted to `--minutes` from the first steps' and the first evaluation's
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import string
 import sys
 import time
 from pathlib import Path
@@ -59,7 +61,13 @@ def compose(overrides: list[str]):
 
 
 def text_spec(cfg, extra=None) -> TextSpec:
-    merged = OmegaConf.merge(cfg.text, extra or {})
+    """The training texts' spec, or with `extra` (a held-out set's keys; null keeps training's) over it."""
+    chosen = (
+        {k: v for k, v in OmegaConf.to_container(extra, resolve=True).items() if v is not None}
+        if extra
+        else {}
+    )
+    merged = OmegaConf.merge(cfg.text, chosen)
     return TextSpec.from_config(OmegaConf.to_container(merged, resolve=True))
 
 
@@ -71,14 +79,16 @@ def source_config(cfg, extra=None):
 
 
 def make_tokenizer(cfg, out: Path) -> Tokenizer:
-    """`tokenizer=char`: one piece per character of the training texts (and of the alphabet, digits and
-    punctuation), with the task's symbols; or the folder named."""
+    """`tokenizer=char`: one piece per printable ASCII character (the same vocabulary for every text kind, so that
+    one run's weights start another's), with the task's symbols; or the tokenizer folder named."""
     if cfg.tokenizer != "char":
         return Tokenizer(cfg.tokenizer)
-    spec = text_spec(cfg)
-    texts = [*make_texts(spec, 5000, cfg.seed), spec.alphabet, "0123456789", ".,:;!?()-/'\"%$#&+[]"]
+    printable = [c for c in string.printable if c.isprintable()]
+    texts = [" ".join(printable)] * 10 + ["".join(printable)] * 10
     reserved = len(special_symbols(cfg.coord_bins)) + 4 + 256
-    return train_tokenizer(texts, out / "tokenizer", reserved + 100, cfg.coord_bins, "char", num_threads=1)
+    return train_tokenizer(
+        texts, out / "tokenizer", reserved + len(printable) + 1, cfg.coord_bins, "char", num_threads=1
+    )
 
 
 def snippet_samples(texts: list[str], doc_id: str, cfg, fonts) -> list[dict]:
@@ -116,31 +126,38 @@ def read_scores(evaluator: Evaluator, max_new_tokens: int, shuffled: bool) -> di
             for i, it in enumerate(items)
         ]
     preds = evaluator.predict(items, max_new_tokens=max_new_tokens)
-    errors = chars = exact = 0
+    errors = chars = exact = lines = 0
+    examples = []
     for item, pred in zip(items, preds, strict=True):
         truth = "\n".join(line["text"] for line in item["page"].lines)
         said = "\n".join(line["text"] for line in pred["lines"])
         errors += levenshtein(said, truth)
         chars += len(truth)
         exact += said == truth
-    return {"cer": errors / max(chars, 1), "em": exact / max(len(items), 1)}
+        lines += len(pred["lines"])
+        examples.append({"truth": truth, "read": said, "generated": pred["text"]})
+    n = max(len(items), 1)
+    return {"cer": errors / max(chars, 1), "em": exact / n, "lines": lines / n, "examples": examples}
 
 
-def evaluate(evaluator: Evaluator, max_new_tokens: int) -> dict:
+def evaluate(evaluator: Evaluator, max_new_tokens: int) -> tuple[dict, list[dict]]:
+    """The curve's figures at this step, and what was read of each held-out snippet."""
     evaluator.model.eval()
     read = read_scores(evaluator, max_new_tokens, shuffled=False)
     control = read_scores(evaluator, max_new_tokens, shuffled=True)
     loss = evaluator.losses()["ocr"]
     loss_shuffled = evaluator.losses(shuffle_images=True)["ocr"]
     evaluator.model.train()
-    return {
+    figures = {
         "cer": read["cer"],
         "em": read["em"],
+        "lines": read["lines"],  # lines written per one-line snippet
         "control_cer": control["cer"],
         "control_em": control["em"],
         "val_loss": loss,
         "val_loss_shuffled": loss_shuffled,
     }
+    return figures, read["examples"]
 
 
 def run(cfg, minutes: float | None = None, threads: int | None = None, quiet: bool = False) -> dict:
@@ -158,6 +175,8 @@ def run(cfg, minutes: float | None = None, threads: int | None = None, quiet: bo
     model_node = OmegaConf.to_container(cfg.model, resolve=True)
     model_node["text"]["vocab_size"] = tok.vocab_size
     model = build_model(config_from_dict(model_node))
+    if cfg.init:  # a previous run's weights (the same model and tokenizer): a curriculum's next stage
+        model.load_full_state_dict(torch.load(cfg.init, map_location="cpu", weights_only=True), str(cfg.init))
     model.train()
     fmt = TaskFormat(tok, model.config.latent_query_num, int(cfg.max_length))
     encoder = Encoder(fmt, ImageProcessor(model.config.max_patches))
@@ -194,7 +213,9 @@ def run(cfg, minutes: float | None = None, threads: int | None = None, quiet: bo
         if losses:
             row["loss"] = round(sum(losses) / len(losses), 4)
             losses.clear()
-        row.update({k: round(v, 4) for k, v in evaluate(evaluator, max_new).items()})
+        figures, examples = evaluate(evaluator, max_new)
+        row.update({k: round(v, 4) for k, v in figures.items()})
+        (out / "predictions.jsonl").write_text("".join(json.dumps(e) + "\n" for e in examples))
         eval_time += time.perf_counter() - t
         curve.append(row)
         curve_file.write(json.dumps(row) + "\n")
@@ -239,6 +260,7 @@ def run(cfg, minutes: float | None = None, threads: int | None = None, quiet: bo
             record(step)
     record(step)
     curve_file.close()
+    torch.save(model.state_dict(), out / "model.pt")  # starts a later stage of the recipe
     summary = {
         "steps": step,
         "schedule": total,
@@ -263,7 +285,8 @@ def table(curve: list[dict]) -> str:
         loss = "" if r["loss"] is None else f"{r['loss']:.3f}"
         rows.append(
             f"| {r['step']} | {r['minutes']:.1f} | {loss} | {r['val_loss']:.3f} / {r['val_loss_shuffled']:.3f} | "
-            f"{r['cer']:.3f} | {100 * r['em']:.1f}% | {r['control_cer']:.3f} | {100 * r['control_em']:.1f}% |"
+            f"{r['cer']:.3f} | {100 * r['em']:.1f}% | {r['lines']:.2f} | {r['control_cer']:.3f} | "
+            f"{100 * r['control_em']:.1f}% |"
         )
     return "\n".join(rows) + "\n"
 

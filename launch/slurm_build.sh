@@ -16,7 +16,8 @@ set -euo pipefail
 : "${SOURCE:?set SOURCE (pdf, scan, powerpoint, arxiv, ...)}"
 : "${INPUT:?set INPUT (a folder, glob or list file)}"
 : "${OUTPUT:?set OUTPUT (the shard folder)}"
-cd "${LITERATE_DIR:-$(dirname "$0")/..}"
+# Under Slurm the script runs from a spooled copy: the checkout is the submit folder (or LITERATE_DIR).
+cd "${LITERATE_DIR:-${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}}"
 PY=${PY:-.venv/bin/python}
 WORKERS=${WORKERS:-${SLURM_CPUS_PER_TASK:-$(nproc)}}
 if [ "${FINALIZE:-0}" = 1 ]; then

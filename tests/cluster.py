@@ -136,3 +136,116 @@ class Nodes:
             for p in pids:  # anything a test left running on a node
                 subprocess.run(["kill", "-9", p], capture_output=True)
             subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def can_run_slurm() -> str | None:
+    """None when a Slurm cluster can be started here, else the reason it cannot."""
+    reason = can_make_nodes()
+    if reason:
+        return reason
+    for tool in ("slurmctld", "slurmd", "munged", "sbatch", "unshare"):
+        if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
+            return f"{tool} is not installed (make apt installs slurm-wlm and munge)"
+    return None
+
+
+class Slurm:
+    """A Slurm cluster on `Nodes`: munged (one, its socket on the shared file system), slurmctld on node 0 and a
+    slurmd on every node, each daemon with the node's host name (`node0`, `node1`, ...) in a UTS namespace of its
+    own. Commands (`sbatch`, `squeue`, `scontrol`) run on node 0 with `SLURM_CONF` set: `slurm.run([...])`."""
+
+    def __init__(self, nodes: Nodes, cpus: int = 2):
+        self.nodes = nodes
+        self.dir = nodes.dir / "slurm"
+        self.cpus = cpus
+        self.hosts = [f"node{i}" for i in range(nodes.count)]
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "SLURM_CONF": str(self.dir / "slurm.conf")}
+
+    def __enter__(self) -> Slurm:
+        d = self.dir
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "state").mkdir(exist_ok=True)
+        key = d / "munge.key"
+        key.write_bytes(os.urandom(1024))
+        key.chmod(0o400)
+        sock = d / "munge.sock"
+        _sh(
+            "munged", "--force", f"--socket={sock}", f"--key-file={key}", f"--pid-file={d / 'munged.pid'}",
+            f"--log-file={d / 'munged.log'}", f"--seed-file={d / 'munged.seed'}",
+        )  # fmt: skip
+        nodes = "".join(
+            f"NodeName={h} NodeAddr={a} CPUs={self.cpus} RealMemory=4000 State=UNKNOWN\n"
+            for h, a in zip(self.hosts, self.nodes.addresses, strict=True)
+        )
+        (d / "slurm.conf").write_text(
+            f"ClusterName=literate\nSlurmctldHost={self.hosts[0]}({self.nodes.addresses[0]})\n"
+            f"AuthType=auth/munge\nAuthInfo=socket={sock}\nCredType=cred/munge\nSlurmUser=root\nSlurmdUser=root\n"
+            f"StateSaveLocation={d / 'state'}\nSlurmdSpoolDir={d}/spool.%n\nSlurmctldPidFile={d}/slurmctld.pid\n"
+            f"SlurmdPidFile={d}/slurmd.%n.pid\nSlurmctldLogFile={d}/slurmctld.log\nSlurmdLogFile={d}/slurmd.%n.log\n"
+            "ProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\nSelectType=select/cons_tres\n"
+            "SelectTypeParameters=CR_CPU\nJobAcctGatherType=jobacct_gather/none\n"
+            "AccountingStorageType=accounting_storage/none\nMpiDefault=none\nReturnToService=2\nJobRequeue=1\n"
+            "MinJobAge=3600\nKillWait=5\n"
+            f"{nodes}PartitionName=main Nodes={','.join(self.hosts)} Default=YES MaxTime=INFINITE State=UP\n"
+        )
+        # The machine's cgroups are v1 under a tmpfs, which slurmd's autodetection does not recognise.
+        (d / "cgroup.conf").write_text("CgroupPlugin=cgroup/v1\nCgroupAutomount=no\n")
+        try:
+            self._daemon(0, "slurmctld -i")
+            for i, host in enumerate(self.hosts):
+                self._daemon(i, f"slurmd -N {host}")
+            deadline = time.monotonic() + 30
+            while "idle" not in self.run(["sinfo", "-h", "-o", "%T %D"]).stdout or (
+                f"idle {len(self.hosts)}" not in self.run(["sinfo", "-h", "-o", "%T %D"]).stdout
+            ):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the Slurm nodes did not come up: {self.run(['sinfo']).stdout}")
+                time.sleep(0.5)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def _daemon(self, node: int, cmd: str) -> None:
+        host = self.hosts[node]
+        r = self.nodes.run(
+            node,
+            ["unshare", "--uts", "sh", "-c", f"hostname {host} && exec {cmd}"],
+            check=False,
+            env=self.env,
+        )
+        if r.returncode != 0:
+            raise RuntimeError(f"{cmd} on {host} failed: {r.stderr[-2000:]}")
+
+    def run(self, cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+        """A Slurm command on node 0 (`env` adds to the cluster's environment)."""
+        env = {**self.env, **kwargs.pop("env", {})}
+        return self.nodes.run(0, cmd, check=False, env=env, **kwargs)
+
+    def job(self, job_id: str) -> dict[str, str]:
+        """`scontrol show job` as a dict (JobState, Restarts, ExitCode, ...)."""
+        out = self.run(["scontrol", "show", "job", job_id, "-o"]).stdout
+        return dict(item.split("=", 1) for item in out.split() if "=" in item)
+
+    def wait(
+        self, job_id: str, timeout: float = 600, until=("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT")
+    ) -> dict:
+        """The job's record once its state is one of `until`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if job.get("JobState") in until:
+                return job
+            if job.get("Reason") == "DependencyNeverSatisfied":
+                raise RuntimeError(f"job {job_id} waits on a job that failed: {job}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job.get('JobState')} after {timeout} s")
+            time.sleep(1)
+
+    def __exit__(self, *exc) -> None:
+        for pid in self.dir.glob("*.pid"):
+            subprocess.run(["kill", pid.read_text().strip()], capture_output=True)
+        time.sleep(0.5)

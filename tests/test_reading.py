@@ -140,7 +140,9 @@ CHAIN = [
     "held_out.text.length=[2,2]",  # 1 in 36 pairs of 2-letter strings are equal: the control's chance
 ]
 READS = 0.25  # held-out exact match a reading model passes
-CHANCE = 0.1  # what a model that does not read stays under (chance is 2.8%: 4 standard deviations of 200 below)
+CHANCE = (
+    0.1  # what a model that does not read stays under (chance is 2.8%: 4 standard deviations of 200 below)
+)
 
 
 def _chain(tmp_path: Path) -> dict:

@@ -9,7 +9,7 @@ PIP := $(VENV)/bin/pip
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 DEEPSPEED ?= deepspeed==0.19.8
-APT_PACKAGES ?= fonts-dejavu-core fonts-liberation2 fonts-urw-base35 fonts-freefont-ttf wamerican fonts-noto-color-emoji fonts-noto-cjk tesseract-ocr tesseract-ocr-eng libreoffice-impress-nogui libreoffice-writer-nogui texlive-latex-base latexml pandoc chromium bubblewrap curl openssh-server openssh-client pdsh
+APT_PACKAGES ?= fonts-dejavu-core fonts-liberation2 fonts-urw-base35 fonts-freefont-ttf wamerican fonts-noto-color-emoji fonts-noto-cjk tesseract-ocr tesseract-ocr-eng libreoffice-impress-nogui libreoffice-writer-nogui texlive-latex-base latexml pandoc chromium bubblewrap curl openssh-server openssh-client pdsh slurm-wlm munge
 PYTEST_ARGS ?=
 # make demo DEMO_ARGS="--layout-steps 600 --mixed-steps 400" trains longer
 DEMO_ARGS ?=

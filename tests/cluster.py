@@ -16,6 +16,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -30,6 +31,22 @@ def can_make_nodes() -> str | None:
         if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
             return f"{tool} is not installed (make apt installs openssh-server, openssh-client and pdsh)"
     return None
+
+
+def pdfs_built_locally(folder: Path, count: int, *overrides: str) -> tuple[Path, Path]:
+    """`count` made-up PDFs in `folder/pdfs` and their build by the local executor in `folder/local` (one worker):
+    the reference a cluster's build must equal. Returns (documents, build)."""
+    from data_pipeline.demo_corpus import make_pdf
+
+    docs, local = folder / "pdfs", folder / "local"
+    docs.mkdir()
+    for i in range(count):
+        make_pdf(docs / f"doc{i:02d}.pdf", seed=i)
+    build = [sys.executable, "-m", "data_pipeline.build", "source=pdf", f"input={docs}", f"output={local}"]
+    r = subprocess.run([*build, "workers=1", *overrides], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"the local build failed: {r.stderr[-2000:]}")
+    return docs, local
 
 
 def _sh(*cmd: str) -> None:
@@ -123,6 +140,14 @@ class Nodes:
         if pid.exists():
             subprocess.run(["kill", pid.read_text().strip()], capture_output=True)
         subprocess.run(["ip", "-n", self.names[node], "link", "set", LINK, "down"], capture_output=True)
+
+    def kill_all(self, node: int) -> None:
+        """SIGKILL every process of node `node` (its sshd included): a node that dies."""
+        pids = subprocess.run(
+            ["ip", "netns", "pids", self.names[node]], capture_output=True, text=True
+        ).stdout
+        for p in pids.split():
+            subprocess.run(["kill", "-9", p], capture_output=True)
 
     def __exit__(self, *exc) -> None:
         for i in range(self.count):

@@ -111,6 +111,9 @@ def test_synthetic_snippets_are_crops_or_canvases_of_their_lines(tmp_path):
     train_fonts = {f for _, _, meta in _snippets(out) for f in meta["fonts"]}
     assert held_fonts and train_fonts and not held_fonts & train_fonts
     assert all(held_out(f, 0.2) for f in held_fonts)
+    out = tmp_path / "one-font"
+    build(*canvas, f"output={out}", "source.font_names=[DejaVuSerif.ttf]")
+    assert {f for _, _, meta in _snippets(out) for f in meta["fonts"]} == {"DejaVuSerif.ttf"}
 
     for bad, why in (
         ("source.mode=poster", "source.mode=poster: choose from page, snippet"),
@@ -118,6 +121,10 @@ def test_synthetic_snippets_are_crops_or_canvases_of_their_lines(tmp_path):
         ("source.font_px=[40,20]", "needs 4 <= low <= high"),
         ("source.canvas=[96,4]", "source.canvas=[96, 4]: needs a width and height of at least 8 px"),
         ("source.fonts_split=some", "source.fonts_split=some: choose from"),
+        (
+            "source.font_names=[Nope.ttf]",
+            "source.font_names=['Nope.ttf'], source.fonts_split=all: no font of",
+        ),
     ):
         r = build(*opts, f"output={tmp_path / 'bad'}", bad, check=False)
         assert r.returncode == 2 and why in r.stderr + r.stdout, (bad, r.stderr[-500:])
@@ -132,6 +139,8 @@ CHAIN = [
     "model.max_patches=8",
     "snippets.canvas=null",
     "snippets.font_px=[24,24]",
+    "snippets.fonts=/usr/share/fonts/truetype/dejavu",
+    "snippets.font_names=[DejaVuSans.ttf]",
     "optim.lr=3e-3",
     "optim.warmup_steps=50",
     "steps=400",
@@ -140,19 +149,14 @@ CHAIN = [
     "held_out.text.length=[2,2]",  # 1 in 36 pairs of 2-letter strings are equal: the control's chance
 ]
 READS = 0.25  # held-out exact match a reading model passes
-CHANCE = (
-    0.1  # what a model that does not read stays under (chance is 2.8%: 4 standard deviations of 200 below)
-)
+# What a model that does not read stays under: chance is 2.8%, 4 standard deviations (of 200 strings) below.
+CHANCE = 0.1
 
 
 def _chain(tmp_path: Path) -> dict:
     from benchmarks import learning
 
-    fonts = tmp_path / "fonts"
-    fonts.mkdir()
-    (fonts / "DejaVuSans.ttf").symlink_to("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
-    cfg = learning.compose([*CHAIN, f"snippets.fonts={fonts}", f"out={tmp_path / 'run'}"])
-    return learning.run(cfg, quiet=True)["final"]
+    return learning.run(learning.compose([*CHAIN, f"out={tmp_path / 'run'}"]), quiet=True)["final"]
 
 
 @pytest.mark.slow

@@ -7,15 +7,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.cluster import LINK, Nodes, Slurm, can_run_slurm
+from tests.cluster import LINK, Nodes, Slurm, can_run_slurm, pdfs_built_locally
 from tests.test_pretrain import _args, _metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(bool(can_run_slurm()), reason=str(can_run_slurm()))]
@@ -78,6 +76,10 @@ def test_slurm_trains_requeues_a_hung_job_that_resumes_and_does_not_requeue_a_co
         assert rank1 is not None, "rank 1 is not running"
         rank1.send_signal(signal.SIGSTOP)
         stopped_at = max(m["step"] for m in _metrics(run))
+        # Slurm holds a requeued job back for about two minutes (its BeginTime); start it now instead.
+        requeued = slurm.wait(job, timeout=300, until=("PENDING", "COMPLETED", "FAILED", "CANCELLED"))
+        if requeued["JobState"] == "PENDING":
+            slurm.run(["scontrol", "update", f"JobId={job}", "StartTime=now"])
         final = slurm.wait(job, timeout=600, until=("COMPLETED", "FAILED", "CANCELLED"))
         log = Path(str(out).replace("%j", job)).read_text()
         assert final["JobState"] == "COMPLETED" and int(final["Restarts"]) >= 1, (final, log[-3000:])
@@ -107,19 +109,7 @@ def _manifest_and_shards(out: Path) -> dict[str, bytes]:
 def test_slurm_array_build_and_its_finalize_step_equal_the_local_build(tmp_path):
     """`launch/slurm_build.sh` as an array of 2 tasks over 2 nodes, then its finalize job (manifest and
     near-duplicate pass) after the array: the shards and the manifest's shard list equal a local build's."""
-    from data_pipeline.demo_corpus import make_pdf
-
-    docs = tmp_path / "pdfs"
-    docs.mkdir()
-    for i in range(4):
-        make_pdf(docs / f"doc{i}.pdf", seed=i)
-    local = tmp_path / "local"
-    r = subprocess.run(
-        [sys.executable, "-m", "data_pipeline.build", "source=pdf", f"input={docs}", f"output={local}", "workers=1",
-         "filters.languages=all", "docs_per_shard=1"],
-        capture_output=True, text=True, cwd=REPO,
-    )  # fmt: skip
-    assert r.returncode == 0, r.stderr[-2000:]
+    docs, local = pdfs_built_locally(tmp_path, 4, "filters.languages=all", "docs_per_shard=1")
     out = tmp_path / "slurm"
     build_env = {"SOURCE": "pdf", "INPUT": str(docs), "OUTPUT": str(out), "ARRAY": "2", "WORKERS": "1"}
     extra = ["filters.languages=all", "docs_per_shard=1"]

@@ -54,7 +54,10 @@ def check_config(cfg) -> None:
             f"source.fonts={_font_root(cfg)}: no .ttf or .otf font there that draws Latin letters"
         )
     if installed_fonts(_font_root(cfg)) and not fonts_of(cfg):
-        raise ValueError(f"source.fonts_split={cfg.get('fonts_split')}: no font of {_font_root(cfg)} in it")
+        raise ValueError(
+            f"source.font_names={cfg.get('font_names')}, source.fonts_split={cfg.get('fonts_split')}: "
+            f"no font of {_font_root(cfg)} left to draw with"
+        )
 
 
 def _font_px(cfg) -> tuple[int, int]:
@@ -73,8 +76,11 @@ def _canvas(cfg) -> tuple[int, int] | None:
 
 
 def fonts_of(cfg) -> tuple[str, ...]:
-    """The fonts drawn from: the folder's, or its training or held-out share (`fonts_split`)."""
+    """The fonts drawn from: the folder's (those named in `font_names`, if given), or their training or held-out
+    share (`fonts_split`)."""
     found = installed_fonts(_font_root(cfg))
+    if cfg.get("font_names"):
+        found = tuple(f for f in found if Path(f).name in set(cfg.font_names))
     return tuple(split_items(found, float(cfg.get("fonts_held_out", 0.2)), cfg.get("fonts_split", "all")))
 
 

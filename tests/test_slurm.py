@@ -57,7 +57,7 @@ def test_slurm_trains_requeues_a_hung_job_that_resumes_and_does_not_requeue_a_co
     `latest` and trains to the end with every step logged once more after the restart point. A config error
     (exit 2) ends its job without a requeue."""
     run = tmp_path / "run"
-    args = [*_args(tokenizer, sources, run, 30), "data.slots=4", "trainer.hang_timeout=15"]
+    args = [*_args(tokenizer, sources, run, 16), "data.slots=4", "trainer.hang_timeout=15"]
     with Nodes(tmp_path, 2) as nodes, Slurm(nodes) as slurm:
         out = tmp_path / "train-%j.out"
         job = _submit(
@@ -91,9 +91,9 @@ def test_slurm_trains_requeues_a_hung_job_that_resumes_and_does_not_requeue_a_co
         )  # fmt: skip
         refused = slurm.wait(bad, timeout=300)
     steps = [m["step"] for m in _metrics(run)]
-    assert steps[-1] == 30 and set(steps) == set(range(1, 31)), steps
+    assert steps[-1] == 16 and set(steps) == set(range(1, 17)), steps
     print(
-        f"Slurm: rank 1 stopped at step {stopped_at}; requeued {final['Restarts']} time(s); trained to step 30"
+        f"Slurm: rank 1 stopped at step {stopped_at}; requeued {final['Restarts']} time(s); trained to step 16"
     )
     assert refused["JobState"] == "FAILED" and refused["ExitCode"].startswith("2:"), refused
     assert int(refused["Restarts"]) == 0

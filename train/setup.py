@@ -295,7 +295,7 @@ SAFE_TO_CHANGE = (
     "trainer.max_steps", "trainer.checkpoint_every", "trainer.keep_checkpoints", "trainer.dry_run",
     "trainer.log_sample_keys", "trainer.resume", "trainer.reset_loader", "trainer.memory_budget_gb",
     "trainer.memory_headroom", "trainer.peak_flops", "trainer.hang_timeout", "trainer.collective_timeout",
-    "trainer.skip_data", "trainer.bad_steps.", "stage.steps", "eval.", "wandb.", "data.workers",
+    "trainer.skip_data", "trainer.bad_steps.", "trainer.test_faults", "stage.steps", "eval.", "wandb.", "data.workers",
     "data.val_sources", "data.val_sources_file",
 )  # fmt: skip
 

@@ -25,9 +25,10 @@ BUILD = ["docs_per_shard=1", "filters.languages=all", "dedup=false"]
 
 def _env(temp: str) -> dict[str, str]:
     """A node's environment. One machine, two nodes: each node's Ray keeps its session files in a folder of its
-    own, as on separate disks."""
+    own, as on separate disks; HOME is that folder too, so that an auth token another Ray left in ~/.ray on this
+    machine does not turn token authentication on for one node and not the other."""
     return {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1",
-            "RAY_TMPDIR": temp}  # fmt: skip
+            "RAY_TMPDIR": temp, "HOME": temp}  # fmt: skip
 
 
 def _build(nodes: Nodes, env: dict, docs: Path, out: Path, *extra: str, wait: bool = True):

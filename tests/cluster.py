@@ -223,9 +223,7 @@ class Slurm:
             for i, host in enumerate(self.hosts):
                 self._daemon(i, f"slurmd -N {host}")
             deadline = time.monotonic() + 30
-            while "idle" not in self.run(["sinfo", "-h", "-o", "%T %D"]).stdout or (
-                f"idle {len(self.hosts)}" not in self.run(["sinfo", "-h", "-o", "%T %D"]).stdout
-            ):
+            while f"idle {len(self.hosts)}" not in self.run(["sinfo", "-h", "-o", "%T %D"]).stdout:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the Slurm nodes did not come up: {self.run(['sinfo']).stdout}")
                 time.sleep(0.5)

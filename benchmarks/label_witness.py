@@ -38,6 +38,7 @@ from PIL import Image
 
 from benchmarks.common import run_build
 from data_pipeline.align import markdown_words
+from data_pipeline.schema import decode_sample
 
 WORD = re.compile(r"[^\W_]+")  # underscores split words: OCR often reads them as spaces
 UPSCALE = 2
@@ -169,7 +170,7 @@ def read_samples(out: Path, lang: str | None, skipped: Counter) -> list[dict]:
             if lang and meta.get("lang") != lang:
                 skipped[meta.get("lang")] += 1
                 continue
-            image = next(s[k] for k in ("png", "jpg", "webp") if k in s)
+            image = s[decode_sample(s).image_key]
             samples.append(
                 {
                     "key": s["__key__"],

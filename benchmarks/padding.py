@@ -23,8 +23,8 @@ import numpy as np
 
 
 def target_lengths(shards: str, tokenizer, max_length: int) -> list[int]:
-    import json
 
+    from data_pipeline.schema import decode_sample, text_member
     from data_pipeline.storage import iter_samples, read_manifest
     from model.task_format import TaskFormat
 
@@ -32,15 +32,13 @@ def target_lengths(shards: str, tokenizer, max_length: int) -> list[int]:
     manifest = read_manifest(shards)
     out = []
     for i in range(len(manifest)):
-        for sample in iter_samples(
-            manifest.url(i), wanted=lambda ext: ext in ("layout.json", "md", "meta.json")
-        ):
-            if "layout.json" in sample:
-                layout = json.loads(sample["layout.json"])
-                size = (layout.get("width", 1000), layout.get("height", 1000))
-                enc = fmt.encode_layout(layout["lines"], size, size)
-            elif "md" in sample:
-                enc = fmt.encode_markdown(sample["md"].decode())
+        for members in iter_samples(manifest.url(i), wanted=text_member):
+            sample = decode_sample(members)
+            if sample.layout is not None:
+                size = (sample.layout.get("width", 1000), sample.layout.get("height", 1000))
+                enc = fmt.encode_layout(sample.lines, size, size)
+            elif sample.md is not None:
+                enc = fmt.encode_markdown(sample.md)
             else:
                 continue
             out.append(len(enc.tensors()["input_ids"]) - 8)  # the target and its task tokens

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data_pipeline.schema import decode_sample, text_member
 from data_pipeline.storage import iter_samples
 
 NUM_PERM = 128
@@ -61,12 +62,9 @@ def minhash(text: str, n: int = 5) -> np.ndarray:
 def shard_texts(url) -> list[tuple[str, str]]:
     """(key, text) of every sample in a shard (a path or URL): layout line texts, else the markdown."""
     out = []
-    for sample in iter_samples(url, wanted=lambda ext: ext in ("layout.json", "md")):
-        if "layout.json" in sample:
-            text = "\n".join(line["text"] for line in json.loads(sample["layout.json"])["lines"])
-        else:
-            text = sample.get("md", b"").decode("utf-8", errors="replace")
-        out.append((sample["__key__"], text))
+    for members in iter_samples(url, wanted=text_member):
+        sample = decode_sample(members, errors="replace")
+        out.append((sample.key, sample.text()))
     return out
 
 

@@ -9,36 +9,32 @@ a corrupt shard is reported with its name.
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import sys
 import textwrap
 from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from data_pipeline.schema import decode_sample
 from data_pipeline.storage import UnreadableShard, is_remote, iter_samples
 from data_pipeline.synthetic import load_font
 
-IMAGE_KEYS = ("png", "jpg", "webp")
 
-
-def draw_sample(sample: dict) -> Image.Image:
+def draw_sample(members: dict) -> Image.Image:
     """The page with every layout box outlined (and numbered in reading order); markdown to the right."""
-    ext = next(k for k in IMAGE_KEYS if k in sample)
-    page = Image.open(io.BytesIO(sample[ext])).convert("RGB")
+    sample = decode_sample(members, errors="replace")
+    page = sample.image().convert("RGB")
     draw = ImageDraw.Draw(page)
     small = load_font(max(10, page.height // 90))
-    if "layout.json" in sample:
-        layout = json.loads(sample["layout.json"])
-        for i, line in enumerate(layout["lines"]):
+    if sample.lines is not None:
+        for i, line in enumerate(sample.lines):
             x0, y0, x1, y1 = line["bbox"]
             colour = (220, 30, 30) if i % 2 == 0 else (30, 90, 220)
             draw.rectangle([x0, y0, x1, y1], outline=colour, width=max(1, page.width // 600))
             draw.text((x0, max(0, y0 - small.size)), str(i), fill=colour, font=small)
-    if "md" not in sample:
+    if sample.md is None:
         return page
-    md = sample["md"].decode("utf-8", errors="replace")
+    md = sample.md
     panel = Image.new("RGB", (max(400, page.width * 3 // 4), page.height), (250, 250, 245))
     font = load_font(max(10, page.height // 70), "DejaVuSansMono.ttf")
     pd = ImageDraw.Draw(panel)
@@ -63,7 +59,7 @@ def inspect_shard(shard: str | Path, out: str | Path, n: int = 8) -> list[Path]:
     for sample in iter_samples(shard):
         if len(written) >= n:
             break
-        if not any(k in sample for k in IMAGE_KEYS):  # what a cut tar stream leaves of its last sample
+        if decode_sample(sample).image_key is None:  # what a cut tar stream leaves of its last sample
             raise UnreadableShard(str(shard), f"sample {sample['__key__']} has no image")
         name = sample["__key__"].replace("/", "__") + ".png"
         draw_sample(sample).save(out / name)

@@ -1,6 +1,8 @@
 """The sample contract (DESIGN.md): keys, the page image, `layout.json`, `md`, `meta.json`.
 
-Builders yield `Sample`s (or `Skip`s); `encode_sample` turns one into the members of a webdataset tar.
+Builders yield `Sample`s (or `Skip`s); `encode_sample` turns one into the members of a webdataset tar and
+`decode_sample` reads those members back (every reader of shards goes through it: the loader, evaluation,
+inspection, the tokenizer's trainer, dedup and the planner).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -17,6 +20,8 @@ import orjson
 from data_pipeline.imageio import PageImage, encode_image, image_size, resize_long_side
 
 BUILDER_VERSION = "0.1.0"
+IMAGE_KEYS = ("png", "jpg", "webp")  # the members a page image may be stored as, in order of preference
+TEXT_KEYS = ("layout.json", "md")  # the members that hold a page's text
 _UNSAFE = re.compile(r"[^A-Za-z0-9_\-/]")
 
 
@@ -162,3 +167,95 @@ def sample_meta(sample: Sample) -> dict[str, Any]:
         "lang": sample.meta.get("lang"),
         **{k: v for k, v in sample.meta.items() if k != "lang"},
     }
+
+
+def text_member(ext: str) -> bool:
+    """`iter_samples(..., wanted=text_member)`: read a page's text members, skip its image."""
+    return ext in TEXT_KEYS
+
+
+def label_member(ext: str) -> bool:
+    """`iter_samples(..., wanted=label_member)`: read every member but the image."""
+    return ext not in IMAGE_KEYS
+
+
+class StoredSample:
+    """A sample read back from a shard's members (`decode_sample`). Each member is decoded on first use, so
+    a reader pays only for what it reads and a bad member raises where it is read: `json.JSONDecodeError`
+    or `UnicodeDecodeError` (with `errors="strict"`, the default), or PIL's errors for the image."""
+
+    def __init__(self, members: dict[str, Any], errors: str = "strict"):
+        self.members, self.errors = members, errors
+        self.key: str = members.get("__key__", "")
+        self.image_key: str | None = next((k for k in IMAGE_KEYS if k in members), None)
+
+    def _text(self, name: str) -> str | None:
+        data = self.members.get(name)
+        return None if data is None else data.decode("utf-8", errors=self.errors)
+
+    def image(self):
+        """The page image as PIL opened and loaded it (None when the sample has no image member)."""
+        if self.image_key is None:
+            return None
+        import io
+
+        from PIL import Image
+
+        image = Image.open(io.BytesIO(self.members[self.image_key]))
+        image.load()
+        return image
+
+    @cached_property
+    def layout(self) -> dict | None:
+        """`layout.json`: {"width", "height", "lines": [{"text", "bbox"}]} in pixels of the stored image."""
+        data = self.members.get("layout.json")
+        return None if data is None else json.loads(data)
+
+    @property
+    def lines(self) -> list[dict] | None:
+        return None if self.layout is None else self.layout["lines"]
+
+    @cached_property
+    def md(self) -> str | None:
+        return self._text("md")
+
+    @cached_property
+    def prompt(self) -> str | None:
+        return self._text("prompt.txt")
+
+    @cached_property
+    def target(self) -> str | None:
+        return self._text("target.txt")
+
+    @cached_property
+    def answers(self) -> list[str] | None:
+        """The answers a prediction is scored against: `answers.json`, else the target alone."""
+        data = self.members.get("answers.json")
+        if data is not None:
+            return json.loads(data)
+        return None if self.target is None else [self.target]
+
+    @cached_property
+    def meta(self) -> dict:
+        data = self.members.get("meta.json")
+        return {} if data is None else json.loads(data)
+
+    def text(self) -> str:
+        """The page's text as `Sample.text` gives it: layout lines joined, else prompt and target, else the
+        markdown."""
+        if self.layout is not None:
+            return "\n".join(line["text"] for line in self.lines)
+        if self.prompt is not None:
+            return f"{self.prompt}\n{self.target}"
+        return self.md or ""
+
+    def texts(self) -> list[str]:
+        """The page's text as lines: its layout lines' texts, then its markdown's lines."""
+        out = [line["text"] for line in self.layout.get("lines", [])] if self.layout is not None else []
+        return out + (self.md.splitlines() if self.md is not None else [])
+
+
+def decode_sample(members: dict[str, Any], errors: str = "strict") -> StoredSample:
+    """The members of a sample as webdataset yields them (`__key__` and raw bytes per extension), decoded on
+    use; the inverse of `encode_sample`."""
+    return StoredSample(members, errors)

@@ -74,6 +74,7 @@ def sample_lengths(cfg, n: int = 4096) -> list[int]:
     """Target lengths: tokenised labels of up to `n` samples of the build `cfg.lengths` (with
     `cfg.tokenizer`), or drawn from `cfg.length_quantiles` (a measured distribution, 5% steps)."""
     if cfg.lengths:
+        from data_pipeline.schema import label_member
         from data_pipeline.storage import iter_samples, read_manifest
         from model.task_format import TaskFormat
         from model.tokenizer import Tokenizer
@@ -85,7 +86,7 @@ def sample_lengths(cfg, n: int = 4096) -> list[int]:
         spec = SourceSpec("plan", str(cfg.lengths), 1.0, str(cfg.task))
         manifest, out = read_manifest(str(cfg.lengths)), []
         for i in range(len(manifest)):
-            for sample in iter_samples(manifest.url(i), wanted=lambda ext: ext in ("layout.json", "md")):
+            for sample in iter_samples(manifest.url(i), wanted=label_member):
                 if (size := label_size(fmt, spec, sample)) > 0:
                     out.append(size)
                 if len(out) >= n:

@@ -101,13 +101,11 @@ def iter_texts(inputs: Iterable[str | Path]) -> Iterator[str]:
 
 
 def _shard_texts(path) -> Iterator[str]:
+    from data_pipeline.schema import decode_sample, text_member
     from data_pipeline.storage import iter_samples
 
-    for sample in iter_samples(path, wanted=lambda ext: ext in ("layout.json", "md")):
-        if "layout.json" in sample:
-            yield from (line["text"] for line in json.loads(sample["layout.json"]).get("lines", []))
-        if "md" in sample:
-            yield from sample["md"].decode("utf-8", errors="replace").splitlines()
+    for members in iter_samples(path, wanted=text_member):
+        yield from decode_sample(members, errors="replace").texts()
 
 
 def train_tokenizer(

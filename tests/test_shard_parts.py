@@ -1,4 +1,5 @@
-"""Pieces of the shard contract: line cleaning, the tar writer's bytes, and the per-sample filter."""
+"""Pieces of the shard contract: line cleaning, a sample's members and back, the tar writer's bytes, and the
+per-sample filter."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from data_pipeline.filters import (
     page_language,
     prose_text,
 )
-from data_pipeline.schema import Sample, clean_lines
+from data_pipeline.schema import Sample, clean_lines, decode_sample, encode_sample
 from data_pipeline.writer import ShardWriter, _header
 
 
@@ -40,6 +41,36 @@ def test_clean_lines_clamps_orders_widens_and_drops_empty_text():
         {"text": "edge", "bbox": [99.0, 49.0, 100.0, 50.0]},
     ]
     assert clean_lines([{"text": "", "bbox": [0, 0, 1, 1]}], 10, 10) == []
+
+
+def test_decode_sample_reads_back_what_encode_sample_wrote():
+    """Every label, the image (grey stays grey), and meta come back; a bad member raises only where it is read,
+    so a reader that wants the markdown is not stopped by a broken layout."""
+    image = np.full((40, 60), 200, np.uint8)
+    lines = [{"text": "a line", "bbox": [1.0, 2.0, 30.0, 12.0]}]
+    page = Sample("pdf", "doc", 3, image, "/in/doc.pdf", lines=lines, md="# a line", meta={"lang": "en"})
+    members = encode_sample(page)
+    back = decode_sample(members)
+    assert back.key == "pdf/doc/00003" and back.image_key == "png"
+    assert back.lines == lines and back.layout["width"] == 60 and back.md == "# a line"
+    assert back.meta["origin"] == "/in/doc.pdf" and back.prompt is None and back.answers is None
+    assert np.array_equal(np.asarray(back.image()), image)
+    assert back.text() == "a line" and back.texts() == ["a line", "# a line"]
+
+    tuned = decode_sample(
+        encode_sample(Sample("t", "d", 0, image, "o", prompt="Q?", target="A", answers=["A", "a"]))
+    )
+    assert (tuned.prompt, tuned.target, tuned.answers, tuned.text()) == ("Q?", "A", ["A", "a"], "Q?\nA")
+    assert decode_sample({"__key__": "k", "md": b"x"}).answers is None
+
+    broken = decode_sample({**members, "layout.json": b"{not json", "md": b"\xff ok"}, errors="replace")
+    assert broken.md == "\ufffd ok"
+    with pytest.raises(ValueError):
+        _ = broken.layout
+    assert (
+        decode_sample({"__key__": "cut"}).image_key is None
+        and decode_sample({"__key__": "cut"}).image() is None
+    )
 
 
 def test_shard_writer_writes_the_bytes_tarfile_writes(tmp_path):

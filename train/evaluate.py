@@ -22,7 +22,6 @@ in red over the reference boxes in green).
 from __future__ import annotations
 
 import glob
-import io
 import json
 import posixpath
 import random
@@ -34,12 +33,13 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
+from data_pipeline.schema import decode_sample
 from data_pipeline.storage import Manifest, UnreadableShard, is_remote, iter_samples, read_manifest
 from model.kosmos import Kosmos25
 from model.processor import ImageProcessor
 from model.task_format import LayoutError, PromptError, TaskFormat
 from model.tokenizer import Tokenizer
-from train.loader import IMAGE_EXTS, collate
+from train.loader import collate
 from train.scoring import anls, exact_match, layout_scores, markdown_scores
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
@@ -72,18 +72,13 @@ class EvalPage:
 # --------------------------------------------------------------------- data
 
 
-def _page_from_sample(sample: dict, source: str) -> EvalPage | None:
-    ext = next((e for e in IMAGE_EXTS if e in sample), None)
-    if ext is None:
+def _page_from_sample(members: dict, source: str) -> EvalPage | None:
+    sample = decode_sample(members)
+    if sample.image_key is None:
         return None
-    image = Image.open(io.BytesIO(sample[ext]))
-    image.load()
-    lines = json.loads(sample["layout.json"])["lines"] if "layout.json" in sample else None
-    md = sample["md"].decode("utf-8") if "md" in sample else None
-    page = EvalPage(sample["__key__"], source, image.convert("RGB"), lines, md)
-    if "prompt.txt" in sample:
-        page.prompt, page.target = sample["prompt.txt"].decode("utf-8"), sample["target.txt"].decode("utf-8")
-        page.answers = json.loads(sample["answers.json"]) if "answers.json" in sample else [page.target]
+    page = EvalPage(sample.key, source, sample.image().convert("RGB"), sample.lines, sample.md)
+    if sample.prompt is not None:
+        page.prompt, page.target, page.answers = sample.prompt, sample.target, sample.answers
     return page
 
 

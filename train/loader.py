@@ -17,7 +17,6 @@ targets are truncated and counted.
 from __future__ import annotations
 
 import functools
-import io
 import json
 import random
 import sys
@@ -28,14 +27,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
+from data_pipeline.schema import decode_sample
 from data_pipeline.storage import Manifest, UnreadableShard, iter_samples, read_manifest
 from model.kosmos import IGNORE_INDEX
 from model.processor import ImageProcessor
 from model.task_format import LayoutError, PromptError, TaskFormat
-
-IMAGE_EXTS = ("png", "jpg", "webp")
 
 
 @dataclass
@@ -202,13 +200,12 @@ class Encoder:
     def __init__(self, fmt: TaskFormat, processor: ImageProcessor, patch_dtype: torch.dtype = torch.float32):
         self.fmt, self.processor, self.patch_dtype = fmt, processor, patch_dtype
 
-    def __call__(self, spec: SourceSpec, sample: dict) -> dict | str:
-        ext = next((e for e in IMAGE_EXTS if e in sample), None)
-        if ext is None:
+    def __call__(self, spec: SourceSpec, members: dict) -> dict | str:
+        sample = decode_sample(members)
+        if sample.image_key is None:
             return "no_image"
         try:
-            image = Image.open(io.BytesIO(sample[ext]))
-            image.load()
+            image = sample.image()
         except (UnidentifiedImageError, OSError, SyntaxError):
             return "bad_image"
         try:
@@ -217,28 +214,25 @@ class Encoder:
             return "bad_image"
         try:
             if spec.task == "ocr":
-                if "layout.json" not in sample:
+                if sample.layout is None:
                     return "no_layout"
-                layout = json.loads(sample["layout.json"])
                 enc = self.fmt.encode_layout(
-                    layout["lines"], (image.width, image.height), (page.width, page.height)
+                    sample.lines, (image.width, image.height), (page.width, page.height)
                 )
             elif spec.task == "prompt":  # a fine-tuning task: prompt.txt and target.txt
-                if "prompt.txt" not in sample or "target.txt" not in sample:
+                if sample.prompt is None or sample.target is None:
                     return "no_prompt"
-                enc = self.fmt.encode_prompted(
-                    sample["prompt.txt"].decode("utf-8"), sample["target.txt"].decode("utf-8")
-                )
+                enc = self.fmt.encode_prompted(sample.prompt, sample.target)
             else:
-                if "md" not in sample:
+                if sample.md is None:
                     return "no_markdown"
-                enc = self.fmt.encode_markdown(sample["md"].decode("utf-8"))
+                enc = self.fmt.encode_markdown(sample.md)
         except PromptError:
             return "prompt_too_long"
         except (LayoutError, json.JSONDecodeError, UnicodeDecodeError, KeyError):
             return "bad_label"
         return {
-            "key": sample["__key__"],
+            "key": sample.key,
             "source": spec.name,
             "task": enc.task,
             "truncated": enc.truncated,
@@ -269,21 +263,19 @@ def collate(items: list[dict], pad_id: int) -> dict:
     }
 
 
-def label_size(fmt: TaskFormat, spec: SourceSpec, sample: dict) -> int:
+def label_size(fmt: TaskFormat, spec: SourceSpec, members: dict) -> int:
     """A sample's target length in tokens, known without decoding its image (0 when its label is bad: the
     encoder counts it when its turn comes)."""
+    sample = decode_sample(members)
     try:
         if spec.task == "ocr":
-            layout = json.loads(sample["layout.json"])
+            layout = sample.layout
             size = (int(layout.get("width") or 1), int(layout.get("height") or 1))
             return len(fmt.encode_layout(layout["lines"], size, size).tensors()["input_ids"])
         if spec.task == "prompt":
-            prompted = fmt.encode_prompted(
-                sample["prompt.txt"].decode("utf-8"), sample["target.txt"].decode("utf-8")
-            )
-            return len(prompted.input_ids)
-        return len(fmt.encode_markdown(sample["md"].decode("utf-8")).tensors()["input_ids"])
-    except (KeyError, ValueError, TypeError, LayoutError, UnicodeDecodeError):
+            return len(fmt.encode_prompted(sample.prompt, sample.target).input_ids)
+        return len(fmt.encode_markdown(sample.md).tensors()["input_ids"])
+    except (KeyError, ValueError, TypeError, AttributeError, LayoutError, UnicodeDecodeError):
         return 0
 
 

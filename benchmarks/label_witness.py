@@ -184,7 +184,7 @@ def read_samples(out: Path, lang: str | None, skipped: Counter) -> list[dict]:
 
 
 def build(source: str, spec: str, out: Path, every: int, max_docs: int | None, overrides: list[str]) -> None:
-    from data_pipeline.core import list_inputs
+    from data_pipeline.documents import list_inputs
     from data_pipeline.sources import get_source
 
     docs = [d.path for d in list_inputs(spec, tuple(get_source(source).EXTENSIONS))][::every][:max_docs]

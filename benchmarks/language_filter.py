@@ -25,7 +25,7 @@ from pathlib import Path
 import pymupdf
 
 from benchmarks.common import run_build
-from data_pipeline.core import list_inputs
+from data_pipeline.documents import list_inputs
 from data_pipeline.filters import LANG_ID_CHARS, detect_language
 
 ENGLISH = "/usr/share/doc/texlive-doc/**/*.pdf"

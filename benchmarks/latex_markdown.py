@@ -129,7 +129,7 @@ def main() -> None:
             "filters.languages=all",
             *args.overrides,
         )
-        from data_pipeline.core import list_inputs
+        from data_pipeline.documents import list_inputs
 
         docs = list_inputs(str(listing), (".pdf",))
         english = with_md = 0

@@ -6,7 +6,7 @@ A bare training loop over the pieces `train.pretrain` uses (it evaluates losses,
 steps): the model built from a preset (`model.kosmos.build_model`), samples of the synthetic source's snippet mode
 (`draw_sample`) stored as shard members (`data_pipeline.schema.encode_sample`), the loader's `Encoder` and
 `collate`, the `<ocr>` task format, the project's sentencepiece tokenizer (by default a character vocabulary made
-for the run), and `train.setup`'s parameter groups and schedule under AdamW.
+for the run), and `train.engine`'s parameter groups and schedule under AdamW.
 
 Every `eval.every` steps the held-out snippets (their own seed, and words and fonts of their own where the
 config says so) are read by greedy generation as `train.evaluate` reads pages: character error rate (edit
@@ -33,18 +33,20 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from configs.compose import compose_app
 from data_pipeline.schema import Sample, encode_sample
 from data_pipeline.snippet_text import TextSpec, make_text, make_texts
 from data_pipeline.sources import synthetic
-from model.config import compose_app, config_from_dict
+from model.config import config_from_dict
 from model.kosmos import build_model
 from model.processor import ImageProcessor
 from model.task_format import TaskFormat
 from model.tokenizer import Tokenizer, special_symbols, train_tokenizer
-from train.evaluate import EvalPage, Evaluator
-from train.loader import Encoder, SourceSpec, collate
+from train.engine import lr_lambda, param_groups
+from train.evaluate import Evaluator
+from train.pages import EvalPage
+from train.samples import Encoder, SourceSpec, collate
 from train.scoring import levenshtein
-from train.setup import lr_lambda, param_groups
 
 SOURCE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "source" / "synthetic.yaml"
 SPEC = SourceSpec("snippets", "generated", 1.0, "ocr")

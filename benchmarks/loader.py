@@ -28,8 +28,9 @@ from model.kosmos import Kosmos25
 from model.processor import ImageProcessor
 from model.task_format import TaskFormat
 from model.tokenizer import Tokenizer, iter_texts, train_tokenizer
-from train.loader import BatchStream, SourceSpec, make_loader
+from train.loader import BatchStream, make_loader
 from train.metrics import PEAK_FLOPS
+from train.samples import SourceSpec
 
 
 def our_rate(shards: str, fmt, processor, micro: int, batches: int) -> float:
@@ -48,8 +49,8 @@ def webdataset_rate(shards: str, fmt, processor, micro: int, batches: int) -> fl
     encoded by the same `Encoder`, collated in fours."""
     import webdataset as wds
 
-    from data_pipeline.storage import read_manifest
-    from train.loader import Encoder, collate
+    from data_pipeline.manifest import read_manifest
+    from train.samples import Encoder, collate
 
     manifest = read_manifest(shards)
     spec = SourceSpec("s", shards, 1.0, "ocr")

@@ -42,7 +42,8 @@ def child(root: str, tokenizer: str, slots: int, micro: int) -> None:
     from model.processor import ImageProcessor
     from model.task_format import TaskFormat
     from model.tokenizer import Tokenizer
-    from train.loader import BatchStream, SourceSpec, make_loader
+    from train.loader import BatchStream, make_loader
+    from train.samples import SourceSpec
 
     torch.set_num_threads(1)
     fmt = TaskFormat(Tokenizer(tokenizer), 64, 1024)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from benchmarks.common import run_build
 from data_pipeline.align import markdown_words, token_recall, words
-from data_pipeline.core import list_inputs
+from data_pipeline.documents import list_inputs
 
 EXTENSIONS = (".md", ".markdown", ".gz")
 

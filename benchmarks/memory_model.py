@@ -88,8 +88,8 @@ def worker(case: dict, out: str) -> None:
 
     from model.config import get_config
     from model.kosmos import Kosmos25
-    from train.loader import batch_plan
-    from train.setup import deepspeed_config, lr_lambda, param_groups
+    from train.batch_plan import batch_plan
+    from train.engine import deepspeed_config, lr_lambda, param_groups
     from train.step import train_step
 
     torch.set_num_threads(1)

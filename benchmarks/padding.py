@@ -24,8 +24,9 @@ import numpy as np
 
 def target_lengths(shards: str, tokenizer, max_length: int) -> list[int]:
 
+    from data_pipeline.manifest import read_manifest
     from data_pipeline.schema import decode_sample, text_member
-    from data_pipeline.storage import iter_samples, read_manifest
+    from data_pipeline.storage import iter_samples
     from model.task_format import TaskFormat
 
     fmt = TaskFormat(tokenizer, 8, max_length)
@@ -63,7 +64,8 @@ def loader_padding(
     in the stream (step, then its place in the step) with its length over those ranks' samples."""
     from model.processor import ImageProcessor
     from model.task_format import TaskFormat
-    from train.loader import BatchStream, SourceSpec, make_loader
+    from train.loader import BatchStream, make_loader
+    from train.samples import SourceSpec
 
     fmt = TaskFormat(tokenizer, prompt - 4, 4096 + prompt)
     total = real = 0
@@ -121,7 +123,7 @@ def main() -> None:
     ap.add_argument("--measured-ranks", type=int, default=4)
     args = ap.parse_args()
     from model.tokenizer import Tokenizer, iter_texts, train_tokenizer
-    from train.loader import batch_plan, cut
+    from train.batch_plan import batch_plan, cut
 
     with tempfile.TemporaryDirectory() as tmp:
         tok = (

@@ -29,8 +29,9 @@ import numpy as np
 import pymupdf
 
 from benchmarks.common import build_config
-from data_pipeline.core import Task, list_inputs, run_task
+from data_pipeline.documents import list_inputs
 from data_pipeline.imageio import encode_png
+from data_pipeline.task import Task, run_task
 
 PAPER_PAGES = 187_000_000
 CHUNK_DOCS = 2
@@ -195,7 +196,7 @@ def main() -> None:
             f"{PAPER_PAGES / ours_rate / 3600:,.0f} core-hours"
         )
         if args.check:
-            from data_pipeline.core import write_manifest
+            from data_pipeline.manifest import write_manifest
 
             write_manifest(tmp / f"ours{args.rounds}", "pdf", len(chunks))
             n, equal, inside = check(tmp / f"ours{args.rounds}")

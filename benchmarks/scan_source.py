@@ -31,7 +31,8 @@ import pymupdf
 from PIL import Image, ImageFilter
 
 from benchmarks.common import build_config
-from data_pipeline.core import Task, list_inputs, run_task
+from data_pipeline.documents import list_inputs
+from data_pipeline.task import Task, run_task
 
 DEFAULT_PDFS = "/usr/share/doc/texlive-doc/latex/**/*.pdf"
 PAPER_SCAN_PAGES = 27_600_000

@@ -57,8 +57,8 @@ def main() -> None:
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT="29677")
     import deepspeed
 
-    from train.loader import batch_plan
-    from train.setup import deepspeed_config, lr_lambda, param_groups
+    from train.batch_plan import batch_plan
+    from train.engine import deepspeed_config, lr_lambda, param_groups
     from train.step import train_step
 
     deepspeed.init_distributed(dist_backend="gloo")

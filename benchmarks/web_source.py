@@ -98,13 +98,6 @@ def compare(label: str, urls: list[str]) -> None:
     )
 
 
-def _plain(md: str) -> str:
-    md = re.sub(r"```.*?\n", "", md)
-    md = re.sub(r"^\|?[-| :]+\|$", "", md, flags=re.MULTILINE)
-    md = re.sub(r"[#*`|>]|^\s*[-+]\s|^\s*\d+\.\s", " ", md, flags=re.MULTILINE)
-    return " ".join(md.split())
-
-
 def check(files: list[str], tmp: Path) -> None:
     import webdataset as wds
     from PIL import Image

@@ -21,18 +21,15 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from configs.compose import CONFIG_DIR, ConfigError
 from data_pipeline import storage
-from data_pipeline.core import list_inputs, plan_tasks, write_manifest
+from data_pipeline.documents import list_inputs
 from data_pipeline.executors import EXECUTORS
+from data_pipeline.manifest import write_manifest
 from data_pipeline.render import sandbox
 from data_pipeline.render.netguard import allowance
 from data_pipeline.sources import get_source
-
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
-
-
-class ConfigError(ValueError):
-    pass
+from data_pipeline.task import plan_tasks
 
 
 def validate(cfg: DictConfig):
@@ -191,7 +188,7 @@ def run(cfg: DictConfig) -> int:
     return 0
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="build", version_base="1.3")
+@hydra.main(config_path=str(CONFIG_DIR), config_name="build", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     code = run(cfg)
     if code:

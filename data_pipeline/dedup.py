@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output)
     plan = json.loads((out / "plan.json").read_text())
     r = deduplicate(out, plan["tasks"], args.threshold, args.workers)
-    from data_pipeline.core import write_manifest
+    from data_pipeline.manifest import write_manifest
 
     write_manifest(out, plan["source"], plan["tasks"])
     print(

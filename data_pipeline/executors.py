@@ -1,4 +1,4 @@
-"""Executors run `core.run_task` over tasks: `local` (a process pool) or `ray` (a Ray cluster or a local
+"""Executors run `task.run_task` over tasks: `local` (a process pool) or `ray` (a Ray cluster or a local
 Ray instance). Both run the same function on the same tasks, so they write the same samples.
 
 A worker that dies (a segfault in a native library, the OOM killer) breaks the local pool: the pool is
@@ -18,8 +18,8 @@ from concurrent.futures.process import BrokenProcessPool
 
 from tqdm import tqdm
 
-from data_pipeline.core import Task, run_task
 from data_pipeline.runner import die_with_parent
+from data_pipeline.task import Task, run_task
 
 
 class Progress:

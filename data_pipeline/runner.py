@@ -23,6 +23,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 
+from data_pipeline.documents import build_document
 from data_pipeline.filters import LANG_ID_CHARS, SampleFilter
 from data_pipeline.schema import Skip, encode_sample, sample_meta
 
@@ -210,7 +211,6 @@ def worker_runner() -> DocumentRunner:
 
 def _serve(conn, tmp: str) -> None:
     """The runner: builds the documents it is sent, sends back their pages, filtered and encoded."""
-    from data_pipeline.core import build_document
     from data_pipeline.render import sandbox
     from data_pipeline.sources import get_source
 

@@ -18,16 +18,11 @@ read; a shard that still fails raises `UnreadableShard` naming it, for the calle
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 import sys
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-
-import numpy as np
 
 REMOTE = ("http://", "https://", "s3://", "gs://", "pipe:")
 # Further attempts of a remote read after its first failure, and the seconds before the first (doubled for
@@ -256,108 +251,3 @@ def iter_samples(
                 flush=True,
             )
             time.sleep(delay * 2**attempt)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Manifests, held compactly: a build of millions of shards costs arrays, not a dict per shard.
-
-_ENTRY = re.compile(rb"\{[^{}]*\}")
-_URL = re.compile(rb'"url"\s*:\s*"((?:[^"\\]|\\.)*)"')
-_NSAMPLES = re.compile(rb'"nsamples"\s*:\s*(\d+)')
-_SOURCE = re.compile(rb'"source"\s*:\s*"((?:[^"\\]|\\.)*)"')
-_DROP = re.compile(rb'"drop_list"\s*:\s*"((?:[^"\\]|\\.)*)"')
-
-
-def key_hash(key: str) -> int:
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
-
-
-def drop_hashes(keys) -> np.ndarray:
-    """The sorted 64-bit hashes of dropped keys, as `Manifest.dropped` searches them."""
-    return np.array(sorted({key_hash(k) for k in keys}), dtype=np.uint64)
-
-
-@dataclass
-class Manifest:
-    """A build's finished shards: their names (fixed-width bytes) and sample counts, and the 64-bit hashes
-    of the keys its dedup pass dropped (sorted)."""
-
-    root: str
-    names: np.ndarray  # dtype S<n>
-    nsamples: np.ndarray  # int64
-    drop: np.ndarray  # uint64, sorted
-    source: str | None = None
-    drop_list: str | None = None  # the drop list's path inside the build, as the manifest names it
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def url(self, i: int) -> str:
-        return join(self.root, self.names[i].decode())
-
-    def dropped(self, key: str) -> bool:
-        if not len(self.drop):
-            return False
-        h = np.uint64(key_hash(key))
-        i = np.searchsorted(self.drop, h)
-        return bool(i < len(self.drop) and self.drop[i] == h)
-
-    @property
-    def samples(self) -> int:
-        return int(self.nsamples.sum())
-
-
-def parse_manifest(root: str, data: bytes, drop_keys: list[str] = ()) -> Manifest:
-    """A manifest from the bytes of `manifest.json` (wids-shard-index-v1), without a dict per shard."""
-    start = data.find(b'"shardlist"')
-    if start < 0:
-        raise ValueError(f"{join(root, 'manifest.json')}: not a shard index (no shardlist)")
-    end = data.find(b"]", start)
-    names, counts = [], []
-    for entry in _ENTRY.finditer(data, start, end if end > 0 else len(data)):
-        text = entry.group()
-        url, n = _URL.search(text), _NSAMPLES.search(text)
-        if url is None or n is None:
-            raise ValueError(f"{join(root, 'manifest.json')}: a shard entry without url or nsamples")
-        if int(n.group(1)) > 0:
-            names.append(url.group(1))
-            counts.append(int(n.group(1)))
-    head = data[:start] + data[end:] if end > 0 else data[:start]  # all but the shard list
-    source, listed = _SOURCE.search(head), _DROP.search(head)
-    return Manifest(
-        root,
-        np.array(names, dtype=bytes) if names else np.zeros(0, dtype="S1"),
-        np.array(counts, dtype=np.int64),
-        drop_hashes(drop_keys),
-        source.group(1).decode() if source else None,
-        listed.group(1).decode() if listed else None,
-    )
-
-
-_MANIFESTS: dict[str, Manifest] = {}
-
-
-def read_manifest(root: str | os.PathLike) -> Manifest:
-    """The manifest of the build at `root` (and its drop list), read once per process."""
-    root = str(root)
-    if root in _MANIFESTS:
-        return _MANIFESTS[root]
-    url = join(root, "manifest.json")
-    try:
-        data = read_bytes(url)
-    except FileNotFoundError:
-        raise FileNotFoundError(
-            f"{url}: no manifest (build the shards first, or check data.sources)"
-        ) from None
-    except (OSError, ValueError) as e:
-        raise FileNotFoundError(f"{url}: cannot be read ({e})") from None
-    manifest = parse_manifest(root, data)
-    if manifest.drop_list:
-        import orjson
-
-        keys = orjson.loads(read_bytes(join(root, manifest.drop_list)))["keys"]
-        manifest.drop = drop_hashes(keys)
-    if not len(manifest):
-        raise FileNotFoundError(f"{url}: names no shard with samples")
-    _MANIFESTS[root] = manifest
-    return manifest

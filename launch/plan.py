@@ -29,7 +29,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from model.config import ModelConfig, compose_app, config_from_dict
+from configs.compose import compose_app
+from model.config import ModelConfig, config_from_dict
 from model.kosmos import Kosmos25
 from model.memory import GIB, Memory, Plan, fit, zero_fields
 
@@ -74,11 +75,12 @@ def sample_lengths(cfg, n: int = 4096) -> list[int]:
     """Target lengths: tokenised labels of up to `n` samples of the build `cfg.lengths` (with
     `cfg.tokenizer`), or drawn from `cfg.length_quantiles` (a measured distribution, 5% steps)."""
     if cfg.lengths:
+        from data_pipeline.manifest import read_manifest
         from data_pipeline.schema import label_member
-        from data_pipeline.storage import iter_samples, read_manifest
+        from data_pipeline.storage import iter_samples
         from model.task_format import TaskFormat
         from model.tokenizer import Tokenizer
-        from train.loader import SourceSpec, label_size
+        from train.samples import SourceSpec, label_size
 
         if not cfg.tokenizer:
             raise ValueError("lengths=<build> needs tokenizer=<dir> to count its targets' tokens")

@@ -211,31 +211,6 @@ def register_hydra_presets() -> None:
         store.store(group="model", name=name, node=node)
 
 
-def compose_app(name: str, overrides: list[str]):
-    """The config `configs/tools/<name>.yaml` with command-line `overrides`, by Hydra's rules (as for training: an
-    unknown key or a badly typed value is refused). Raises ValueError with Hydra's message, or naming the
-    required keys left unset."""
-    from pathlib import Path
-
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    register_hydra_presets()
-    configs = Path(__file__).resolve().parents[1] / "configs" / "tools"  # apart from training's groups
-    try:
-        with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
-            cfg = compose(name, overrides=list(overrides))
-    except (HydraException, OmegaConfBaseException) as e:
-        cause = f": {e.__cause__}" if e.__cause__ else ""
-        raise ValueError(f"{e}{cause}".strip()) from None
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise ValueError(f"required: {', '.join(f'{k}=...' for k in missing)}")
-    return cfg
-
-
 def config_from_dict(d: dict[str, Any]) -> ModelConfig:
     """A Hydra `model:` node (`preset` plus overrides) or a plain dict → config."""
     from omegaconf import DictConfig, OmegaConf

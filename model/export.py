@@ -13,25 +13,16 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
-from omegaconf import OmegaConf
-
-from model.config import config_from_dict
+from configs.compose import compose_app
 from model.hf import save_hf
-from model.kosmos import Kosmos25
-from model.tokenizer import Tokenizer
+from model.run import load_run
 
 
 def export(run_dir: Path, out: Path) -> Path:
-    cfg = OmegaConf.load(run_dir / "config.yaml")
     weights = run_dir / "model.pt"
     if not weights.exists():
         raise FileNotFoundError(f"{weights}: no consolidated weights (the run has not finished)")
-    tok = Tokenizer(cfg.tokenizer)
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    model_cfg.setdefault("text", {})["vocab_size"] = tok.vocab_size
-    model = Kosmos25(config_from_dict(model_cfg))
-    model.load_full_state_dict(torch.load(weights, map_location="cpu", weights_only=True), str(weights))
+    model, tok = load_run(run_dir)
     save_hf(model, out)
     for f in tok.path.glob("tokenizer.*"):
         shutil.copy(f, out / f.name)
@@ -39,8 +30,6 @@ def export(run_dir: Path, out: Path) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    from model.config import compose_app
-
     try:
         cfg = compose_app("export", argv)
         out = export(Path(cfg.checkpoint), Path(cfg.out))

@@ -204,12 +204,12 @@ def test_merged_lora_weights_are_the_adapted_model_and_export_to_transformers(
     from peft import PeftModel
 
     from model.processor import ImageProcessor
+    from model.run import load_run
     from model.task_format import TaskFormat
-    from train.evaluate import load_model
 
     run = tmp_path / "lora"
     _ok(_finetune(pretrained, task_sources, run, "lora"))
-    merged, _ = load_model(str(run))
+    merged, _ = load_run(run)
     fmt = TaskFormat(tokenizer, merged.config.latent_query_num, 128)
     image = Image.new("RGB", (320, 240), "white")
     ImageDraw.Draw(image).text((12, 200), "TOTAL 12.50", fill="black")
@@ -243,7 +243,7 @@ def test_merged_lora_weights_are_the_adapted_model_and_export_to_transformers(
     # full fine-tuning from that Hugging Face folder: the vision encoder stays as it was
     full = tmp_path / "full"
     _ok(_finetune(tmp_path / "hf", task_sources, full, "full", steps=2))
-    before = load_model(str(tmp_path / "hf"))[0].state_dict()
+    before = load_run(tmp_path / "hf")[0].state_dict()
     after = torch.load(full / "model.pt", weights_only=True)
     vision = [k for k in before if k.startswith("vision_model.")]
     assert vision and all(torch.equal(before[k], after[k]) for k in vision)
@@ -293,12 +293,12 @@ def _ocreval_fixture(root: Path, kind: str, n: int = 2) -> list[list[dict]]:
 def test_ocreval_subsets_evaluate_in_their_own_layouts(pretrained, tmp_path, kind):
     """FUNSD, SROIE and CORD fixtures: recognised by their folders, their lines and boxes read as written, and
     scored end to end by train.evaluate on the text-recognition task."""
-    from train import ocreval
+    from train.pages import detect_ocreval, ocreval_pages
 
     root = tmp_path / kind
     written = _ocreval_fixture(root, kind)
-    assert ocreval.detect(root) == kind
-    read = ocreval.pages(root, kind, 10)
+    assert detect_ocreval(root) == kind
+    read = ocreval_pages(root, kind, 10)
     assert [p.lines for p in read] == [
         [{"text": ln["text"], "bbox": [float(v) for v in ln["bbox"]]} for ln in lines] for lines in written
     ]

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from data_pipeline.storage import read_manifest
+from data_pipeline.manifest import read_manifest
 from model.processor import ImageProcessor
 from model.task_format import TaskFormat
-from train.loader import BatchStream, LoaderState, SourceSpec, make_loader
+from train.loader import BatchStream, LoaderState, make_loader
+from train.samples import SourceSpec
 
 
 @pytest.fixture(scope="module")

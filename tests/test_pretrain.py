@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from train.setup import ConfigError, batch_math, lr_lambda
+from train.engine import lr_lambda
+from train.setup import ConfigError, batch_math
 
 ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
 
@@ -442,8 +443,9 @@ def test_capacity_planner():
     """The planner's CLI prints the fitting plan and the stages' days; for an 80 GB and a 40 GB GPU the plan it
     chooses fits by the memory model with 10% headroom (the 40 GB one by recomputing or a smaller micro
     batch), and its hardware FLOPs count padding and recomputation."""
+    from configs.compose import compose_app
     from launch.plan import GPUS, plan_run
-    from model.config import compose_app, config_from_dict
+    from model.config import config_from_dict
     from model.memory import estimate
 
     r = subprocess.run(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -156,34 +157,67 @@ READS = 0.25  # held-out exact match a reading model passes
 CHANCE = 0.1
 
 
-def _chain(tmp_path: Path) -> dict:
-    from benchmarks import learning
+ROOT = Path(__file__).resolve().parents[1]
+# The planted fault, the kind the chain test exists to catch: the loader's batches pair each target with the
+# next sample's image.
+PLANTED = """
+import json, sys
+from benchmarks import learning
+from train.samples import collate
 
-    return learning.run(learning.compose([*CHAIN, f"out={tmp_path / 'run'}"]), quiet=True)["final"]
+def mispaired(items, pad_id):
+    batch = collate(items, pad_id)
+    batch["flattened_patches"] = batch["flattened_patches"].roll(1, dims=0)
+    return batch
+
+learning.collate = mispaired
+print(json.dumps(learning.run(learning.compose(sys.argv[1:]), threads=1, quiet=True)["final"]))
+"""
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory) -> dict[str, dict]:
+    """The chain test's run and the same run with the planted fault, side by side with a thread each: their
+    final held-out figures."""
+    tmp = tmp_path_factory.mktemp("chain")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = {
+        "reads": ["-m", "benchmarks.learning", "--threads", "1", *CHAIN, f"out={tmp / 'reads'}"],
+        "mispaired": ["-c", PLANTED, *CHAIN, f"out={tmp / 'mispaired'}"],
+    }
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, args in runs.items()
+    }
+    outputs = {name: proc.communicate(timeout=900) for name, proc in procs.items()}
+    for name, proc in procs.items():
+        assert proc.returncode == 0, (name, outputs[name][1][-3000:])
+    return {
+        "reads": json.loads((tmp / "reads" / "summary.json").read_text())["final"],
+        "mispaired": json.loads(outputs["mispaired"][0].splitlines()[-1]),
+    }
 
 
 @pytest.mark.slow
-def test_a_model_trained_from_scratch_reads_held_out_letters(tmp_path):
+def test_a_model_trained_from_scratch_reads_held_out_letters(chain):
     """The whole chain (snippet samples, shard encoding, the loader's encoder and collate, the task format, the
     model, greedy generation and its parsing) learns to read: held-out random strings are read exactly well above
     chance, and the same model given other snippets' images (the control) stays at chance."""
-    final = _chain(tmp_path)
+    final = chain["reads"]
     assert final["em"] >= READS and final["control_em"] <= CHANCE, final
     assert final["val_loss"] < 0.5 * final["val_loss_shuffled"], final
 
 
 @pytest.mark.slow
-def test_the_chain_test_fails_when_images_and_texts_are_mispaired(tmp_path, monkeypatch):
-    """A planted fault, the kind the chain test exists to catch: the loader's batches pair each target with the
-    next sample's image. The same run then reads nothing: exact match stays at chance, under the threshold."""
-    from benchmarks import learning
-    from train.loader import collate
-
-    def mispaired(items, pad_id):
-        batch = collate(items, pad_id)
-        batch["flattened_patches"] = batch["flattened_patches"].roll(1, dims=0)
-        return batch
-
-    monkeypatch.setattr(learning, "collate", mispaired)
-    final = _chain(tmp_path)
+def test_the_chain_test_fails_when_images_and_texts_are_mispaired(chain):
+    """A planted fault (PLANTED: each target paired with the next sample's image in the loader's batches): the
+    same run then reads nothing: exact match stays at chance, under the threshold."""
+    final = chain["mispaired"]
     assert final["em"] < READS and final["em"] <= CHANCE, final

@@ -14,14 +14,15 @@ from pathlib import Path
 import pytest
 
 from data_pipeline import storage
-from data_pipeline.storage import UnreadableShard, iter_samples, read_manifest
+from data_pipeline.manifest import _MANIFESTS, parse_manifest, read_manifest
+from data_pipeline.storage import UnreadableShard, iter_samples
 from tests.servers import http_server, s3_server, upload
 from tests.test_pretrain import ENV, _metrics, _train
 
 
 def _digest(root: str) -> list[tuple[str, str]]:
     """(key, hash of its members) of every sample of a build, in manifest order."""
-    storage._MANIFESTS.pop(root, None)
+    _MANIFESTS.pop(root, None)
     manifest = read_manifest(root)
     out = []
     for i in range(len(manifest)):
@@ -66,7 +67,7 @@ def test_http_faults_are_retried_then_counted_and_passed_over(
         assert served["shard-00002.tar"] == storage.RETRIES + 1
         assert len(list(iter_samples(f"{url}/shard-00003.tar"))) == 4 and served["shard-00003.tar"] == 2
         served.clear()
-        storage._MANIFESTS.pop(url, None)
+        _MANIFESTS.pop(url, None)
         batches = _take(
             _stream({"a": url, "b": root}, tokenizer, weights=(1.0, 0.0), slots=1), 8
         )  # 16 samples
@@ -164,7 +165,7 @@ def test_slots_read_a_small_source_once_in_all(synthetic_shards):
 def test_a_manifest_of_millions_of_shards_is_held_in_arrays():
     names = b",".join(b'{"url": "shard-%07d.tar", "nsamples": 140}' % i for i in range(1_000_000))
     data = b'{"__kind__": "wids-shard-index-v1", "source": "pdf", "shardlist": [' + names + b"]}"
-    m = storage.parse_manifest("s3://bucket/pdf", data, ["pdf/x/00000"])
+    m = parse_manifest("s3://bucket/pdf", data, ["pdf/x/00000"])
     assert len(m) == 1_000_000 and m.samples == 140_000_000 and m.source == "pdf"
     assert m.url(123456) == "s3://bucket/pdf/shard-0123456.tar"
     assert m.names.nbytes + m.nsamples.nbytes < 30 * 2**20

@@ -296,7 +296,7 @@ def test_emoji_and_cjk_are_drawn_not_tofu(tmp_path):
     from omegaconf import OmegaConf
     from PIL import ImageChops
 
-    from data_pipeline.render.browser import words_to_lines
+    from data_pipeline.render.tiles import words_to_lines
 
     page = tmp_path / "glyphs.html"
     page.write_text(

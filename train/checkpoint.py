@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from model import run as model_run
+
 COMMIT = "commit.json"
 LATEST = "latest"
 UNIVERSAL = "universal"
@@ -52,10 +54,9 @@ def meta(ckpt_dir: Path, tag: str) -> dict:
     """What a complete checkpoint records: step, world size, data slots, ZeRO stage."""
     folder = Path(ckpt_dir) / tag
     record = folder / COMMIT
-    if record.exists():
-        return json.loads(record.read_text())
-    # written before commit records existed: as many ranks as loader states
-    return {"step": int(tag.removeprefix("step")), "world": len(list(folder.glob("loader_rank*.json")))}
+    if not record.exists():
+        raise FileNotFoundError(f"{folder}: no {COMMIT} (a save that did not complete)")
+    return json.loads(record.read_text())
 
 
 def complete(ckpt_dir: Path) -> list[str]:
@@ -229,3 +230,16 @@ class Checkpoints:
 
 class CheckpointError(RuntimeError):
     pass
+
+
+def zero_state(ckpt_dir: Path, tag: str) -> dict:
+    """Full fp32 weights gathered from the ZeRO checkpoint `ckpt_dir/tag` (any stage, any world size)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    return get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag)
+
+
+def load_run(checkpoint: str | Path, tokenizer: str | None = None):
+    """`model.run.load_run` that also reads DeepSpeed checkpoints: a run folder (its `model.pt`, else its latest
+    checkpoint), one checkpoint folder, or a Hugging Face directory → (model, tokenizer)."""
+    return model_run.load_run(checkpoint, tokenizer, zero_reader=zero_state)

@@ -367,9 +367,9 @@ def main(argv: list[str] | None = None) -> int:
               "n=8", "max_new_tokens=200", "draw=6", f"max_length={args.max_length}"])  # fmt: skip
 
     timed("evaluation", evaluate)
-    from train.evaluate import load_model
+    from train.checkpoint import load_run
 
-    args.params = load_model(str(out / "mixed"))[0].num_parameters()
+    args.params = load_run(out / "mixed")[0].num_parameters()
     stages = [("warmup", args.warmup_steps)] if args.warmup_steps else []
     stages += [("layout", args.layout_steps), ("mixed", args.mixed_steps)]
     report = write_report(out, counts, timings, stages, args)

@@ -21,206 +21,30 @@ in red over the reference boxes in green).
 
 from __future__ import annotations
 
-import glob
 import json
-import posixpath
 import random
 import sys
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
 
-from data_pipeline.schema import decode_sample
-from data_pipeline.storage import Manifest, UnreadableShard, is_remote, iter_samples, read_manifest
 from model.kosmos import Kosmos25
 from model.processor import ImageProcessor
 from model.task_format import LayoutError, PromptError, TaskFormat
 from model.tokenizer import Tokenizer
-from train.loader import collate
+from train.checkpoint import load_run
+from train.pages import EvalPage, load_pages
+from train.samples import collate
 from train.scoring import anls, exact_match, layout_scores, markdown_scores
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 METRICS = {
     "ocr": ("precision", "recall", "f1", "iou", "ned"),
     "md": ("ned", "nted"),
     "prompt": ("anls", "em"),
 }
 TASK_TITLES = (("ocr", "Text recognition"), ("md", "Image to markdown"), ("prompt", "Prompted tasks"))
-
-
-@dataclass
-class EvalPage:
-    key: str
-    source: str
-    image: Image.Image
-    lines: list[dict] | None = None  # layout label, boxes in `image` pixels
-    markdown: str | None = None
-    prompt: str | None = (
-        None  # a prompted task (fine-tuning): the prompt, its target, the answers scored against
-    )
-    target: str | None = None
-    answers: list[str] | None = None
-
-    def tasks(self) -> list[str]:
-        labels = (("ocr", self.lines), ("md", self.markdown), ("prompt", self.prompt))
-        return [t for t, label in labels if label is not None]
-
-
-# --------------------------------------------------------------------- data
-
-
-def _page_from_sample(members: dict, source: str) -> EvalPage | None:
-    sample = decode_sample(members)
-    if sample.image_key is None:
-        return None
-    page = EvalPage(sample.key, source, sample.image().convert("RGB"), sample.lines, sample.md)
-    if sample.prompt is not None:
-        page.prompt, page.target, page.answers = sample.prompt, sample.target, sample.answers
-    return page
-
-
-def shard_pages(shards, source: str | None, n: int, manifest: Manifest | None = None) -> list[EvalPage]:
-    """Up to `n` labelled pages from the shards (paths or URLs) in order; `manifest`: leave out the keys its
-    dedup pass dropped. An unreadable shard is named and passed over."""
-    pages = []
-    for shard in shards:
-        try:
-            for sample in iter_samples(shard):
-                if manifest is not None and manifest.dropped(sample["__key__"]):
-                    continue
-                name = (
-                    source
-                    or json.loads(sample.get("meta.json", b"{}") or b"{}").get("source")
-                    or posixpath.basename(posixpath.dirname(str(shard)))
-                )
-                try:
-                    page = _page_from_sample(sample, name)
-                except (OSError, ValueError, KeyError) as e:
-                    print(f"warning: {shard}: sample {sample['__key__']}: {e}; skipped", file=sys.stderr)
-                    continue
-                if page is not None:
-                    pages.append(page)
-                if len(pages) >= n:
-                    return pages
-        except UnreadableShard as e:
-            print(f"warning: {e.url}: unreadable shard ({e.reason}); skipped", file=sys.stderr)
-    return pages
-
-
-def manifest_pages(root: str, source: str | None, n: int) -> list[EvalPage]:
-    """Up to `n` labelled pages of the build at `root` (a folder or a URL)."""
-    manifest = read_manifest(root)
-    shards = (manifest.url(i) for i in range(len(manifest)))
-    return shard_pages(shards, source or manifest.source, n, manifest)
-
-
-def _folder_pages(folder: Path, n: int) -> list[EvalPage]:
-    pages = []
-    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-        layout, md = path.with_suffix(".layout.json"), path.with_suffix(".md")
-        if not layout.exists() and not md.exists():
-            continue
-        image = Image.open(path).convert("RGB")
-        lines = json.loads(layout.read_text())["lines"] if layout.exists() else None
-        pages.append(EvalPage(path.stem, folder.name, image, lines, md.read_text() if md.exists() else None))
-        if len(pages) >= n:
-            break
-    return pages
-
-
-def load_pages(data: str, n: int, fmt: str = "auto") -> list[EvalPage]:
-    """Up to `n` labelled pages per source from shards, a build folder, a sources JSON, an image folder or an
-    OCREval subset in its own layout (`fmt`: funsd, sroie, cord, or auto to recognise them; `train.ocreval`)."""
-    from train import ocreval
-
-    path = Path(data)
-    kind = ocreval.detect(path) if fmt == "auto" and path.is_dir() else (None if fmt == "auto" else fmt)
-    if kind is not None:
-        return ocreval.pages(path, kind, n)
-    if path.suffix == ".json" and path.is_file():  # the trainer's sources: each entry scored on its own task
-        pages = []
-        for entry in json.loads(path.read_text()):
-            for page in manifest_pages(entry["root"], entry["name"], n):
-                task = entry.get("task")
-                page.lines = page.lines if task == "ocr" else None
-                page.markdown = page.markdown if task == "md" else None
-                page.prompt = page.prompt if task == "prompt" else None
-                if page.tasks():
-                    pages.append(page)
-        return pages
-    if (is_remote(data) and not data.endswith(".tar")) or (
-        path.is_dir() and (path / "manifest.json").exists()
-    ):
-        return manifest_pages(data, None, n)
-    if path.is_dir():
-        pages = _folder_pages(path, n)
-        if not pages:
-            raise FileNotFoundError(f"{path}: no labelled images (page.png with page.layout.json or page.md)")
-        return pages
-    if is_remote(data):
-        shards = [data]
-    else:
-        shards = sorted(glob.glob(data)) if any(c in data for c in "*?[") else [data]
-        missing = [s for s in shards if not Path(s).exists()]
-        if not shards or missing:
-            raise FileNotFoundError(f"{data}: no such shard, folder or file {' '.join(missing[:3])}".rstrip())
-    by_source: dict[str, list[EvalPage]] = defaultdict(list)
-    for page in shard_pages(shards, None, 10**9):
-        if len(by_source[page.source]) < n:
-            by_source[page.source].append(page)
-    return [p for group in by_source.values() for p in group]
-
-
-# -------------------------------------------------------------------- model
-
-
-def load_model(checkpoint: str, tokenizer: str | None = None) -> tuple[Kosmos25, Tokenizer]:
-    """A trained model and its tokenizer from a run, a checkpoint folder or a Hugging Face directory."""
-    from omegaconf import OmegaConf
-
-    from model.config import config_from_dict
-
-    path = Path(checkpoint)
-    if (path / "config.json").exists():  # Hugging Face save_pretrained directory
-        from model.hf import load_hf
-
-        proc = path / "preprocessor_config.json"
-        overrides = {}
-        if proc.exists():
-            overrides["max_patches"] = int(json.loads(proc.read_text()).get("max_patches", 4096))
-        tok = Tokenizer(tokenizer or path)
-        return load_hf(path, **overrides), tok
-    run_dir, tag = path, None
-    if (path / "mp_rank_00_model_states.pt").exists() or list(path.glob("*model_states.pt")):
-        run_dir, tag = path.parents[1], path.name  # runs/x/checkpoints/stepN
-    cfg_file = run_dir / "config.yaml"
-    if not cfg_file.exists():
-        raise FileNotFoundError(
-            f"{path}: not a run directory, checkpoint folder or Hugging Face directory (no config.yaml or config.json)"
-        )
-    cfg = OmegaConf.load(cfg_file)
-    tok = Tokenizer(tokenizer or cfg.tokenizer)
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    model_cfg.setdefault("text", {})["vocab_size"] = tok.vocab_size
-    model = Kosmos25(config_from_dict(model_cfg))
-    weights = run_dir / "model.pt"
-    if tag is None and weights.exists():
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        origin = str(weights)
-    else:
-        ckpt_dir = run_dir / "checkpoints"
-        tag = tag or ((ckpt_dir / "latest").read_text().strip() if (ckpt_dir / "latest").exists() else None)
-        if tag is None:
-            raise FileNotFoundError(f"{run_dir}: neither model.pt nor a checkpoint")
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-
-        state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag)
-        origin = str(ckpt_dir / tag)
-    model.load_full_state_dict(state, origin)
-    return model.eval(), tok
 
 
 # ---------------------------------------------------------------- evaluator
@@ -449,7 +273,7 @@ def evaluate(
 ) -> dict:
     from tqdm import tqdm
 
-    model, tok = load_model(checkpoint, tokenizer)
+    model, tok = load_run(checkpoint, tokenizer)
     model.to(device)
     pages = load_pages(data, n, fmt)
     ev = Evaluator(model, tok, min(max_length, model.config.text.max_position_embeddings), batch)
@@ -500,7 +324,7 @@ def evaluate(
 
 
 def main(argv: list[str]) -> int:
-    from model.config import compose_app
+    from configs.compose import compose_app
 
     try:
         cfg = compose_app("evaluate", argv)

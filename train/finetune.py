@@ -18,15 +18,16 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from train.pretrain import CONFIG_DIR, finish, run
+from configs.compose import CONFIG_DIR
+from train.pretrain import finish, run
 
 
 def prepare(cfg: DictConfig):
     """The pre-trained weights and the config they imply: `model` set to init's shape, `tokenizer` to init's."""
-    from train.evaluate import load_model
+    from train.checkpoint import load_run
     from train.tuning import Tuner
 
-    model, tok = load_model(str(cfg.init), cfg.get("tokenizer"))
+    model, tok = load_run(str(cfg.init), cfg.get("tokenizer"))
     shape = dataclasses.asdict(model.config)
     shape.pop("activation_checkpointing", None)
     OmegaConf.update(cfg, "model", shape, merge=True)
@@ -34,7 +35,7 @@ def prepare(cfg: DictConfig):
     return Tuner(cfg, model.state_dict())
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="finetune", version_base="1.3")
+@hydra.main(config_path=str(CONFIG_DIR), config_name="finetune", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     try:
         tuner = prepare(cfg)

@@ -10,14 +10,13 @@ state — per source: epoch, position in its part, samples consumed in the curre
 generator; counters — travels with every batch, so the trainer always holds the state that matches the
 last batch it took, and a checkpoint stores it. A shard that cannot be read (after retries, when remote) is
 named on stderr, counted as `unreadable_shard`, and passed over. Image processing and tokenisation happen
-in the worker; a sample that cannot be decoded or encoded is skipped and counted by reason, over-long
+in the worker (`train/samples.py`); a sample that cannot be decoded or encoded is skipped and counted by reason, over-long
 targets are truncated and counted.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import random
 import sys
 import zlib
@@ -27,25 +26,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from PIL import UnidentifiedImageError
 
-from data_pipeline.schema import decode_sample
-from data_pipeline.storage import Manifest, UnreadableShard, iter_samples, read_manifest
-from model.kosmos import IGNORE_INDEX
+from data_pipeline.manifest import Manifest, read_manifest
+from data_pipeline.storage import UnreadableShard, iter_samples
 from model.processor import ImageProcessor
-from model.task_format import LayoutError, PromptError, TaskFormat
-
-
-@dataclass
-class SourceSpec:
-    name: str
-    root: str  # a build's output folder or URL (manifest.json inside): see data_pipeline/storage.py
-    weight: float
-    task: str  # "ocr", "md" or "prompt" (fine-tuning): which target a sample of this source is trained on
-
-    def __post_init__(self):
-        self.root = str(self.root)
-
+from model.task_format import TaskFormat
+from train.batch_plan import batch_plan
+from train.samples import Encoder, SourceSpec, label_size, micro_batches
 
 _PERMS: dict[tuple, np.ndarray] = {}
 
@@ -194,91 +181,6 @@ class MixtureStream:
             yield spec, sample
 
 
-class Encoder:
-    """A raw shard sample → model inputs (image processing + task serialisation), or a skip reason."""
-
-    def __init__(self, fmt: TaskFormat, processor: ImageProcessor, patch_dtype: torch.dtype = torch.float32):
-        self.fmt, self.processor, self.patch_dtype = fmt, processor, patch_dtype
-
-    def __call__(self, spec: SourceSpec, members: dict) -> dict | str:
-        sample = decode_sample(members)
-        if sample.image_key is None:
-            return "no_image"
-        try:
-            image = sample.image()
-        except (UnidentifiedImageError, OSError, SyntaxError):
-            return "bad_image"
-        try:
-            page = self.processor(image)
-        except ValueError:
-            return "bad_image"
-        try:
-            if spec.task == "ocr":
-                if sample.layout is None:
-                    return "no_layout"
-                enc = self.fmt.encode_layout(
-                    sample.lines, (image.width, image.height), (page.width, page.height)
-                )
-            elif spec.task == "prompt":  # a fine-tuning task: prompt.txt and target.txt
-                if sample.prompt is None or sample.target is None:
-                    return "no_prompt"
-                enc = self.fmt.encode_prompted(sample.prompt, sample.target)
-            else:
-                if sample.md is None:
-                    return "no_markdown"
-                enc = self.fmt.encode_markdown(sample.md)
-        except PromptError:
-            return "prompt_too_long"
-        except (LayoutError, json.JSONDecodeError, UnicodeDecodeError, KeyError):
-            return "bad_label"
-        return {
-            "key": sample.key,
-            "source": spec.name,
-            "task": enc.task,
-            "truncated": enc.truncated,
-            "flattened_patches": page.flattened_patches.to(self.patch_dtype),  # cast here, in the worker
-            **enc.tensors(),
-        }
-
-
-def collate(items: list[dict], pad_id: int) -> dict:
-    """Right-padded batch: no attention mask is needed under the causal mask (see model/decoder.py)."""
-    n = max(len(it["input_ids"]) for it in items)
-
-    def pad(key, value):
-        return torch.stack(
-            [torch.nn.functional.pad(it[key], (0, n - len(it[key])), value=value) for it in items]
-        )
-
-    return {
-        "flattened_patches": torch.stack([it["flattened_patches"] for it in items]),
-        "input_ids": pad("input_ids", pad_id),
-        "labels": pad("labels", IGNORE_INDEX),
-        "image_embeds_position_mask": pad("image_embeds_position_mask", 0),
-        "lengths": [len(it["input_ids"]) for it in items],  # real positions (the rest is padding)
-        "patches": [int((it["flattened_patches"].sum(dim=-1) != 0).sum()) for it in items],  # real patches
-        "keys": [it["key"] for it in items],
-        "sources": [it["source"] for it in items],
-        "tasks": [it["task"] for it in items],
-    }
-
-
-def label_size(fmt: TaskFormat, spec: SourceSpec, members: dict) -> int:
-    """A sample's target length in tokens, known without decoding its image (0 when its label is bad: the
-    encoder counts it when its turn comes)."""
-    sample = decode_sample(members)
-    try:
-        if spec.task == "ocr":
-            layout = sample.layout
-            size = (int(layout.get("width") or 1), int(layout.get("height") or 1))
-            return len(fmt.encode_layout(layout["lines"], size, size).tensors()["input_ids"])
-        if spec.task == "prompt":
-            return len(fmt.encode_prompted(sample.prompt, sample.target).input_ids)
-        return len(fmt.encode_markdown(sample.md).tensors()["input_ids"])
-    except (KeyError, ValueError, TypeError, AttributeError, LayoutError, UnicodeDecodeError):
-        return 0
-
-
 class SlotWindow:
     """One slot's samples, `per_slot` a step, through a look-ahead window: `window` samples read ahead, ordered
     by their target's length in tokens (from the label alone), and given out `per_slot` at a time from places
@@ -324,80 +226,6 @@ class SlotWindow:
             self.index, self.given, self.held = self.index + 1, 0, None
             self.start = self.stream.state.to_dict()
         return out
-
-
-@dataclass(frozen=True)
-class BatchPlan:
-    """How a global batch is cut. The data is `slots` independent streams; each step takes `per_slot` samples
-    from every slot, so a global batch holds the same samples whatever the number of ranks and workers. Slot s
-    belongs to rank s mod world (ranks differ by at most one slot when the world does not divide the slots:
-    the loss is normalised by the global batch's target tokens, so uneven ranks give the same update). Every
-    rank runs `accumulation` micro batches of at most `micro` samples."""
-
-    global_batch: int
-    world: int
-    slots: int
-    per_slot: int
-    accumulation: int
-    micro: int
-
-    def rank_slots(self, rank: int) -> range:
-        return range(rank, self.slots, self.world)
-
-    def rank_samples(self, rank: int) -> int:
-        return len(self.rank_slots(rank)) * self.per_slot
-
-    def describe(self) -> str:
-        lo, hi = self.rank_samples(self.world - 1), self.rank_samples(0)
-        if lo == hi == self.micro * self.accumulation:
-            return f"micro {self.micro} x accumulation {self.accumulation} x {self.world} ranks"
-        share = f"{lo}-{hi}" if lo != hi else str(hi)
-        return (
-            f"{self.world} ranks x {share} samples (accumulation {self.accumulation} of micro batches of up to "
-            f"{self.micro})"
-        )
-
-
-def default_slots(global_batch: int, micro: int, world: int) -> int:
-    """The fewest slots that fill the micro batches by themselves: the smallest divisor of the global batch that
-    is at least its micro batches and the world size and leaves no rank more than 5% above the mean (slots are
-    dealt whole); the global batch itself, one slot per sample, when no divisor does."""
-    least = max(-(-global_batch // micro), world)
-    return next(
-        (
-            n
-            for n in range(least, global_batch + 1)
-            if global_batch % n == 0 and -(-n // world) * world <= 1.05 * n
-        ),
-        global_batch,
-    )
-
-
-def batch_plan(global_batch: int, micro: int, world: int, slots: int | None = None) -> BatchPlan:
-    """The plan of a global batch of `global_batch` samples on `world` ranks with micro batches of at most
-    `micro` samples. `slots` defaults to one per micro batch (global / micro), or one per rank when there are
-    more ranks, raised to a divisor of the global batch that deals evenly (`default_slots`): a slot then fills a
-    micro batch by itself, from one place of its look-ahead window, and the global batches are the same on
-    every world size that keeps that count. Raises ValueError when no plan exists (a slot count that does not
-    divide the global batch, more ranks than slots)."""
-    if global_batch < 1 or micro < 1 or world < 1:
-        raise ValueError(
-            f"batch {global_batch}, micro batch {micro} and {world} ranks must all be at least 1"
-        )
-    slots = int(slots or default_slots(global_batch, micro, world))
-    if global_batch % slots:
-        raise ValueError(
-            f"data.slots={slots} must divide trainer.train_batch_size={global_batch}: every step takes the same "
-            "number of samples from each slot (leave data.slots unset for the default)"
-        )
-    if world > slots:
-        raise ValueError(
-            f"{world} ranks but {slots} data slots: each rank needs at least one (raise data.slots)"
-        )
-    per_slot = global_batch // slots
-    most = -(-slots // world) * per_slot
-    accumulation = -(-most // micro)
-    return BatchPlan(global_batch, world, slots, per_slot, accumulation, -(-most // accumulation))
 
 
 class BatchStream(torch.utils.data.IterableDataset):
@@ -472,36 +300,6 @@ class BatchStream(torch.utils.data.IterableDataset):
                     out["order"] = (slot, n)
                     items.append(out)
             yield {"items": items, "states": {k: win.state() for k, win in windows.items()}}
-
-
-def cut(items: list, parts: int) -> list[list]:
-    """`items` in `parts` consecutive runs of near-equal size (some empty when there are fewer items)."""
-    return [items[i * len(items) // parts : (i + 1) * len(items) // parts] for i in range(parts)]
-
-
-def micro_batches(
-    items: list[dict], accumulation: int, pad_id: int, template: dict | None = None
-) -> list[dict]:
-    """A rank's samples of a step, ordered by target length (ties by slot), cut into `accumulation`
-    consecutive micro batches of near-equal size: neighbours in length share a batch, so little is padded.
-    A rank with fewer samples than micro batches (uneven ranks, micro batch 1) runs its missing ones on a
-    copy of a sample with no target token: nothing is learned from it, the ranks stay in step."""
-    items = sorted(items, key=lambda it: (len(it["input_ids"]), it["order"]))
-    out = []
-    for chunk in cut(items, accumulation):
-        if not chunk:
-            like = items[0] if items else template
-            if like is None:
-                raise RuntimeError(
-                    "a step without a single readable sample: check the sources and their tasks"
-                )
-            blank = dict(like, labels=torch.full_like(like["labels"], IGNORE_INDEX))
-            batch = collate([blank], pad_id)
-            batch.update(keys=[], lengths=[], patches=[])  # nothing of it is a sample
-        else:
-            batch = collate(chunk, pad_id)
-        out.append(batch)
-    return out
 
 
 def _die_with_parent(_worker_id: int) -> None:

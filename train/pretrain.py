@@ -24,9 +24,9 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from configs.compose import CONFIG_DIR
 from model.config import register_hydra_presets
 
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 register_hydra_presets()  # the `model` group: the presets of model/config.py as structured configs
 
 
@@ -35,17 +35,11 @@ def run(cfg: DictConfig, tuner=None) -> int:
     from model.processor import ImageProcessor
     from model.task_format import TaskFormat
     from train import checkpoint, faults
+    from train.engine import build_engine, start_distributed
     from train.guard import BadSteps
     from train.loader import BatchStream, LoaderState, make_loader
     from train.metrics import MetricsLogger, log_sample_keys, report_bad_step
-    from train.setup import (
-        ConfigError,
-        build_engine,
-        build_model,
-        checkpoint_every,
-        prepare,
-        start_distributed,
-    )
+    from train.setup import ConfigError, build_model, checkpoint_every, prepare
     from train.step import Prefetch, skipped_samples, train_step
     from train.validation import Validation, full_state
     from train.watchdog import Watchdog
@@ -227,7 +221,7 @@ def run(cfg: DictConfig, tuner=None) -> int:
     return 0
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="pretrain", version_base="1.3")
+@hydra.main(config_path=str(CONFIG_DIR), config_name="pretrain", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     finish(run(cfg))
 

@@ -9,7 +9,8 @@ class Validation:
     and logged with their predicted boxes."""
 
     def __init__(self, cfg, engine, tok, specs, model_cfg, logger, rank: int, world: int):
-        from train.evaluate import Evaluator, manifest_pages
+        from train.evaluate import Evaluator
+        from train.pages import manifest_pages
 
         self.cfg, self.engine, self.model_cfg, self.logger = cfg.eval, engine, model_cfg, logger
         self.rank, self.world = rank, world

@@ -7,8 +7,8 @@ import html
 from collections.abc import Iterator
 from pathlib import Path
 
-from data_pipeline.render.browser import LocalDocument
 from data_pipeline.render.pandoc import pandoc_html
+from data_pipeline.render.routing import LocalDocument
 from data_pipeline.schema import Sample, Skip
 from data_pipeline.sources.web import browser_samples
 

@@ -7,15 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from data_pipeline.align import markdown_words, token_iou, words
-from data_pipeline.render.browser import (
-    Browser,
-    LocalDocument,
-    PageTimeout,
-    tile_lines,
-    tile_pictures,
-    words_to_lines,
-)
+from data_pipeline.render.browser import Browser, PageTimeout
 from data_pipeline.render.html_markdown import tile_markdown
+from data_pipeline.render.routing import LocalDocument
+from data_pipeline.render.tiles import tile_lines, tile_pictures, words_to_lines
 from data_pipeline.schema import DocumentError, Sample, Skip, clean_lines
 
 EXTENSIONS = (".html", ".htm", ".xhtml")

@@ -1,0 +1,38 @@
+"""Composing the configs outside `@hydra.main`: `compose_app("evaluate", overrides)` reads
+`configs/tools/evaluate.yaml` with command-line overrides by Hydra's rules (as for training: an unknown key or
+a badly typed value is refused), the model presets registered as the `model` group. `ConfigError` is what
+every entry point raises for a config value it refuses, naming the key, before any work starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from model.config import register_hydra_presets
+
+CONFIG_DIR = Path(__file__).resolve().parent
+
+
+class ConfigError(ValueError):
+    """A config value refused before any work starts; the message names the key."""
+
+
+def compose_app(name: str, overrides: list[str]):
+    """The config `configs/tools/<name>.yaml` with command-line `overrides`. Raises ValueError with Hydra's
+    message, or naming the required keys left unset. Hydra is imported here only: the model library does not
+    need it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    register_hydra_presets()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR / "tools"), version_base="1.3"):
+            cfg = compose(name, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as e:
+        cause = f": {e.__cause__}" if e.__cause__ else ""
+        raise ValueError(f"{e}{cause}".strip()) from None
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ValueError(f"required: {', '.join(f'{k}=...' for k in missing)}")
+    return cfg

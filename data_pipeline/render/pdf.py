@@ -22,12 +22,15 @@ _SUBPIXEL = 16
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def open_pdf(path: str | Path, max_pages: int) -> pymupdf.Document:
-    """Open a PDF or raise `DocumentError` with the counted reason."""
+def open_pdf(path: str | Path, max_pages: int, data: bytes | None = None) -> pymupdf.Document:
+    """Open a PDF (the file at `path`, or `data`, the bytes of one that `path` names) or raise `DocumentError`
+    with the counted reason."""
     try:
-        if Path(path).stat().st_size == 0:
+        if (len(data) if data is not None else Path(path).stat().st_size) == 0:
             raise DocumentError("empty_file", str(path))
-        doc = pymupdf.open(path, filetype="pdf")
+        doc = (
+            pymupdf.open(path, filetype="pdf") if data is None else pymupdf.open(stream=data, filetype="pdf")
+        )
     except DocumentError:
         raise
     except (pymupdf.FileDataError, RuntimeError, ValueError) as e:

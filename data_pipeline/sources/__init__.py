@@ -6,7 +6,20 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-SOURCES = ("pdf", "scan", "powerpoint", "arxiv", "web", "html", "readme", "docx", "synthetic", "tasks")
+SOURCES = (
+    "pdf",
+    "scan",
+    "powerpoint",
+    "arxiv",
+    "web",
+    "html",
+    "readme",
+    "docx",
+    "synthetic",
+    "tasks",
+    "idl_wds",
+    "pdfa_wds",
+)
 
 
 def get_source(name: str) -> ModuleType:

@@ -1,0 +1,71 @@
+"""The corpus from where it lives: open page corpora imported from their own webdataset layout."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from data_pipeline.demo_corpus import make_pdf
+from data_pipeline.fixtures import corpus_json, pdf_page_lines, pixparse_tar
+from tests.test_build_pdf import build, read_shards, summary
+
+
+@pytest.mark.parametrize(
+    "source,corpus", [("idl_wds", "pixparse/idl-wds"), ("pdfa_wds", "pixparse/pdfa-eng-wds")]
+)
+def test_a_page_corpus_tar_builds_every_page_with_the_corpus_lines(tmp_path, source, corpus):
+    """Three PDFs of four pages in a tar of the corpus's layout: every page is rendered and labelled with the
+    corpus's lines as written (order, text, boxes scaled to the rendering, inside the page); the page without a
+    text layer gets the corpus's OCR line and no agreement figure, the others agree with their text layer
+    exactly; an empty line, a box off the page, a sample without its PDF and one with broken JSON are counted."""
+    src, truth, pdf = tmp_path / "in", {}, b""
+    documents = {}
+    for i in range(3):
+        pdf = make_pdf(tmp_path / f"d{i}.pdf", seed=40 + i).read_bytes()
+        pages = pdf_page_lines(pdf)
+        assert [bool(p) for p in pages] == [True, True, True, False]  # the last page is an image only
+        pages[3] = [{"text": "words a scanner read", "bbox": [0.1, 0.2, 0.5, 0.04]}]
+        truth[f"{i:07d}"] = [[dict(ln) for ln in p] for p in pages]
+        if i == 0:
+            pages[0].insert(1, {"text": "  ", "bbox": [0.1, 0.1, 0.2, 0.02]})
+            pages[0].append({"text": "beyond the page", "bbox": [1.05, 0.5, 0.2, 0.02]})
+        documents[f"{i:07d}"] = (pdf, corpus_json(pages))
+    documents["0000007"] = (None, corpus_json([[{"text": "no pdf", "bbox": [0, 0, 1, 1]}]]))
+    documents["0000008"] = (pdf, b'{"pages": [')
+    pixparse_tar(src / "shard-00000.tar", documents)
+
+    out = tmp_path / "out"
+    opts = [
+        f"source={source}",
+        f"input={src}",
+        f"output={out}",
+        "workers=1",
+        "filters.languages=all",
+        "dedup=false",
+        "max_error_rate=0.5",  # 2 broken samples of 14 pages, on purpose
+    ]
+    s = summary(build(*opts))
+    assert s["samples"] == 12, s
+    assert s["errors"] == {"corpus_incomplete": 1, "corpus_bad_json": 1}, s
+    assert s["skips"] == {"corpus_empty_line": 1, "corpus_box_outside": 1}, s
+    samples = read_shards(out)
+    assert len(samples) == 12
+    for key, sample in samples.items():
+        assert key.startswith(f"{source}/shard-00000/"), key
+        corpus_id, page = key.split("/")[-2], int(key.split("/")[-1])
+        meta, layout = json.loads(sample["meta.json"]), json.loads(sample["layout.json"])
+        width, height = Image.open(io.BytesIO(sample["png"])).size
+        assert (layout["width"], layout["height"]) == (width, height)
+        assert meta["corpus"] == corpus and meta["corpus_id"] == corpus_id and meta["licence"]
+        expected = truth[corpus_id][page]
+        assert [ln["text"] for ln in layout["lines"]] == [" ".join(ln["text"].split()) for ln in expected]
+        for got, want in zip(layout["lines"], expected, strict=True):
+            x0, y0, x1, y1 = got["bbox"]
+            assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height, got
+            left, top, w, h = want["bbox"]
+            scaled = [left * width, top * height, (left + w) * width, (top + h) * height]
+            assert all(abs(a - b) <= 1.0 for a, b in zip(got["bbox"], scaled, strict=True)), (got, scaled)
+        assert meta["text_layer_iou"] == (None if page == 3 else 1.0), (key, meta["text_layer_iou"])

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
+import tarfile
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from data_pipeline.demo_corpus import make_pdf
+from data_pipeline.demo_corpus import make_arxiv_pair, make_pdf
 from data_pipeline.fixtures import corpus_json, pdf_page_lines, pixparse_tar
 from tests.test_build_pdf import build, read_shards, summary
 
@@ -69,3 +72,67 @@ def test_a_page_corpus_tar_builds_every_page_with_the_corpus_lines(tmp_path, sou
             scaled = [left * width, top * height, (left + w) * width, (top + h) * height]
             assert all(abs(a - b) <= 1.0 for a, b in zip(got["bbox"], scaled, strict=True)), (got, scaled)
         assert meta["text_layer_iou"] == (None if page == 3 else 1.0), (key, meta["text_layer_iou"])
+
+
+def _gz_tar(folder: Path) -> bytes:
+    """A paper's source folder as arXiv stores a multi-file submission: a gzipped tar."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+        for f in sorted(folder.rglob("*")):
+            if f.is_file() and f.suffix in (".tex", ".bib"):
+                tar.add(f, arcname=str(f.relative_to(folder)))
+    return raw.getvalue()
+
+
+def _tar(path: Path, members: dict[str, bytes]) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 0
+            tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.slow
+def test_arxiv_bulk_tars_build_what_the_folder_layout_builds(tmp_path):
+    """A month of arXiv's bulk data (a PDF tar with two versions of one paper and a paper without source; a
+    source tar with that paper's gzipped tar and a source without PDF) builds the samples the same papers build
+    from the folder layout (`<id>.pdf` beside `<id>.gz`), the newest version's, without unpacking the tars; the
+    missing sides are counted."""
+    work = tmp_path / "work"
+    first = make_arxiv_pair(work, seed=5)
+    second = make_arxiv_pair(work, seed=6)
+    source = _gz_tar(work / "paper5")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    (folder / "1501.00001.pdf").write_bytes(first.read_bytes())
+    (folder / "1501.00001.gz").write_bytes(source)
+    (folder / "1501.00002.pdf").write_bytes(second.read_bytes())
+    bulk = tmp_path / "bulk"
+    bulk.mkdir()
+    _tar(bulk / "arXiv_pdf_1501_001.tar", {
+        "1501/1501.00001v1.pdf": second.read_bytes(),  # an older version: not built
+        "1501/1501.00001v2.pdf": first.read_bytes(),
+        "1501/1501.00002v1.pdf": second.read_bytes(),
+    })  # fmt: skip
+    _tar(bulk / "arXiv_src_1501_001.tar", {
+        "1501/1501.00001.gz": source,
+        "1501/1501.00003.gz": gzip.compress(b"\\documentclass{article}\\begin{document}x\\end{document}"),
+    })  # fmt: skip
+    opts = ["source=arxiv", "workers=1", "filters.languages=all", "dedup=false"]
+    want = summary(build(*opts, f"input={folder}", f"output={tmp_path / 'want'}"))
+    got = summary(build(*opts, f"input={bulk}", f"output={tmp_path / 'got'}"))
+    assert got["samples"] == want["samples"] > 0 and got["skips"]["no_pdf"] == 1, (got, want)
+    assert got["skips"]["no_latex_source"] == want["skips"]["no_latex_source"] == 1
+    a, b = read_shards(tmp_path / "want"), read_shards(tmp_path / "got")
+    assert sorted(a) == sorted(b)
+    for key, sample in a.items():
+        for ext in ("png", "layout.json", "md"):
+            assert sample.get(ext) == b[key].get(ext), (key, ext)
+        meta = json.loads(b[key]["meta.json"])
+        assert meta["origin"].startswith(f"{bulk / 'arXiv_pdf_1501_001.tar'}#1501/1501.0000"), meta
+    assert any("md" in s for s in b.values())
+    versions = {
+        json.loads(s["meta.json"])["arxiv_id"]: json.loads(s["meta.json"])["arxiv_version"]
+        for s in b.values()
+    }
+    assert versions == {"1501.00001": 2, "1501.00002": 1}

@@ -28,9 +28,13 @@ from data_pipeline.render import sandbox
 from data_pipeline.render.html_markdown import html_to_markdown
 from data_pipeline.render.pdf import open_pdf
 from data_pipeline.schema import DocumentError, Sample, Skip
+from data_pipeline.sources import arxiv_bulk
 from data_pipeline.sources.pdf import pdf_samples
 
-EXTENSIONS = (".pdf",)
+EXTENSIONS = (
+    ".pdf",
+    ".tar",
+)  # .tar: arXiv's bulk tars (`sources/arxiv_bulk.py`), or a paper's source archive
 # Beside `X.pdf`: a folder `X/`, an archive, arXiv's single gzipped file `X.gz`, or one LaTeX file (as
 # TeX Live's documentation ships them: `X.tex`, `X.tex.gz`, `X.ltx`), which may input its neighbours.
 SOURCE_SUFFIXES = ("", ".tar.gz", ".tgz", ".tar", ".gz", ".tex", ".tex.gz", ".ltx")
@@ -230,6 +234,9 @@ def _scored(html: str, converter: str, pdf_words: list[str]) -> tuple[float, str
 
 
 def build(path: Path, doc_id: str, cfg) -> Iterator[Sample | Skip]:
+    if path.suffix == ".tar":
+        yield from _tar_input(path, doc_id, cfg)
+        return
     src = find_source(path)
     md_pages: list[str] | None = None
     converter = None
@@ -265,3 +272,31 @@ def build(path: Path, doc_id: str, cfg) -> Iterator[Sample | Skip]:
             else:
                 yield Skip("md_alignment", pages=0, detail=f"{path} page {item.page}: token IoU {iou:.2f}")
         yield item
+
+
+def _tar_input(path: Path, doc_id: str, cfg) -> Iterator[Sample | Skip]:
+    """A tar input: an arXiv PDF tar (its papers, paired with the month's source tars beside it), a source tar
+    (built with the PDF tars: no pages of its own), or a paper's source archive (built with its PDF)."""
+    kind = arxiv_bulk.bulk_kind(path)
+    if kind is None:
+        if not path.with_suffix(".pdf").exists():
+            yield Skip("no_pdf", pages=0, detail=f"{path}: a source archive without its PDF")
+        return
+    if kind == "src":
+        return
+    for paper, version, member, source in arxiv_bulk.papers(path):
+        origin = f"{path}#{member.name}"
+        with tempfile.TemporaryDirectory(prefix="literate-arxiv-bulk-") as tmp:
+            name = paper.replace("/", "_")
+            pdf = arxiv_bulk.extract(path, member, Path(tmp) / f"{name}.pdf")
+            if source is not None:
+                arxiv_bulk.extract(*source, Path(tmp) / f"{name}.gz")
+            for item in build(pdf, paper, cfg):
+                if isinstance(item, Sample):
+                    item.origin = origin
+                    item.meta.update(arxiv_id=paper, arxiv_version=version)
+                yield item
+    for paper in arxiv_bulk.unpaired_sources(path):
+        yield Skip(
+            "no_pdf", pages=0, detail=f"{path}: {paper} has a source but no PDF in the month's PDF tars"
+        )

@@ -39,7 +39,7 @@ def list_inputs(spec: str, extensions: tuple[str, ...]) -> list[Document]:
         return [Document(u, os.path.splitext(u[len(prefix) :])[0]) for u in urls]
     p = Path(spec)
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in extensions)
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.name.lower().endswith(tuple(extensions)))
         root = p
     elif p.is_file() and p.suffix.lower() in LIST_SUFFIXES and p.suffix.lower() not in extensions:
         entries = [

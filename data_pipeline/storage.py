@@ -170,7 +170,7 @@ def list_objects(prefix: str, extensions: tuple[str, ...]) -> list[str]:
     fs, path = filesystem(prefix)
     scheme = prefix.split("://", 1)[0]
     found = fs.find(path.rstrip("/"))
-    return sorted(f"{scheme}://{p}" for p in found if os.path.splitext(p)[1].lower() in extensions)
+    return sorted(f"{scheme}://{p}" for p in found if p.lower().endswith(tuple(extensions)))
 
 
 def fetch(url: str, folder: str | os.PathLike) -> str:

@@ -136,3 +136,80 @@ def test_arxiv_bulk_tars_build_what_the_folder_layout_builds(tmp_path):
         for s in b.values()
     }
     assert versions == {"1501.00001": 2, "1501.00002": 1}
+
+
+SITE_CSS = b"body { font-family: 'DejaVu Serif'; margin: 40px; } h1 { color: #a33; font-size: 40px; }"
+SITE_PAGES = {
+    "a.html": "<h1>Harbour notes</h1><p>Boats leave the harbour at dawn and the nets come in by noon.</p>"
+    '<img src="pic.png" width="120" height="60"><p>The market opens when the first boat is back.</p>',
+    "b.html": "<h1>Orchard notes</h1><p>Apples ripen in the valley before the hills.</p>"
+    '<img src="gone.png" width="50" height="50"><p>The press runs through October.</p>',
+}
+
+
+def _site_page(body: str) -> bytes:
+    return f'<!doctype html><html><head><link rel="stylesheet" href="style.css"></head><body>{body}</body></html>'.encode()
+
+
+def _warc(path: Path, records: list[tuple[str, str, bytes, str]]) -> None:
+    """A gzipped WARC of HTTP responses (url, status line, body, content type), as a crawler writes them."""
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    with open(path, "wb") as f:
+        writer = WARCWriter(f, gzip=True)
+        for url, status, body, kind in records:
+            headers = StatusAndHeaders(
+                status, [("Content-Type", kind), ("Content-Length", str(len(body)))], protocol="HTTP/1.1"
+            )
+            writer.write_record(
+                writer.create_warc_record(url, "response", payload=io.BytesIO(body), http_headers=headers)
+            )
+
+
+@pytest.mark.slow
+def test_web_pages_from_a_warc_build_what_the_same_pages_build_from_a_folder(tmp_path):
+    """Two pages with a stylesheet and an image, in a folder and in a WARC (with a 404 and a non-HTML record):
+    the archive's pages give the folder's tiles and labels, their sub-resources answered from the archive; the
+    image the archive lacks is counted as `blocked_network`; a CDX index picks which pages are built."""
+    picture = io.BytesIO()
+    Image.new("RGB", (120, 60), (40, 90, 160)).save(picture, format="PNG")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "style.css").write_bytes(SITE_CSS)
+    (site / "pic.png").write_bytes(picture.getvalue())
+    for name, body in SITE_PAGES.items():
+        (site / name).write_bytes(_site_page(body))
+    archive = tmp_path / "warc" / "crawl-00000.warc.gz"
+    archive.parent.mkdir()
+    origin = "https://example.org/notes/"
+    _warc(archive, [
+        *((origin + name, "200 OK", _site_page(body), "text/html; charset=utf-8") for name, body in SITE_PAGES.items()),
+        (origin + "style.css", "200 OK", SITE_CSS, "text/css"),
+        (origin + "pic.png", "200 OK", picture.getvalue(), "image/png"),
+        (origin + "missing.html", "404 Not Found", b"<h1>Not found</h1>", "text/html"),
+    ])  # fmt: skip
+    opts = ["source=web", "workers=1", "filters.languages=all", "dedup=false"]
+    want = summary(build(*opts, f"input={site}", f"output={tmp_path / 'want'}"))
+    got = summary(build(*opts, f"input={archive.parent}", f"output={tmp_path / 'got'}"))
+    assert got["samples"] == want["samples"] == 2 and got["skips"] == {"blocked_network": 1}, (got, want)
+    a, b = read_shards(tmp_path / "want"), read_shards(tmp_path / "got")
+    assert sorted((s["png"], s["layout.json"]) for s in a.values()) == sorted(
+        (s["png"], s["layout.json"]) for s in b.values()
+    )
+    assert sorted(json.loads(s["meta.json"])["origin"] for s in b.values()) == [
+        origin + "a.html",
+        origin + "b.html",
+    ]
+
+    cdx = tmp_path / "pick.cdx"
+    cdx.write_text(
+        f"org,example)/notes/b.html 20260101000000 {origin}b.html text/html 200 - - - 0 crawl-00000.warc.gz\n"
+    )
+    picked = summary(
+        build(*opts, f"input={archive.parent}", f"output={tmp_path / 'picked'}", f"source.warc_urls={cdx}")
+    )
+    assert picked["samples"] == 1
+    assert [json.loads(s["meta.json"])["origin"] for s in read_shards(tmp_path / "picked").values()] == [
+        origin + "b.html"
+    ]

@@ -28,7 +28,7 @@ from pathlib import Path
 from PIL import Image
 
 from data_pipeline.render.html_markdown import BLOCK_NAMES, CHROME_SELECTOR
-from data_pipeline.render.routing import LocalDocument, console_refusal, guarded_route
+from data_pipeline.render.routing import ArchivedPage, Document, LocalDocument, console_refusal, guarded_route
 from data_pipeline.render.tiles import tile_cuts
 from data_pipeline.schema import DocumentError
 
@@ -174,15 +174,15 @@ class Browser:
                 Browser._shared = None
 
     def render(
-        self, target: str | Path | LocalDocument, cfg, with_html: bool = False, with_text: bool = False
+        self, target: str | Path | Document, cfg, with_html: bool = False, with_text: bool = False
     ) -> RenderedPage:
-        """Load `target` (a URL, a local file or a `LocalDocument`) in a fresh context and cut it into
-        tiles of `cfg.tile_height` px."""
+        """Load `target` (a URL, a local file, a `LocalDocument` or an `ArchivedPage`) in a fresh context and
+        cut it into tiles of `cfg.tile_height` px."""
         from playwright.sync_api import Error as PlaywrightError
         from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
         local = None
-        if isinstance(target, LocalDocument):
+        if isinstance(target, (LocalDocument, ArchivedPage)):
             local = target
         elif not str(target).startswith(("http://", "https://")):
             local = LocalDocument.of(target)

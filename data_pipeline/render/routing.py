@@ -45,6 +45,15 @@ class LocalDocument:
     def url(self) -> str:
         return f"{DOCUMENT_ORIGIN}/{urllib.parse.quote(self.path.relative_to(self.root).as_posix())}"
 
+    closed = False  # other requests go by the network mode
+
+    def serves(self, url: str) -> bool:
+        return url.startswith(DOCUMENT_ORIGIN + "/")
+
+    def respond(self, url: str) -> tuple[int, dict[str, str], bytes]:
+        body, kind = self.serve(url)
+        return 200, {"content-type": kind}, body
+
     def serve(self, url: str) -> tuple[bytes, str]:
         """The bytes and media type of a URL of the document's origin, or `Refused` when it names a file
         outside the document's folder (or none)."""
@@ -61,6 +70,27 @@ class LocalDocument:
         if kind.startswith("text/") and _utf8_undeclared(data):
             kind += "; charset=utf-8"  # as Chromium reads such a file from disk; over HTTP it would guess
         return data, kind
+
+
+@dataclass(frozen=True)
+class ArchivedPage:
+    """A page of a web archive (`render/warc.py`), rendered under its own URL: every request it makes is
+    answered from the archive, and what the archive lacks is refused (`blocked_network`), whatever the
+    network mode."""
+
+    archive: object  # a WarcArchive: `in`, `response(url)`
+    url: str
+
+    closed = True  # nothing beyond the archive
+
+    def serves(self, url: str) -> bool:
+        return url in self.archive
+
+    def respond(self, url: str) -> tuple[int, dict[str, str], bytes]:
+        return self.archive.response(url)
+
+
+Document = LocalDocument | ArchivedPage
 
 
 def _utf8_undeclared(data: bytes) -> bool:
@@ -81,7 +111,7 @@ def console_refusal(message, blocked: list[tuple[str, str]]) -> None:
         blocked.append(("blocked_file", message.text[len(_LOCAL_RESOURCE) :]))
 
 
-def guarded_route(route, cfg, local: LocalDocument | None, blocked: list, budget: dict) -> None:
+def guarded_route(route, cfg, local: Document | None, blocked: list, budget: dict) -> None:
     # An exception here would leave the request hanging until the page times out: refuse it instead.
     try:
         _route(route, cfg, local, budget)
@@ -94,18 +124,18 @@ def guarded_route(route, cfg, local: LocalDocument | None, blocked: list, budget
         route.abort("failed")
 
 
-def _route(route, cfg, local: LocalDocument | None, budget: dict) -> None:
+def _route(route, cfg, local: Document | None, budget: dict) -> None:
     request = route.request
     url = request.url
-    if local is not None and url.startswith(DOCUMENT_ORIGIN + "/"):
-        body, kind = local.serve(url)
-        route.fulfill(status=200, body=body, content_type=kind)
+    if local is not None and local.serves(url):
+        status, headers, body = local.respond(url)
+        route.fulfill(status=status, headers=headers, body=body)
         return
     scheme = urllib.parse.urlsplit(url).scheme
     if scheme in ("data", "blob", "about"):
         route.continue_()
         return
-    if cfg.network == "offline":
+    if cfg.network == "offline" or (local is not None and local.closed):
         raise Refused("blocked_network", url)
     allow = allowance(tuple(cfg.get("allow_addresses") or ()))
     if cfg.respect_robots and not _robots_allow(url, cfg.user_agent, float(cfg.request_timeout), allow):

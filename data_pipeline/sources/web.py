@@ -1,5 +1,8 @@
 """`web` (layout): a web page rendered by Chromium, cut into page-sized tiles; each tile is a sample with
-the visible text's line boxes. Local files render offline; URL lists online (robots.txt, byte caps)."""
+the visible text's line boxes. Local files render offline; URL lists online (robots.txt, byte caps); WARC
+archives (`.warc`, `.warc.gz`) offline from the archive, each HTML page under its recorded URL with its
+sub-resources answered from the same archive (`render/warc.py`; `source.warc_urls`: a URL list or CDX index
+of the pages to render)."""
 
 from __future__ import annotations
 
@@ -9,11 +12,13 @@ from pathlib import Path
 from data_pipeline.align import markdown_words, token_iou, words
 from data_pipeline.render.browser import Browser, PageTimeout
 from data_pipeline.render.html_markdown import tile_markdown
-from data_pipeline.render.routing import LocalDocument
+from data_pipeline.render.routing import ArchivedPage, LocalDocument
 from data_pipeline.render.tiles import tile_lines, tile_pictures, words_to_lines
+from data_pipeline.render.warc import EXTENSIONS as WARC_EXTENSIONS
+from data_pipeline.render.warc import WarcArchive, is_warc, selected_urls
 from data_pipeline.schema import DocumentError, Sample, Skip, clean_lines
 
-EXTENSIONS = (".html", ".htm", ".xhtml")
+EXTENSIONS = (".html", ".htm", ".xhtml", *WARC_EXTENSIONS)
 REQUIRED_TOOLS = ("chromium",)
 
 
@@ -30,7 +35,9 @@ def browser_samples(
     tile shows (`markdown`, kept only when its words match the tile's visible text: token IoU >= md_min_iou)."""
     if isinstance(path, LocalDocument):
         target, url = path, str(path.path)
-    elif isinstance(path, str) and path.startswith(("http://", "https://")):
+    elif isinstance(path, ArchivedPage) or (
+        isinstance(path, str) and path.startswith(("http://", "https://"))
+    ):
         target = url = path
     else:  # a file: served from its own folder only
         target = LocalDocument.of(path)
@@ -90,5 +97,29 @@ def edit_similarity(md: str, lines: list[dict]) -> float:
     )
 
 
+def page_samples(
+    path, doc_id: str, cfg, source: str, layout: bool, markdown: bool
+) -> Iterator[Sample | Skip]:
+    """A page (file or URL) as `browser_samples` gives it, or every page of a WARC archive the URL list picks:
+    one page that fails is counted, the archive's other pages go on."""
+    if not is_warc(path):
+        yield from browser_samples(path, doc_id, cfg, source, layout, markdown)
+        return
+    archive = WarcArchive(path)
+    wanted = selected_urls(cfg.get("warc_urls"))
+    pages = [url for url in archive.pages() if wanted is None or url in wanted]
+    if not pages:
+        yield Skip(
+            "no_pages",
+            detail=f"{path}: no HTML page answered 200" + (" that the URL list picks" if wanted else ""),
+        )
+    for url in pages:
+        try:
+            yield from browser_samples(ArchivedPage(archive, url), f"{doc_id}/{url.split('://', 1)[-1]}", cfg, source,
+                                       layout, markdown, origin=url)  # fmt: skip
+        except DocumentError as e:
+            yield Skip(e.reason, detail=f"{path}: {url}: {e.detail}", error=True)
+
+
 def build(path, doc_id: str, cfg) -> Iterator[Sample | Skip]:
-    yield from browser_samples(path, doc_id, cfg, "web", layout=True, markdown=False)
+    yield from page_samples(path, doc_id, cfg, "web", layout=True, markdown=False)

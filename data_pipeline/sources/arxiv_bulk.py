@@ -3,7 +3,7 @@
 `YYMM/<id>.gz` (a gzipped tar of the paper's files, or one gzipped .tex) or `YYMM/<id>.pdf` (a submission
 without LaTeX). Ids are new-style (`1501.00001`) or old-style (`hep-th9901001`, the archive's name and number).
 
-`source=arxiv` over a folder (or bucket prefix) of such tars builds each PDF tar as one document: its papers
+`source=arxiv` over a local folder of such tars builds each PDF tar as one document: its papers
 (the highest version of each) are paired with their sources by id in the source tars of the same month found
 beside it, read through tar member offsets without unpacking either tar; each pair is written to a temporary
 folder of its own and built as `X.pdf` beside `X.gz` is. A paper without a source keeps its layout samples

@@ -12,6 +12,20 @@ from model.config import register_hydra_presets
 CONFIG_DIR = Path(__file__).resolve().parent
 
 
+def answered_help(argv: list[str], doc: str | None, config: str) -> bool:
+    """`-h`/`--help` among `argv`: print the entry point's usage (its module docstring) and its config's keys
+    with their defaults (`configs/<config>`), and say so; a config entry point then exits 0 (Hydra's own help
+    would try to compose a config whose required keys are not given)."""
+    if not any(a in ("-h", "--help") for a in argv):
+        return False
+    print((doc or "").strip())
+    print(
+        f"\nEvery key below is set as key=value (Hydra's override syntax); defaults from {CONFIG_DIR / config}:\n"
+    )
+    print((CONFIG_DIR / config).read_text().rstrip())
+    return True
+
+
 class ConfigError(ValueError):
     """A config value refused before any work starts; the message names the key."""
 

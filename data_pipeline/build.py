@@ -21,14 +21,14 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from configs.compose import CONFIG_DIR, ConfigError
+from configs.compose import CONFIG_DIR, ConfigError, answered_help
 from data_pipeline import storage
 from data_pipeline.documents import list_inputs
 from data_pipeline.executors import EXECUTORS
 from data_pipeline.manifest import write_manifest
 from data_pipeline.render import sandbox
 from data_pipeline.render.netguard import allowance
-from data_pipeline.sources import get_source
+from data_pipeline.sources import SOURCES, get_source
 from data_pipeline.task import plan_tasks
 
 
@@ -196,4 +196,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    if answered_help(sys.argv[1:], __doc__, "build.yaml"):
+        print("\nsource: one of " + ", ".join(SOURCES) + " (configs/source/<name>.yaml)")
+        sys.exit(0)
     main()

@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from configs.compose import compose_app
+from configs.compose import answered_help, compose_app
 from model.hf import save_hf
 from model.run import load_run
 
@@ -30,6 +30,8 @@ def export(run_dir: Path, out: Path) -> Path:
 
 
 def main(argv: list[str]) -> int:
+    if answered_help(argv, __doc__, "tools/export.yaml"):
+        return 0
     try:
         cfg = compose_app("export", argv)
         out = export(Path(cfg.checkpoint), Path(cfg.out))

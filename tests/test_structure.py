@@ -100,3 +100,32 @@ def test_every_module_says_what_it_owns_and_stays_readable():
         name: n for name, path in modules.items() if (n := len(path.read_text().splitlines())) > MAX_LINES
     }
     assert not long, long
+
+
+CLIS = (
+    "data_pipeline.build", "data_pipeline.inspect", "data_pipeline.dedup", "data_pipeline.snippet_text",
+    "data_pipeline.demo_corpus", "model.tokenizer", "model.export", "train.pretrain", "train.finetune",
+    "train.evaluate", "train.demo", "launch.plan", "benchmarks.learning",
+)  # fmt: skip
+
+
+def test_every_command_line_answers_help_with_its_usage():
+    """`python -m <entry point> --help` prints its usage and exits 0 (a config entry point does not try to
+    compose a config whose required keys are missing)."""
+    import subprocess
+    import sys
+
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", name, "--help"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name in CLIS
+    }
+    for name, proc in procs.items():
+        out = proc.communicate(timeout=300)[0]
+        assert proc.returncode == 0 and "Traceback" not in out, (name, out[-2000:])
+        assert "usage" in out.lower() or "python -m" in out or "powered by Hydra" in out, (name, out[:500])

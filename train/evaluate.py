@@ -324,8 +324,10 @@ def evaluate(
 
 
 def main(argv: list[str]) -> int:
-    from configs.compose import compose_app
+    from configs.compose import answered_help, compose_app
 
+    if answered_help(argv, __doc__, "tools/evaluate.yaml"):
+        return 0
     try:
         cfg = compose_app("evaluate", argv)
     except ValueError as e:

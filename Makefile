@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 DEMO_ARGS ?=
 STAMP := $(VENV)/.literate-setup
 
-.PHONY: setup apt test lint format demo clean bench
+.PHONY: setup apt test test-fast lint format demo clean bench
 
 setup: $(STAMP)
 
@@ -41,6 +41,10 @@ apt:
 
 test: setup
 	DS_ACCELERATOR=$${DS_ACCELERATOR:-cpu} $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The tests without the `slow` mark (the end-to-end runs of minutes): for development; CI runs `make test`.
+test-fast: setup
+	DS_ACCELERATOR=$${DS_ACCELERATOR:-cpu} $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

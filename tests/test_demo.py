@@ -7,6 +7,10 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # minutes: `make test-fast` leaves it out
+
 ENV_EXTRA = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
 
 

@@ -10,6 +10,8 @@ from benchmarks.memory_model import _case, measure, predict
 from model.config import get_config
 from model.memory import Plan, activation_costs, estimate
 
+pytestmark = pytest.mark.slow  # minutes: `make test-fast` leaves it out
+
 CASES = [
     "small:4:1024:256:0:2:1",  # ZeRO-2, one rank
     "small:8:1024:512:1:2:1",  # activation checkpointing

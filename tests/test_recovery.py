@@ -15,6 +15,8 @@ import torch
 
 from tests.test_pretrain import ENV, _args, _metrics, _two_ranks, _wandb_records
 
+pytestmark = pytest.mark.slow  # minutes: `make test-fast` leaves it out
+
 STEPS = 5
 COMMON = ["data.slots=4", "trainer.checkpoint_every=2", "trainer.log_sample_keys=true"]
 

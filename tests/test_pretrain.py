@@ -516,11 +516,13 @@ def test_two_ranks_match_one_rank_on_the_same_global_batches(tokenizer, sources,
 def test_two_rank_run_killed_and_resumed_continues_exactly(tokenizer, sources, synthetic_shards, tmp_path):
     """SIGKILL after the checkpoint at step 3, start again: steps 4..13 take the same samples on every rank and
     repeat the uninterrupted losses. The interrupted run reads its shards over HTTP from a server on
-    localhost, the reference from the local folders: the stream does not depend on where the shards are."""
+    localhost, the reference from the local folders: the stream does not depend on where the shards are.
+    Both run ZeRO stage 1 (the other tests run 2 and 3)."""
     from tests.servers import http_server
 
     def launch(run, port, sources):
         extra = [
+            "deepspeed=zero1",
             "trainer.checkpoint_every=3",
             "data.slots=4",
             "trainer.dropout=0.1",
@@ -560,6 +562,7 @@ def test_two_rank_run_killed_and_resumed_continues_exactly(tokenizer, sources, s
     got = {m["step"]: m["loss"] for m in _metrics(run)}  # a step logged twice: the resumed run's value wins
     assert sorted(got) == list(range(1, 14))
     assert max(abs(got[s] - want[s]) for s in range(4, 14)) < 1e-6
+    assert json.loads((run / "deepspeed.json").read_text())["zero_optimization"]["stage"] == 1
 
     def keys(run, rank):  # a step logged twice: the resumed run's keys win
         lines = (run / "sample_keys" / f"rank{rank}.jsonl").read_text().splitlines()

@@ -115,9 +115,12 @@ def main() -> None:
         fmt = TaskFormat(tok, full.latent_query_num, 4096)
         processor = ImageProcessor(full.max_patches)
         ours, plain = [], []
-        for _ in range(args.rounds):
-            plain.append(webdataset_rate(args.shards, fmt, processor, 4, args.batches))
+        for r in range(args.rounds):  # the sides take turns going first
+            if r % 2 == 0:
+                plain.append(webdataset_rate(args.shards, fmt, processor, 4, args.batches))
             ours.append(our_rate(args.shards, fmt, processor, 4, args.batches))
+            if r % 2 == 1:
+                plain.append(webdataset_rate(args.shards, fmt, processor, 4, args.batches))
         rate, ref = statistics.median(ours), statistics.median(plain)
         print(
             f"plain webdataset.WebDataset pipeline: {ref:.1f} samples/s; ours: {rate:.1f} samples/s; "

@@ -21,6 +21,21 @@ from data_pipeline.demo_corpus import make_docx, make_readme, make_web_page
 from data_pipeline.render.browser import Browser
 from tests.test_build_pdf import build, read_shards, summary
 
+# A kept markdown label, read against its picture by a witness that shares nothing with the builder's check
+# (Tesseract on the tile, upscaled 2x: `benchmarks/label_witness.py`): the share of the label's words the picture
+# does not show. Clean rendered text reads at under 1% (the README's witness table); a label with words its
+# picture lacks reads far above.
+PHANTOM = 0.03
+
+
+def phantom_share(sample: dict) -> float:
+    from benchmarks.label_witness import match, ocr_words, words_of
+
+    label = words_of(" ".join(markdown_words(sample["md"].decode())))
+    seen, _, _ = ocr_words(sample["png"], json.loads(sample["meta.json"]).get("pictures", []))
+    phantom, _ = match(label, seen)
+    return sum(phantom.values()) / max(len(label), 1)
+
 
 @pytest.fixture(scope="module")
 def web_dir(tmp_path_factory) -> Path:
@@ -89,12 +104,18 @@ def test_html_markdown_keeps_structure_and_matches_the_tile(web_dir, tmp_path):
     )
     assert s["samples"] == 2
     for sample in read_shards(tmp_path / "out").values():
-        md, meta = sample["md"].decode(), json.loads(sample["meta.json"])
+        md = sample["md"].decode()
         assert md.startswith("# Demo page") and "## Left column" in md and "| Name | Value |\n|---|---|" in md
         assert "```\ndef total(items):\n    return sum(item.amount for item in items)\n```" in md
         assert "\n  - " in md  # the nested list stays nested
         assert "must not appear" not in md and "Home" not in md and "Footer of demo page" not in md
-        assert meta["md_token_iou"] >= 0.95 and meta["md_edit_similarity"] >= 0.9
+        assert phantom_share(sample) <= PHANTOM, (phantom_share(sample), md)
+    # The witness can fail: the same label with a sentence its picture does not show.
+    planted = dict(
+        sample,
+        md=(md + "\n\nHarbour lanterns glow over quiet orchards while shepherds count windmills.").encode(),
+    )
+    assert phantom_share(planted) > PHANTOM
 
 
 def test_pages_stop_moving_once_measured(tmp_path):
@@ -288,7 +309,7 @@ def test_tiles_are_not_cut_through_a_run_of_inline_text(tmp_path):
     holding = [i for i, md in enumerate(labels) if "sponsor line alpha" in md]
     assert len(holding) == 1 and all(line in labels[holding[0]] for line in lines)
     # the tile that holds the run starts above it, so it shows every line of it
-    assert json.loads(samples[sorted(samples)[holding[0]]]["meta.json"])["md_token_iou"] >= 0.95
+    assert phantom_share(samples[sorted(samples)[holding[0]]]) <= PHANTOM
 
 
 def test_emoji_and_cjk_are_drawn_not_tofu(tmp_path):
@@ -335,13 +356,12 @@ def test_docx_pages_get_their_markdown(tmp_path):
     good = 0
     all_md = ""
     for key, sample in samples.items():
-        meta = json.loads(sample["meta.json"])
         assert "md" in sample, key
         md = sample["md"].decode()
         all_md += md
         layout_text = " ".join(ln["text"] for ln in json.loads(sample["layout.json"])["lines"])
         good += token_iou(markdown_words(md), words(layout_text)) >= 0.9
-        assert meta["md_token_iou"] >= 0.95
+        assert phantom_share(sample) <= PHANTOM, (key, phantom_share(sample))
     assert good >= 0.9 * len(samples)
     assert (
         "# Section 1" in all_md

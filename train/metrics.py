@@ -127,6 +127,12 @@ class MetricsLogger:
             "mfu": flops / seconds / (self.peak * self.world),  # useful work: no padding, no recomputation
             "hfu": hardware / seconds / (self.peak * self.world),  # what the devices ran
             "max_rss_mb": peak_rss_mb(),
+            # the device's peak of allocated tensors since the start (what model/memory.py predicts on a GPU)
+            **(
+                {"gpu_max_allocated_mb": torch.cuda.max_memory_allocated() / 2**20}
+                if torch.cuda.is_available()
+                else {}
+            ),
             # loader counters so far, all ranks: samples skipped (bad image/label), targets truncated, corrupt shards
             **{f"data/{reason}": n for reason, n in sorted((skipped or {}).items())},
             **(counters or {}),  # train/skipped_steps, train/rollbacks

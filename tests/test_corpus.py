@@ -213,3 +213,21 @@ def test_web_pages_from_a_warc_build_what_the_same_pages_build_from_a_folder(tmp
     assert [json.loads(s["meta.json"])["origin"] for s in read_shards(tmp_path / "picked").values()] == [
         origin + "b.html"
     ]
+
+
+def test_the_corpus_is_priced_per_source_with_where_each_rate_comes_from(capsys):
+    """`launch.corpus`: pages are the mixture's share of 357.4M unless given; core-hours only where a benchmark
+    measured the rate; the importers price the scans at rendering speed instead of Tesseract's."""
+    from configs.compose import compose_app
+    from launch.corpus import main, price
+
+    rows = {r["source"]: r for r in price(compose_app("corpus", ["sources.scans.pages=27600000"]))}
+    assert rows["scans"]["pages"] == 27_600_000 and rows["general_pdf"]["pages"] == 0.20 * 357_400_000
+    assert abs(sum(r["pages"] for r in rows.values()) - 357_400_000 - (27_600_000 - 35_740_000)) < 1
+    assert rows["scans"]["core_hours"] == 27_600_000 / 1.15 / 3600
+    assert rows["scans"]["import_core_hours"] < rows["scans"]["core_hours"] / 50
+    assert rows["docx_md"]["core_hours"] is None and rows["docx_md"]["measured"] is None
+    assert main(["cores=512"]) == 0
+    out = capsys.readouterr().out
+    assert "not measured" in out and "days on 512 cores" in out and "benchmarks/scan_source.py" in out
+    assert main(["bogus=1"]) == 2

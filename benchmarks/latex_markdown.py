@@ -9,8 +9,9 @@ the file has `\\documentclass` and every file it `\\input`s, `\\include`s or `\\
 `source=arxiv` (one document a shard) and reports, over English pages (the sample's language), the share
 that get markdown and the reasons for the rest (conversion failed; the document's class not installed, so
 LaTeXML cannot expand its macros; markdown not matching the page: token IoU under `md_min_iou`, by band);
-over kept labels, the pages whose label holds a macro name (`\\name`) or a
-LaTeX environment command that the page's own text does not show, with the lowest IoU kept.
+over kept labels, the pages whose label's prose holds a macro name (`\\name`) that the page's image does not
+show (an independent witness: markdown-it's parse of the label and Tesseract's reading of the image, not the
+builder's filter), with the lowest IoU kept.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from pathlib import Path
 import pymupdf
 
 from benchmarks.common import run_build
-from data_pipeline.sources.arxiv import macros_not_shown
 
 DEFAULT_ROOT = "/usr/share/doc/texlive-doc"
 SOURCE_NAMES = (".tex", ".tex.gz", ".ltx")
@@ -75,9 +75,36 @@ def class_installed(source: Path) -> bool:
     return bool(r.stdout.strip()) or name in ("article", "report", "book", "letter", "slides", "minimal")
 
 
-def residue(md: str, page_text: str) -> list[str]:
-    """Macro names in the label, outside math and code, that the page's text does not show."""
-    return macros_not_shown(md, page_text)
+# The witness of the labels' macro residue shares nothing with the builder's filter (`macros_not_shown`, which
+# reads the PDF's text layer with its own regular expressions): the label's prose as markdown-it parses it
+# (code spans, code blocks and $...$ math left out), and the page as Tesseract reads its image.
+_BACKSLASH_WORD = re.compile(r"\\([A-Za-z@]{2,})")
+_DOLLAR_MATH = re.compile(r"\$\$.+?\$\$|\$[^$]+\$", re.DOTALL)
+
+
+def prose_macros(md: str) -> list[str]:
+    """The `\\names` of the label's prose: markdown-it's text tokens, not code, not `$` math."""
+    from markdown_it import MarkdownIt
+
+    found = []
+    for block in MarkdownIt("commonmark").enable("table").parse(md):
+        for token in block.children or []:
+            if token.type == "text":
+                found += _BACKSLASH_WORD.findall(_DOLLAR_MATH.sub(" ", token.content))
+    return found
+
+
+def residue(md: str, png: bytes) -> list[str]:
+    """Macro names of the label's prose that the page's image does not show: a name counts as shown when
+    Tesseract reads a word holding it (with or without its backslash)."""
+    from benchmarks.label_witness import ocr_words
+
+    names = prose_macros(md)
+    if not names:
+        return []
+    read, _, _ = ocr_words(png, [])
+    seen = " ".join(read)
+    return [f"\\{name}" for name in names if name.lower() not in seen]
 
 
 def main() -> None:
@@ -170,7 +197,7 @@ def main() -> None:
                     continue
                 with_md += 1
                 ious.append(meta["md_token_iou"])
-                left = residue(s["md"].decode(), texts[meta["page"]])
+                left = residue(s["md"].decode(), s["png"])
                 if left:
                     bad_labels.append((len(left), s["__key__"], Counter(left).most_common(6)))
             dropped = stats["skips"].get("latex_macros_dropped", 0)

@@ -183,6 +183,20 @@ def test_arxiv_markdown_per_page(arxiv_pair, tmp_path):
     )
 
 
+def test_the_macro_witness_reads_labels_apart_from_the_filter(arxiv_pair, tmp_path):
+    """`benchmarks/latex_markdown.py`'s residue witness (markdown-it's prose of the label, Tesseract's reading of
+    the page image; no code shared with `source=arxiv`'s filter) finds nothing in a kept label, and finds a macro
+    name planted into it that the page does not show."""
+    from benchmarks.latex_markdown import residue
+
+    build("source=arxiv", f"input={arxiv_pair}", f"output={tmp_path / 'out'}", "workers=1")
+    sample = next(s for s in read_shards(tmp_path / "out").values() if "md" in s)
+    md = sample["md"].decode()
+    assert residue(md, sample["png"]) == []
+    planted = md + "\n\nThe reader calls \\brandnewmacro before each line, and `\\incode` is code."
+    assert residue(planted, sample["png"]) == ["\\brandnewmacro"]
+
+
 LATEX_BODY = r"""\documentclass{article}
 \begin{document}
 \section{Reading pages}

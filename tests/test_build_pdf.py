@@ -389,3 +389,32 @@ def test_slurm_array_script_builds_the_same_shards(pdf_dir, built, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     got, want = read_shards(out), read_shards(local)
     assert sorted(got) == sorted(want) and all(got[k]["layout.json"] == want[k]["layout.json"] for k in want)
+
+
+def test_the_language_witness_finds_a_page_of_another_language_the_vote_kept(tmp_path):
+    """A document of three English pages and one German page is kept whole by the document's vote; the witness
+    of `benchmarks/language_filter.py` (py3langid, another model family than the filter's fastText) reads the
+    kept samples again and names the German page, and only it."""
+    import pymupdf
+
+    from benchmarks.language_filter import kept_in_other_languages
+
+    english = (
+        "The harbour opens at dawn and the boats leave before the market. Fishermen bring their nets back "
+        "by noon, and the town buys what they caught while the gulls wait on the roofs."
+    )
+    german = (
+        "Der Hafen öffnet bei Sonnenaufgang und die Boote fahren vor dem Markt hinaus. Die Fischer bringen "
+        "ihre Netze zu Mittag zurück, und die Stadt kauft, was sie gefangen haben."
+    )
+    src = tmp_path / "in"
+    src.mkdir()
+    doc = pymupdf.open()
+    for text in (english, english.upper(), english, german):
+        page = doc.new_page()
+        page.insert_textbox(pymupdf.Rect(72, 72, 520, 700), text, fontsize=12)
+    doc.save(src / "harbour.pdf")
+    out = tmp_path / "out"
+    s = summary(build("source=pdf", f"input={src}", f"output={out}", "filters.languages=[en]", "dedup=false"))
+    assert s["samples"] == 4, s
+    assert kept_in_other_languages(out) == ["pdf/harbour/00003"]

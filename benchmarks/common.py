@@ -29,21 +29,16 @@ def run_build(source: str, inputs: str | Path, output: Path, *overrides: str) ->
         sys.exit(f"build failed:\n{r.stderr[-3000:]}")
 
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-
-
 def build_config(source: str, output: Path, **overrides):
     """The build's config for `source` as the CLI composes it, one worker, every language kept, for a
     benchmark that runs the builder in-process; `overrides` are dotted keys (`source__ocr_threads=1` sets
     `source.ocr_threads`)."""
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load(CONFIG_DIR / "build.yaml")
-    cfg.source = OmegaConf.load(CONFIG_DIR / "source" / f"{source}.yaml")
-    cfg.input, cfg.output, cfg.workers = "unused", str(output), 1
-    cfg.filters.languages = "all"
-    for key, value in overrides.items():
-        OmegaConf.update(cfg, key.replace("__", "."), value)
-    del cfg["defaults"], cfg["hydra"]
+    from configs.compose import compose
+
+    extra = [f"{key.replace('__', '.')}={value}" for key, value in overrides.items()]
+    cfg = compose("build", [f"source={source}", "input=unused", f"output={output}", "workers=1",
+                            "filters.languages=all", *extra])  # fmt: skip
     OmegaConf.resolve(cfg)
     return cfg

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from configs.compose import compose as compose_config
 from configs.compose import compose_app
 from data_pipeline.schema import Sample, encode_sample
 from data_pipeline.snippet_text import TextSpec, make_text, make_texts
@@ -48,7 +49,6 @@ from train.pages import EvalPage
 from train.samples import Encoder, SourceSpec, collate
 from train.scoring import levenshtein
 
-SOURCE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "source" / "synthetic.yaml"
 SPEC = SourceSpec("snippets", "generated", 1.0, "ocr")
 FIT_STEPS = 20  # steps timed before the schedule's length is fitted to the budget
 
@@ -75,7 +75,8 @@ def text_spec(cfg, extra=None) -> TextSpec:
 
 def source_config(cfg, extra=None):
     """The synthetic source's config with the run's snippet knobs (and a held-out set's) over it; checked."""
-    merged = OmegaConf.merge(OmegaConf.load(SOURCE_CONFIG), cfg.snippets, extra or {})
+    source = compose_config("build", ["source=synthetic", "input=unused", "output=unused"]).source
+    merged = OmegaConf.merge(source, cfg.snippets, extra or {})
     synthetic.check_config(merged)
     return merged
 

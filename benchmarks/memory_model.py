@@ -22,6 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from configs.compose import compose
+
 ROOT = Path(__file__).resolve().parents[1]
 CASES = (
     "tiny:1:512:256:0:2:1,tiny:8:1024:512:0:2:1,small:1:1024:256:0:2:1,small:4:1024:256:0:2:1,"
@@ -51,7 +53,7 @@ def tuner(method: str):
 
     from train.tuning import Tuner
 
-    defaults = OmegaConf.load(ROOT / "configs/finetune.yaml")
+    defaults = compose("finetune", [])
     keys = ("finetune", "lora", "plora")
     return Tuner(
         OmegaConf.create({"method": method, "seed": 0, "init": "", **{k: defaults[k] for k in keys}}), {}
@@ -104,7 +106,7 @@ def worker(case: dict, out: str) -> None:
         model = tuner(case["method"]).adapt(model)
     run_cfg = OmegaConf.create(
         {
-            "deepspeed": OmegaConf.load(ROOT / f"configs/deepspeed/zero{case['zero']}.yaml"),
+            "deepspeed": compose("pretrain", [f"deepspeed=zero{case['zero']}"]).deepspeed,
             "trainer": {},
             "optim": {"grad_clip": 1.0},
         }
@@ -125,12 +127,11 @@ def worker(case: dict, out: str) -> None:
 
 def predict(case: dict, framework: float = 0.0):
     """The memory model's figures for a case (`model.memory.Memory`)."""
-    from omegaconf import OmegaConf
 
     from model.config import get_config
     from model.memory import Plan, estimate, zero_fields
 
-    ds = OmegaConf.load(ROOT / f"configs/deepspeed/zero{case['zero']}.yaml").zero_optimization
+    ds = compose("pretrain", [f"deepspeed=zero{case['zero']}"]).deepspeed.zero_optimization
     cfg = get_config(case["preset"], activation_checkpointing=case["checkpointing"])
     plan = Plan(
         micro=case["micro"],

@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
+from configs.compose import compose
 from model.config import get_config
 from model.kosmos import IGNORE_INDEX, Kosmos25
 
@@ -70,7 +70,7 @@ def main() -> None:
     model = Kosmos25(cfg).train()
     run_cfg = OmegaConf.create(
         {
-            "deepspeed": OmegaConf.load(Path(__file__).parents[1] / "configs/deepspeed/zero2.yaml"),
+            "deepspeed": compose("pretrain", ["deepspeed=zero2"]).deepspeed,
             "trainer": {"train_batch_size": args.micro * args.accum, "micro_batch_size": args.micro},
             "optim": {"grad_clip": 1.0},
         }

@@ -26,17 +26,22 @@ import time
 from pathlib import Path
 
 import lxml.html
-from omegaconf import OmegaConf
+
+from configs.compose import compose
 
 DEFAULT_PAGES = "/usr/share/doc/python3*/html/library/*.html"
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "browser" / "default.yaml"
+
+
+def browser_config():
+    """The build's `browser` group as the build composes it."""
+    return compose("build", ["source=web", "input=unused", "output=unused"]).browser
 
 
 def throughput(urls: list[str]) -> tuple[float, float]:
     """(pages/s with one reused browser, pages/s with a fresh browser per page) of `Browser.render`."""
     from data_pipeline.render.browser import Browser
 
-    cfg = OmegaConf.load(CONFIG)
+    cfg = browser_config()
     return _reused_vs_fresh(urls, Browser, lambda b, u: b.render(u, cfg), lambda b: b.close())
 
 
@@ -121,7 +126,7 @@ def check(files: list[str], tmp: Path) -> None:
             check=True,
             capture_output=True,
         )
-    cfg = OmegaConf.load(CONFIG)
+    cfg = browser_config()
     inner = {}
     for f in files:
         inner[Path(f).resolve().as_uri()] = " ".join(

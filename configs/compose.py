@@ -30,22 +30,30 @@ class ConfigError(ValueError):
     """A config value refused before any work starts; the message names the key."""
 
 
-def compose_app(name: str, overrides: list[str]):
-    """The config `configs/tools/<name>.yaml` with command-line `overrides`. Raises ValueError with Hydra's
-    message, or naming the required keys left unset. Hydra is imported here only: the model library does not
-    need it."""
-    from hydra import compose, initialize_config_dir
+def compose(name: str, overrides: list[str], folder: str = ""):
+    """The config `configs/<folder>/<name>.yaml` composed with `overrides` by Hydra's rules, as its entry point
+    composes it (required keys may stay unset: a benchmark takes the groups it needs, e.g. `deepspeed`).
+    Raises ValueError with Hydra's message. Hydra is imported here only: the model library does not need it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     register_hydra_presets()
     try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR / "tools"), version_base="1.3"):
-            cfg = compose(name, overrides=list(overrides))
+        with initialize_config_dir(config_dir=str(CONFIG_DIR / folder), version_base="1.3"):
+            return hydra_compose(name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as e:
         cause = f": {e.__cause__}" if e.__cause__ else ""
         raise ValueError(f"{e}{cause}".strip()) from None
+
+
+def compose_app(name: str, overrides: list[str]):
+    """The config `configs/tools/<name>.yaml` with command-line `overrides`. Raises ValueError with Hydra's
+    message, or naming the required keys left unset."""
+    from omegaconf import OmegaConf
+
+    cfg = compose(name, overrides, "tools")
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ValueError(f"required: {', '.join(f'{k}=...' for k in missing)}")

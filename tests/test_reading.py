@@ -84,9 +84,9 @@ def test_synthetic_snippets_are_crops_or_canvases_of_their_lines(tmp_path):
     out = tmp_path / "crops"
     s = summary(build(*opts, f"output={out}", "source.lines_per_snippet=2", "source.font_px=[30,30]"))
     assert s["samples"] == 5  # 4 of two lines, 1 of the last one
-    drawn = []
-    for lines, (w, h), _ in _snippets(out):
-        assert 1 <= len(lines) <= 2, lines
+    drawn, crops = [], _snippets(out)
+    assert sorted(len(lines) for lines, _, _ in crops) == [1, 2, 2, 2, 2]  # lines_per_snippet=2, 9 lines
+    for lines, (w, h), _ in crops:
         # A crop: the image is the lines' extent plus a margin of at most padding's 0.5 x 30 px on each side.
         x0s, y0s, x1s, y1s = zip(*(ln["bbox"] for ln in lines), strict=True)
         assert w <= max(x1s) - min(x0s) + 2 * 15 + 1 and h <= max(y1s) - min(y0s) + 2 * 15 + 1, (lines, w, h)

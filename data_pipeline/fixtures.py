@@ -70,19 +70,25 @@ def corpus_json(pages: list[list[dict]]) -> dict:
     return {"pages": out}
 
 
-def pixparse_tar(path: str | Path, documents: dict[str, tuple[bytes | None, dict | bytes | None]]) -> Path:
-    """A tar of `{key: (pdf bytes, corpus JSON)}` in key order; None leaves that member out, bytes are written as
-    they are (a broken JSON)."""
+def write_tar(path: str | Path, members: dict[str, bytes]) -> Path:
+    """A tar of `{member name: bytes}` in the order given (mtime 0, so the bytes repeat)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(path, "w") as tar:
-        for key in sorted(documents):
-            pdf, label = documents[key]
-            for ext, data in (("json", label), ("pdf", pdf)):
-                if data is None:
-                    continue
-                raw = data if isinstance(data, bytes) else json.dumps(data).encode()
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size, info.mtime, info.mode = len(raw), 0, 0o644
-                tar.addfile(info, io.BytesIO(raw))
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            tar.addfile(info, io.BytesIO(data))
     return path
+
+
+def pixparse_tar(path: str | Path, documents: dict[str, tuple[bytes | None, dict | bytes | None]]) -> Path:
+    """A tar of `{key: (pdf bytes, corpus JSON)}` in key order; None leaves that member out, bytes are written as
+    they are (a broken JSON)."""
+    members = {}
+    for key in sorted(documents):
+        pdf, label = documents[key]
+        for ext, data in (("json", label), ("pdf", pdf)):
+            if data is not None:
+                members[f"{key}.{ext}"] = data if isinstance(data, bytes) else json.dumps(data).encode()
+    return write_tar(path, members)

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from data_pipeline.demo_corpus import make_arxiv_pair, make_pdf
-from data_pipeline.fixtures import corpus_json, pdf_page_lines, pixparse_tar
+from data_pipeline.fixtures import corpus_json, pdf_page_lines, pixparse_tar, write_tar
 from tests.test_build_pdf import build, read_shards, summary
 
 
@@ -84,14 +84,6 @@ def _gz_tar(folder: Path) -> bytes:
     return raw.getvalue()
 
 
-def _tar(path: Path, members: dict[str, bytes]) -> None:
-    with tarfile.open(path, "w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime = len(data), 0
-            tar.addfile(info, io.BytesIO(data))
-
-
 @pytest.mark.slow
 def test_arxiv_bulk_tars_build_what_the_folder_layout_builds(tmp_path):
     """A month of arXiv's bulk data (a PDF tar with two versions of one paper and a paper without source; a
@@ -109,12 +101,12 @@ def test_arxiv_bulk_tars_build_what_the_folder_layout_builds(tmp_path):
     (folder / "1501.00002.pdf").write_bytes(second.read_bytes())
     bulk = tmp_path / "bulk"
     bulk.mkdir()
-    _tar(bulk / "arXiv_pdf_1501_001.tar", {
+    write_tar(bulk / "arXiv_pdf_1501_001.tar", {
         "1501/1501.00001v1.pdf": second.read_bytes(),  # an older version: not built
         "1501/1501.00001v2.pdf": first.read_bytes(),
         "1501/1501.00002v1.pdf": second.read_bytes(),
     })  # fmt: skip
-    _tar(bulk / "arXiv_src_1501_001.tar", {
+    write_tar(bulk / "arXiv_src_1501_001.tar", {
         "1501/1501.00001.gz": source,
         "1501/1501.00003.gz": gzip.compress(b"\\documentclass{article}\\begin{document}x\\end{document}"),
     })  # fmt: skip

@@ -207,12 +207,18 @@ def run(cfg, minutes: float | None = None, threads: int | None = None, quiet: bo
     rng = random.Random(int(cfg.seed))
     started = time.perf_counter()
     train_time = eval_time = 0.0
+    flops = 0.0  # training FLOPs so far, of the padded batches as they ran (model.estimate_flops)
     losses: list[float] = []
 
     def record(step: int) -> None:
         nonlocal eval_time
         t = time.perf_counter()
-        row = {"step": step, "minutes": round((t - started) / 60, 2), "loss": None}
+        row = {
+            "step": step,
+            "minutes": round((t - started) / 60, 2),
+            "flops": float(f"{flops:.4g}"),
+            "loss": None,
+        }
         if losses:
             row["loss"] = round(sum(losses) / len(losses), 4)
             losses.clear()
@@ -251,6 +257,7 @@ def run(cfg, minutes: float | None = None, threads: int | None = None, quiet: bo
         opt.step()
         sched.step()
         losses.append(result.loss.item())
+        flops += len(items) * model.estimate_flops(patches.shape[1], batch["input_ids"].shape[1])
         step += 1
         train_time += time.perf_counter() - t
         if total is None and step == FIT_STEPS:

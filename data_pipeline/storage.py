@@ -11,7 +11,7 @@
 A root (a build's output folder) is joined with a file's name by `/`; a `pipe:` root has `{}` where the name
 goes: `pipe:aws s3 cp s3://bucket/literate/pdf/{} -`.
 
-Shards are read as tar streams with webdataset's tar iterator and grouped into samples by key. A remote read
+Shards are read as tar streams (as webdataset's tar iterator reads them) and grouped into samples by key. A remote read
 that fails (a dropped connection, a 5xx) is retried with back-off, continuing after the samples already
 read; a shard that still fails raises `UnreadableShard` naming it, for the caller to count and pass over.
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tarfile
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -191,8 +192,6 @@ def _split(name: str) -> tuple[str, str]:
 def _samples(fileobj, skip: int, wanted: Callable[[str], bool] | None) -> Iterator[dict]:
     """Samples of a tar stream in order, members grouped by key, after the first `skip` (whose members are
     passed over unread)."""
-    from webdataset.tariterators import tar_file_iterator
-
     current = None
     state = {"key": None, "index": -1}
 
@@ -202,16 +201,28 @@ def _samples(fileobj, skip: int, wanted: Callable[[str], bool] | None) -> Iterat
             state["key"], state["index"] = key, state["index"] + 1
         return state["index"] >= skip and (wanted is None or wanted(ext))
 
-    for member in tar_file_iterator(fileobj, skip_meta=None, select_files=select):
-        key, ext = _split(member["fname"])
+    for name, data in _members(fileobj, select):
+        key, ext = _split(name)
         if current is not None and key != current["__key__"]:
             yield current
             current = None
         if current is None:
             current = {"__key__": key}
-        current[ext] = member["data"]
+        current[ext] = data
     if current is not None:
         yield current
+
+
+def _members(fileobj, select: Callable[[str], bool]) -> Iterator[tuple[str, bytes]]:
+    """(name, data) of a tar stream's regular files that `select(name)` takes, read in order, as webdataset's
+    tar iterator reads them (top-level `__name__` members are the tar's metadata, passed over). Its own loop,
+    not webdataset's: importing webdataset imports torch, 1.7 s of every build runner's start-up."""
+    with tarfile.open(fileobj=fileobj, mode="r|*") as stream:
+        for info in stream:
+            meta = "/" not in info.name and info.name.startswith("__") and info.name.endswith("__")
+            if info.isreg() and not meta and select(info.name):
+                yield info.name, stream.extractfile(info).read()
+            stream.members = []  # a stream keeps every member's header otherwise
 
 
 def iter_samples(

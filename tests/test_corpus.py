@@ -217,7 +217,11 @@ def test_the_corpus_is_priced_per_source_with_where_each_rate_comes_from(capsys)
     assert rows["scans"]["pages"] == 27_600_000 and rows["general_pdf"]["pages"] == 0.20 * 357_400_000
     assert abs(sum(r["pages"] for r in rows.values()) - 357_400_000 - (27_600_000 - 35_740_000)) < 1
     assert rows["scans"]["core_hours"] == 27_600_000 / 1.15 / 3600
-    assert rows["scans"]["import_core_hours"] < rows["scans"]["core_hours"] / 50
+    assert rows["scans"]["import_core_hours"] == 27_600_000 / (160 * 1.12) / 3600  # source=pdf's rate x 1.12
+    assert (
+        price(compose_app("corpus", ["importer_pages_per_s=100"]))[0]["import_core_hours"]
+        == 35_740_000 / 360000
+    )
     assert rows["docx_md"]["core_hours"] is None and rows["docx_md"]["measured"] is None
     assert main(["cores=512"]) == 0
     out = capsys.readouterr().out

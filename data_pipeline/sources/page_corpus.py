@@ -110,6 +110,17 @@ def _pages(doc, pages: list, where: str, doc_id: str, source: str, render: tuple
         if i >= len(pages) or not isinstance(pages[i], dict):
             yield Skip("corpus_page_unlabelled", detail=f"{where} page {i}: the JSON has {len(pages)} pages")
             continue
+        try:  # in fractions of the page first: a page without a line to label it is not rendered
+            lines, counts = corpus_lines(pages[i], 1, 1)
+        except (ValueError, TypeError) as e:
+            yield Skip("corpus_bad_json", detail=f"{where} page {i}: {e}", error=True)
+            continue
+        for reason, n in counts.items():
+            if n:  # a part of the page: counted, the page is still written
+                yield Skip(f"corpus_{reason}", pages=0, detail=f"{where} page {i}: {n}")
+        if not lines:
+            yield Skip("no_text_found", detail=f"{where} page {i}")
+            continue
         try:
             rendered = render_page(doc.load_page(i), *render)
         except (RuntimeError, ValueError) as e:
@@ -120,16 +131,8 @@ def _pages(doc, pages: list, where: str, doc_id: str, source: str, render: tuple
             continue
         image, dlist, zoom = rendered
         height, width = image.shape[:2]
-        try:
-            lines, counts = corpus_lines(pages[i], width, height)
-        except (ValueError, TypeError) as e:
-            yield Skip("corpus_bad_json", detail=f"{where} page {i}: {e}", error=True)
-            continue
-        for reason, n in counts.items():
-            if n:  # a part of the page: counted, the page is still written
-                yield Skip(f"corpus_{reason}", pages=0, detail=f"{where} page {i}: {n}")
-        if not lines:
-            yield Skip("no_text_found", detail=f"{where} page {i}")
-            continue
+        for line in lines:
+            left, top, right, bottom = line["bbox"]
+            line["bbox"] = [left * width, top * height, right * width, bottom * height]
         agreement = _agreement(lines, page_lines(dlist, zoom)) if agree else None
         yield Sample(source, doc_id, i, image, where, lines=lines, meta={**meta, "text_layer_iou": agreement})

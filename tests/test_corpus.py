@@ -222,8 +222,23 @@ def test_the_corpus_is_priced_per_source_with_where_each_rate_comes_from(capsys)
         price(compose_app("corpus", ["importer_pages_per_s=100"]))[0]["import_core_hours"]
         == 35_740_000 / 360000
     )
-    assert rows["docx_md"]["core_hours"] is None and rows["docx_md"]["measured"] is None
+    assert rows["math"]["core_hours"] is None and rows["math"]["measured"] is None  # no builder
+    assert rows["docx_md"]["core_hours"] == rows["docx_md"]["pages"] / 3.07 / 3600
     assert main(["cores=512"]) == 0
     out = capsys.readouterr().out
     assert "not measured" in out and "days on 512 cores" in out and "benchmarks/scan_source.py" in out
     assert main(["bogus=1"]) == 2
+
+
+def test_source_rates_measures_a_core_s_pages_per_second_of_a_builder(capsys):
+    """`benchmarks.source_rates`: the README builder over demo documents through run_task prints its pages
+    and samples per second and the row for the price table; an unknown source is refused before any work."""
+    from benchmarks.source_rates import main
+
+    assert main(["--sources", "readme", "--docs", "1", "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    row = next(line.split() for line in out.splitlines() if line.startswith("readme "))
+    assert int(row[1]) == 1 and int(row[3]) >= 1 and float(row[5]) > 0 and row[6] == "-", out
+    assert f"readme_md: pages_per_s: {row[5]}" in out
+    assert main(["--sources", "readme,bogus"]) == 2
+    assert main(["--sources", "readme", "--input", "docx=/tmp"]) == 2

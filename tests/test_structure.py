@@ -105,7 +105,7 @@ def test_every_module_says_what_it_owns_and_stays_readable():
 CLIS = (
     "data_pipeline.build", "data_pipeline.inspect", "data_pipeline.dedup", "data_pipeline.snippet_text",
     "data_pipeline.demo_corpus", "model.tokenizer", "model.export", "train.pretrain", "train.finetune",
-    "train.evaluate", "train.demo", "launch.plan", "launch.corpus", "benchmarks.learning",
+    "train.evaluate", "train.demo", "launch.plan", "launch.corpus", "benchmarks.learning", "benchmarks.source_rates",
 )  # fmt: skip
 
 

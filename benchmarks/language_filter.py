@@ -47,6 +47,11 @@ def witness_language(text: str) -> str:
 
 def kept_in_other_languages(shards: Path, keep: str = "en") -> list[str]:
     """Keys of a build's layout samples whose text the witness reads as another language than `keep`."""
+    return [key for key, _, _ in read_as_other(shards, keep)]
+
+
+def read_as_other(shards: Path, keep: str = "en") -> list[tuple[str, str, str]]:
+    """(key, the witness's language, the text) of each kept sample the witness reads as another language."""
     from data_pipeline.manifest import read_manifest
     from data_pipeline.schema import decode_sample, text_member
     from data_pipeline.storage import iter_samples
@@ -54,9 +59,9 @@ def kept_in_other_languages(shards: Path, keep: str = "en") -> list[str]:
     manifest, found = read_manifest(shards), []
     for i in range(len(manifest)):
         for members in iter_samples(manifest.url(i), wanted=text_member):
-            sample = decode_sample(members)
-            if witness_language(sample.text()) != keep:
-                found.append(sample.key)
+            text = decode_sample(members).text()
+            if (lang := witness_language(text)) != keep:
+                found.append((members["__key__"], lang, text))
     return found
 
 
@@ -82,7 +87,7 @@ def page_reference(path: str) -> tuple[int, int, int | None]:
     return text_pages, english, old_drops
 
 
-def measure(name: str, paths: list[str], tmp: Path, workers: int) -> None:
+def measure(name: str, paths: list[str], tmp: Path, workers: int, show: int = 0) -> None:
     listing = tmp / f"{name}.txt"
     listing.write_text("\n".join(paths))
     out = tmp / name
@@ -119,6 +124,13 @@ def measure(name: str, paths: list[str], tmp: Path, workers: int) -> None:
                 f"{name}: {label}: {n}, {pages} pages; dropped as language {dropped} ({dropped / pages:.2%}); "
                 f"first-long-page rule on the same pages: {old} ({old / pages:.2%})"
             )
+    kept = sum(json.loads((out / f"shard-{i:05d}.json").read_text())["samples"] for i in range(len(docs))
+               if (out / f"shard-{i:05d}.json").exists())  # fmt: skip
+    other = read_as_other(out) if kept else []
+    print(f"{name}: kept pages the witness reads as another language than English: {len(other)} of {kept} "
+          f"({len(other) / max(kept, 1):.2%}); an even sample of them to read:")  # fmt: skip
+    for key, lang, text in other[:: max(len(other) // show, 1)][:show] if show else []:
+        print(f"  {key} [{lang}]: {' '.join(text.split())[:160]}")
     for line in disagree:
         print(line)
 
@@ -137,6 +149,9 @@ def main() -> None:
     ap.add_argument("--other", default=OTHER, help="PDFs in other languages (dir, glob or list file)")
     ap.add_argument("--every", type=int, default=1, help="take every n-th PDF of each set (sorted)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--show", type=int, default=0, help="print this many kept pages the witness reads otherwise"
+    )
     args = ap.parse_args()
     pymupdf.TOOLS.mupdf_display_errors(False)  # broken content streams of real PDFs: not our output
     with tempfile.TemporaryDirectory() as tmp:
@@ -147,7 +162,7 @@ def main() -> None:
                     f"{name}: no PDFs found ({spec}); Debian packages texlive-latex-base-doc, debian-reference-de, ..."
                 )
                 continue
-            measure(name, paths, Path(tmp), args.workers)
+            measure(name, paths, Path(tmp), args.workers, args.show)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ from train.samples import Encoder, SourceSpec, collate
 from train.scoring import levenshtein
 
 SPEC = SourceSpec("snippets", "generated", 1.0, "ocr")
+RECIPES = Path(__file__).resolve().parent.parent / "configs" / "tools" / "recipes"
 FIT_STEPS = 20  # steps timed before the schedule's length is fitted to the budget
 
 
@@ -59,6 +60,8 @@ def compose(overrides: list[str]):
         raise ValueError(
             f"snippets.mode={cfg.snippets.get('mode')}: the benchmark reads snippets (mode=snippet)"
         )
+    text_spec(cfg), text_spec(cfg, cfg.held_out.text)  # the texts' and the drawing's knobs: refused here, by name
+    source_config(cfg), source_config(cfg, cfg.held_out.snippets)
     return cfg
 
 
@@ -288,13 +291,14 @@ def run(cfg, minutes: float | None = None, threads: int | None = None, quiet: bo
 
 def table(curve: list[dict]) -> str:
     head = (
-        "| step | min | train loss | val loss (own / shuffled) | CER | exact | control CER | control exact |"
+        "| step | min | train FLOPs | train loss | val loss (own / shuffled) | CER | exact | lines | control CER "
+        "| control exact |"
     )
-    rows = [head, "|" + "---|" * 8]
+    rows = [head, "|" + "---|" * 10]
     for r in curve:
         loss = "" if r["loss"] is None else f"{r['loss']:.3f}"
         rows.append(
-            f"| {r['step']} | {r['minutes']:.1f} | {loss} | {r['val_loss']:.3f} / {r['val_loss_shuffled']:.3f} | "
+            f"| {r['step']} | {r['minutes']:.1f} | {r.get('flops', 0):.3g} | {loss} | {r['val_loss']:.3f} / {r['val_loss_shuffled']:.3f} | "
             f"{r['cer']:.3f} | {100 * r['em']:.1f}% | {r['lines']:.2f} | {r['control_cer']:.3f} | "
             f"{100 * r['control_em']:.1f}% |"
         )
@@ -323,6 +327,48 @@ def plot(curve: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def recipe_stages(recipe: str) -> list[dict]:
+    """A recipe's stages, each `{name, overrides}`: `configs/tools/recipes/<recipe>.yaml`, or a YAML file's path."""
+    path = Path(recipe) if recipe.endswith((".yaml", ".yml")) else RECIPES / f"{recipe}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in RECIPES.glob("*.yaml")))
+        raise ValueError(f"--recipe {recipe}: no {path} (recipes: {known})")
+    try:
+        stages = OmegaConf.to_container(OmegaConf.load(path)).get("stages") or []
+    except Exception as e:  # YAML's own errors: a recipe written by hand
+        raise ValueError(f"{path}: {e}") from None
+    if not stages or not all(isinstance(s, dict) and s.get("name") for s in stages):
+        raise ValueError(f"{path}: `stages` must list {{name, overrides}} entries")
+    return [{"name": str(s["name"]), "overrides": [str(o) for o in s.get("overrides") or []]} for s in stages]
+
+
+def run_recipe(recipe: str, overrides: list[str], only: list[str] | None, threads: int | None) -> list[dict]:
+    """Run a recipe's stages in order, each from the weights of the one before it (an `init=` among `overrides`
+    starts the first), into `<out>/<stage>/`; `only` runs those stages (the one before the first of them must
+    have run: its weights start it). Every stage's config is composed and checked before the first trains."""
+    stages = recipe_stages(recipe)
+    names = [s["name"] for s in stages]
+    if only and set(only) - set(names):
+        raise ValueError(f"--stages {','.join(only)}: the recipe's stages are {', '.join(names)}")
+    root = Path(compose(overrides).out)
+    weights = next((o.split("=", 1)[1] for o in overrides if o.startswith("init=")), None)
+    plan = []
+    for stage in stages:
+        chosen = [*stage["overrides"], *(o for o in overrides if not o.startswith("init="))]
+        chosen += [f"out={root / stage['name']}", *([f"init={weights}"] if weights else [])]
+        plan.append((stage["name"], compose(chosen)))
+        weights = str(root / stage["name"] / "model.pt")  # what this stage writes starts the next
+    plan = [p for p in plan if not only or p[0] in only]
+    start = plan[0][1].init
+    if start and not Path(start).is_file():
+        raise ValueError(f"stage {plan[0][0]} starts from {start}, which does not exist (run the stage before it)")
+    summaries = []
+    for name, cfg in plan:
+        print(f"stage {name}: {' '.join(o for o in stages[names.index(name)]['overrides'])}", flush=True)
+        summaries.append({"stage": name, **run(cfg, None, threads)})
+    return summaries
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m benchmarks.learning",
@@ -333,8 +379,24 @@ def main(argv: list[str] | None = None) -> int:
         "--minutes", type=float, default=None, help="time budget (the schedule fits it without steps=)"
     )
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument(
+        "--recipe", default=None, help="run a recipe's stages (configs/tools/recipes/<name>.yaml)"
+    )
+    ap.add_argument("--stages", default=None, help="with --recipe: comma-separated stages to run")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
+    if args.recipe:
+        try:
+            only = args.stages.split(",") if args.stages else None
+            done = run_recipe(args.recipe, args.overrides, only, args.threads)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        for s in done:
+            f = s["final"]
+            print(f"{s['stage']}: {s['steps']} steps, {s['minutes']:.1f} min, exact {100 * f['em']:.1f}%, "
+                  f"CER {f['cer']:.3f}, control exact {100 * f['control_em']:.1f}%")  # fmt: skip
+        return 0
     try:
         cfg = compose(args.overrides)
         if not cfg.steps and not args.minutes:

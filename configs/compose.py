@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from configs.schema import ConfigError, register_schemas
 from model.config import register_hydra_presets
+
+__all__ = ["CONFIG_DIR", "ConfigError", "answered_help", "compose", "compose_app", "register"]
 
 CONFIG_DIR = Path(__file__).resolve().parent
 
@@ -26,8 +29,11 @@ def answered_help(argv: list[str], doc: str | None, config: str) -> bool:
     return True
 
 
-class ConfigError(ValueError):
-    """A config value refused before any work starts; the message names the key."""
+def register() -> None:
+    """Hydra's structured configs: the model presets (the `model` group) and the groups' schemas
+    (`configs.schema`). Every entry point calls it before Hydra composes."""
+    register_hydra_presets()
+    register_schemas()
 
 
 def compose(name: str, overrides: list[str], folder: str = ""):
@@ -39,7 +45,7 @@ def compose(name: str, overrides: list[str], folder: str = ""):
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    register_hydra_presets()
+    register()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR / folder), version_base="1.3"):
             return hydra_compose(name, overrides=list(overrides))

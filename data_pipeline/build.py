@@ -21,7 +21,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from configs.compose import CONFIG_DIR, ConfigError, answered_help
+from configs.compose import CONFIG_DIR, ConfigError, answered_help, register
+from configs.schema import Build, check_ranges
 from data_pipeline import storage
 from data_pipeline.documents import list_inputs
 from data_pipeline.executors import EXECUTORS
@@ -31,6 +32,8 @@ from data_pipeline.render.netguard import allowance
 from data_pipeline.sources import SOURCES, get_source
 from data_pipeline.task import plan_tasks
 
+register()  # the schema of build.yaml (configs/schema.py), which Hydra checks as it composes
+
 
 def validate(cfg: DictConfig):
     """Everything that can be checked before work starts; returns the source module."""
@@ -38,12 +41,7 @@ def validate(cfg: DictConfig):
         source = get_source(cfg.source.name)
     except ValueError as e:
         raise ConfigError(str(e)) from e
-    if cfg.executor not in EXECUTORS:
-        raise ConfigError(f"executor={cfg.executor!r}: choose from {', '.join(EXECUTORS)}")
-    if cfg.image.format not in ("png", "jpg", "webp"):
-        raise ConfigError(f"image.format={cfg.image.format!r}: choose png, jpg or webp")
-    if int(cfg.docs_per_shard) < 1 or int(cfg.workers) < 1 or int(cfg.image.max_side) < 16:
-        raise ConfigError("docs_per_shard and workers must be >= 1 and image.max_side >= 16")
+    check_ranges(cfg, Build)  # types and choices: Hydra checked them against the same schema as it composed
     if (cfg.task_index is None) != (cfg.task_count is None):
         raise ConfigError("task_index and task_count go together")
     if cfg.task_count is not None and not 0 <= int(cfg.task_index) < int(cfg.task_count):
@@ -51,8 +49,6 @@ def validate(cfg: DictConfig):
     langs = cfg.filters.languages
     if not (langs == "all" or OmegaConf.is_list(langs)):
         raise ConfigError(f"filters.languages={langs!r}: a list of ISO codes or 'all'")
-    if cfg.filters.get("lang_scope", "document") not in ("document", "page"):
-        raise ConfigError(f"filters.lang_scope={cfg.filters.lang_scope!r}: choose document or page")
     if not 0 <= float(cfg.filters.lang_threshold) <= 1 or float(cfg.filters.get("lang_hold_mb", 0)) < 0:
         raise ConfigError("filters.lang_threshold must be in [0, 1] and filters.lang_hold_mb >= 0")
     memory = cfg.get("worker_memory_mb", "auto")
@@ -64,8 +60,6 @@ def validate(cfg: DictConfig):
         allowance(tuple(cfg.browser.get("allow_addresses") or ()))
     except ValueError as e:
         raise ConfigError(str(e)) from e
-    if cfg.browser.get("network", "offline") not in ("offline", "online"):
-        raise ConfigError(f"browser.network={cfg.browser.network!r}: choose offline or online")
     why = sandbox.check(str(cfg.get("sandbox", "bwrap")))
     if why:
         raise ConfigError(why)

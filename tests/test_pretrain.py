@@ -315,8 +315,9 @@ def test_two_ranks_under_the_deepspeed_launcher(tokenizer, sources, val_sources,
         ("data.slots=3", 2, "must divide"),
         ("tokenizer=/nonexistent", 2, "no sentencepiece model"),
         ("trainer.max_length=100000", 2, "exceeds the model"),
-        ("trainer.max_steps=many", 2, "trainer.max_steps='many': expected an integer"),
-        ("trainer.micro_batchsize=2", 1, "Key 'micro_batchsize' is not in struct"),  # Hydra's own message
+        ("trainer.max_steps=many", 1, "Error merging override trainer.max_steps=many"),  # configs/schema.py
+        ("trainer.micro_batchsize=2", 1, "Key 'micro_batchsize' not in 'Trainer'"),  # Hydra's own message
+        ("eval.batch=0", 2, "eval.batch=0: expected a whole number >= 1"),
         ("stage=pretraining", 1, "Could not find 'stage/pretraining'"),
         (
             "+deepspeed.train_batch_size=4",

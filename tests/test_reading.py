@@ -221,3 +221,30 @@ def test_the_chain_test_fails_when_images_and_texts_are_mispaired(chain):
     same run then reads nothing: exact match stays at chance, under the threshold."""
     final = chain["mispaired"]
     assert final["em"] < READS and final["em"] <= CHANCE, final
+
+
+def test_a_recipe_runs_its_stages_each_from_the_weights_of_the_last(tmp_path):
+    """`benchmarks.learning --recipe`: every stage's config is checked before any trains; each stage starts from
+    the weights the one before wrote (its step-0 validation loss is the last one's final, on the same held-out
+    set); `--stages` runs one stage from its predecessor's weights, and refuses when they are missing."""
+    from benchmarks.learning import main
+
+    recipe = tmp_path / "two.yaml"
+    recipe.write_text(
+        "stages:\n"
+        "  - {name: first, overrides: [steps=3, optim.warmup_steps=1]}\n"
+        "  - {name: second, overrides: [steps=2, optim.warmup_steps=1, 'text.length=[2,2]']}\n"
+    )
+    common = ["--recipe", str(recipe), "--threads", "1", f"out={tmp_path / 'out'}", "held_out.count=4",
+              "eval.every=100", "batch=4", "model.max_patches=8", "held_out.text.length=[2,2]"]  # fmt: skip
+    assert main([*common, "text.kind=bogus"]) == 2 and not (tmp_path / "out").exists()
+    assert main(["--stages", "second", *common]) == 2  # first has not run
+    assert main(common) == 0
+    first, second = (
+        [json.loads(x) for x in (tmp_path / "out" / s / "curve.jsonl").read_text().splitlines()]
+        for s in ("first", "second")
+    )
+    assert [r["step"] for r in first] == [0, 3] and [r["step"] for r in second] == [0, 2]
+    assert second[0]["val_loss"] == pytest.approx(first[-1]["val_loss"], rel=1e-5)
+    assert second[0]["val_loss"] != pytest.approx(first[0]["val_loss"], rel=1e-3)
+    assert main(["--stages", "second", *common]) == 0

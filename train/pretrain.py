@@ -24,10 +24,9 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from configs.compose import CONFIG_DIR
-from model.config import register_hydra_presets
+from configs.compose import CONFIG_DIR, register
 
-register_hydra_presets()  # the `model` group: the presets of model/config.py as structured configs
+register()  # Hydra's structured configs: the model presets and the groups' schemas (configs/schema.py)
 
 
 def run(cfg: DictConfig, tuner=None) -> int:

@@ -7,40 +7,29 @@ import dataclasses
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from configs.compose import ConfigError
-from train.batch_plan import batch_plan
+from configs.schema import check_training
+from train.batch_plan import BatchPlan, batch_plan
 from train.engine import deepspeed_config, training_bf16
 
-NUMBERS = {
-    int: (
-        "trainer.train_batch_size", "trainer.max_steps", "trainer.max_length",
-        "trainer.keep_checkpoints", "optim.warmup_steps", "data.workers", "seed",
-        "eval.every", "eval.samples_per_source", "eval.batch", "eval.predictions", "eval.max_new_tokens",
-        "trainer.bad_steps.window", "trainer.bad_steps.warmup", "trainer.bad_steps.rollback_after",
-        "trainer.bad_steps.rollback_within", "trainer.bad_steps.max_rollbacks",
-    ),
-    float: ("optim.lr", "optim.image_lr_scale", "optim.eps", "optim.weight_decay", "optim.grad_clip", "trainer.dropout",
-            "trainer.memory_headroom", "trainer.hang_timeout", "trainer.bad_steps.sigma"),
-}  # fmt: skip
+if TYPE_CHECKING:  # for the annotations only: the modules are imported where they are used
+    from model.config import ModelConfig
+    from model.tokenizer import Tokenizer
+    from train.guard import DataSkips
+    from train.samples import SourceSpec
 
 
 def check_numbers(cfg: DictConfig) -> None:
-    """Numeric settings are numbers and counts are not negative: a typo fails before any work."""
-    for kind, keys in NUMBERS.items():
-        for key in keys:
-            value = OmegaConf.select(cfg, key)
-            try:
-                number = kind(value)
-            except (TypeError, ValueError):
-                raise ConfigError(
-                    f"{key}={value!r}: expected {'an integer' if kind is int else 'a number'}"
-                ) from None
-            if kind is int and (number != float(value) or number < 0):
-                raise ConfigError(f"{key}={value!r}: expected a whole number >= 0")
+    """What the groups' types and choices (checked by Hydra as it composed them: `configs/schema.py`) leave
+    open: counts' ranges, the seed, and the settings that take a number or a word."""
+    check_training(cfg)
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool):
+        raise ConfigError(f"seed={cfg.seed!r}: expected an integer")
     micro = cfg.trainer.micro_batch_size
     if micro != "auto" and (not str(micro).isdigit() or int(micro) < 1):
         raise ConfigError(f"trainer.micro_batch_size={micro!r}: a whole number >= 1, or auto")
@@ -48,8 +37,6 @@ def check_numbers(cfg: DictConfig) -> None:
         raise ConfigError(
             f"model.activation_checkpointing={cfg.model.activation_checkpointing!r}: true, false or auto"
         )
-    if int(cfg.trainer.max_steps) < 1:
-        raise ConfigError(f"trainer.max_steps={cfg.trainer.max_steps}: a stage needs at least one step")
 
 
 def checkpoint_every(value) -> tuple[int, float]:
@@ -228,18 +215,18 @@ def resumed_slots(cfg: DictConfig) -> int | None:
 class Settings:
     """Everything the run needs that could be checked before starting anything."""
 
-    tok: object
-    model_cfg: object
+    tok: Tokenizer
+    model_cfg: ModelConfig
     micro: int
-    plan: object
+    plan: BatchPlan
     window: int
-    sources: list
-    val_sources: list
+    sources: list[SourceSpec]
+    val_sources: list[SourceSpec]
     ds_config: dict
     bf16: bool
     cuda: bool
     memory_line: str
-    skips: object
+    skips: DataSkips
 
 
 def prepare(cfg: DictConfig, world: int, tuner=None) -> Settings:

@@ -60,8 +60,11 @@ def compose(overrides: list[str]):
         raise ValueError(
             f"snippets.mode={cfg.snippets.get('mode')}: the benchmark reads snippets (mode=snippet)"
         )
-    text_spec(cfg), text_spec(cfg, cfg.held_out.text)  # the texts' and the drawing's knobs: refused here, by name
-    source_config(cfg), source_config(cfg, cfg.held_out.snippets)
+    # The texts' and the drawing's knobs, training's and the held-out set's: a bad one is refused here, by name.
+    text_spec(cfg)
+    text_spec(cfg, cfg.held_out.text)
+    source_config(cfg)
+    source_config(cfg, cfg.held_out.snippets)
     return cfg
 
 
@@ -361,7 +364,9 @@ def run_recipe(recipe: str, overrides: list[str], only: list[str] | None, thread
     plan = [p for p in plan if not only or p[0] in only]
     start = plan[0][1].init
     if start and not Path(start).is_file():
-        raise ValueError(f"stage {plan[0][0]} starts from {start}, which does not exist (run the stage before it)")
+        raise ValueError(
+            f"stage {plan[0][0]} starts from {start}, which does not exist (run the stage before it)"
+        )
     summaries = []
     for name, cfg in plan:
         print(f"stage {name}: {' '.join(o for o in stages[names.index(name)]['overrides'])}", flush=True)

@@ -23,7 +23,10 @@ def price(cfg) -> list[dict]:
         pages = float(s.pages) if s.pages is not None else float(s.share) * float(cfg.total_pages)
         rate = float(s.pages_per_s) if s.pages_per_s is not None else None
         importer_rate = None
-        if s.importer in ("idl_wds", "pdfa_wds"):  # rendering only: source=pdf's rate times the measured ratio
+        if s.importer in (
+            "idl_wds",
+            "pdfa_wds",
+        ):  # rendering only: source=pdf's rate times the measured ratio
             importer_rate = cfg.importer_pages_per_s or (
                 float(cfg.sources.general_pdf.pages_per_s) * float(cfg.importer_vs_pdf)
             )

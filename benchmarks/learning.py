@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from benchmarks.learning_plots import compare, plot, table
 from configs.compose import compose as compose_config
 from configs.compose import compose_app
 from data_pipeline.schema import Sample, encode_sample
@@ -292,44 +293,6 @@ def run(cfg, minutes: float | None = None, threads: int | None = None, quiet: bo
     return summary
 
 
-def table(curve: list[dict]) -> str:
-    head = (
-        "| step | min | train FLOPs | train loss | val loss (own / shuffled) | CER | exact | lines | control CER "
-        "| control exact |"
-    )
-    rows = [head, "|" + "---|" * 10]
-    for r in curve:
-        loss = "" if r["loss"] is None else f"{r['loss']:.3f}"
-        rows.append(
-            f"| {r['step']} | {r['minutes']:.1f} | {r.get('flops', 0):.3g} | {loss} | {r['val_loss']:.3f} / {r['val_loss_shuffled']:.3f} | "
-            f"{r['cer']:.3f} | {100 * r['em']:.1f}% | {r['lines']:.2f} | {r['control_cer']:.3f} | "
-            f"{100 * r['control_em']:.1f}% |"
-        )
-    return "\n".join(rows) + "\n"
-
-
-def plot(curve: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [r["step"] for r in curve]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    left.plot(steps, [100 * r["em"] for r in curve], "o-", label="held out")
-    left.plot(steps, [100 * r["control_em"] for r in curve], "x--", label="control (images shuffled)")
-    left.set(xlabel="step", ylabel="exact match (%)", ylim=(0, 100), title="Held-out snippets read exactly")
-    right.plot(steps, [r["cer"] for r in curve], "o-", label="held out")
-    right.plot(steps, [r["control_cer"] for r in curve], "x--", label="control")
-    right.set(xlabel="step", ylabel="character error rate", ylim=(0, None), title="Character errors")
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def recipe_stages(recipe: str) -> list[dict]:
     """A recipe's stages, each `{name, overrides}`: `configs/tools/recipes/<recipe>.yaml`, or a YAML file's path."""
     path = Path(recipe) if recipe.endswith((".yaml", ".yml")) else RECIPES / f"{recipe}.yaml"
@@ -388,8 +351,18 @@ def main(argv: list[str] | None = None) -> int:
         "--recipe", default=None, help="run a recipe's stages (configs/tools/recipes/<name>.yaml)"
     )
     ap.add_argument("--stages", default=None, help="with --recipe: comma-separated stages to run")
+    ap.add_argument("--compare", nargs="+", metavar="RUN", help="finished runs' folders: loss against FLOPs")
+    ap.add_argument("--plot", default="runs/learning/flops.png", help="with --compare: the PNG written")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
+    if args.compare:
+        try:
+            print(compare(args.compare, Path(args.plot)), end="")
+        except (ValueError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.plot} (validation loss / exact match at each budget)")
+        return 0
     if args.recipe:
         try:
             only = args.stages.split(",") if args.stages else None

@@ -248,3 +248,7 @@ def test_a_recipe_runs_its_stages_each_from_the_weights_of_the_last(tmp_path):
     assert second[0]["val_loss"] == pytest.approx(first[-1]["val_loss"], rel=1e-5)
     assert second[0]["val_loss"] != pytest.approx(first[0]["val_loss"], rel=1e-3)
     assert main(["--stages", "second", *common]) == 0
+    plot = tmp_path / "flops.png"
+    runs = [str(tmp_path / "out" / s) for s in ("first", "second")]
+    assert main(["--compare", *runs, "--plot", str(plot)]) == 0 and plot.stat().st_size > 1000
+    assert main(["--compare", str(tmp_path / "nothing")]) == 2

@@ -10,7 +10,7 @@ from pathlib import Path
 from configs.schema import ConfigError, register_schemas
 from model.config import register_hydra_presets
 
-__all__ = ["CONFIG_DIR", "ConfigError", "answered_help", "compose", "compose_app", "register"]
+__all__ = ["CONFIG_DIR", "ConfigError", "answered_help", "compose", "compose_app", "register", "tool_main"]
 
 CONFIG_DIR = Path(__file__).resolve().parent
 
@@ -52,6 +52,21 @@ def compose(name: str, overrides: list[str], folder: str = ""):
     except (HydraException, OmegaConfBaseException) as e:
         cause = f": {e.__cause__}" if e.__cause__ else ""
         raise ValueError(f"{e}{cause}".strip()) from None
+
+
+def tool_main(argv: list[str], doc: str | None, name: str, action) -> int:
+    """A tool's command line: `--help` answered, `configs/tools/<name>.yaml` composed with `argv`, the text
+    `action(cfg)` returns printed; a refused value (ValueError) is said on stderr and exits 2."""
+    import sys
+
+    if answered_help(argv, doc, f"tools/{name}.yaml"):
+        return 0
+    try:
+        print(action(compose_app(name, argv)))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def compose_app(name: str, overrides: list[str]):

@@ -26,45 +26,18 @@ def at_least(n: int) -> dict:
     return {"min": n}
 
 
-class Choice(StrEnum):
-    """A string choice: compares, hashes, prints and serialises as its value."""
+def choice(name: str, *values: str) -> type[StrEnum]:
+    """A string choice for a schema's field: its members compare, hash, print and serialise as their values."""
+    return StrEnum(name, values, module=__name__)
 
 
-class Resume(Choice):
-    auto = "auto"
-    force = "force"
-
-
-class WandbMode(Choice):
-    online = "online"
-    offline = "offline"
-    disabled = "disabled"
-
-
-class Executor(Choice):
-    local = "local"
-    ray = "ray"
-
-
-class ImageFormat(Choice):
-    png = "png"
-    jpg = "jpg"
-    webp = "webp"
-
-
-class LangScope(Choice):
-    document = "document"
-    page = "page"
-
-
-class Network(Choice):
-    offline = "offline"
-    online = "online"
-
-
-class Sandbox(Choice):
-    bwrap = "bwrap"
-    none = "none"
+Resume = choice("Resume", "auto", "force")
+WandbMode = choice("WandbMode", "online", "offline", "disabled")
+Executor = choice("Executor", "local", "ray")
+ImageFormat = choice("ImageFormat", "png", "jpg", "webp")
+LangScope = choice("LangScope", "document", "page")
+Network = choice("Network", "offline", "online")
+Sandbox = choice("Sandbox", "bwrap", "none")
 
 
 @dataclasses.dataclass

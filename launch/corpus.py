@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from configs.compose import answered_help, compose_app
+from configs.compose import tool_main
 
 
 def price(cfg) -> list[dict]:
@@ -77,14 +77,7 @@ def table(cfg) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if answered_help(argv, __doc__, "tools/corpus.yaml"):
-        return 0
-    try:
-        print(table(compose_app("corpus", argv)))
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return tool_main(argv, __doc__, "corpus", table)
 
 
 if __name__ == "__main__":

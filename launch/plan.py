@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from configs.compose import answered_help, compose_app
+from configs.compose import tool_main
 from model.config import ModelConfig, config_from_dict
 from model.kosmos import Kosmos25
 from model.memory import GIB, Memory, Plan, fit, zero_fields
@@ -219,15 +219,7 @@ def plan(model: ModelConfig, cfg) -> str:
 
 
 def main(argv: list[str]) -> int:
-    if answered_help(argv, __doc__, "tools/plan.yaml"):
-        return 0
-    try:
-        cfg = compose_app("plan", argv)
-        print(plan(config_from_dict(cfg.model), cfg))
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return tool_main(argv, __doc__, "plan", lambda cfg: plan(config_from_dict(cfg.model), cfg))
 
 
 if __name__ == "__main__":

@@ -24,17 +24,14 @@ from __future__ import annotations
 import random
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
-from configs.compose import tool_main
+from configs.compose import compose, tool_main
 from model.config import ModelConfig, config_from_dict
 from model.kosmos import Kosmos25
 from model.memory import GIB, Memory, Plan, fit, zero_fields
 
-ROOT = Path(__file__).resolve().parents[1]
 STAGES = {"warmup": 20_000, "layout": 100_000, "mixed": 140_000}
 CORPUS_PAGES = 357_400_000
 GLOBAL_BATCH = 1024
@@ -120,7 +117,7 @@ def plan_run(model: ModelConfig, cfg) -> RunPlan:
         raise ValueError(f"gpu={cfg.gpu!r}: choose from {', '.join(GPUS)}")
     gpu = GPUS[cfg.gpu]
     gpus = int(cfg.gpus)
-    ds = OmegaConf.load(ROOT / "configs" / "deepspeed" / f"{cfg.deepspeed}.yaml").zero_optimization
+    ds = compose("pretrain", [f"deepspeed={cfg.deepspeed}"]).deepspeed.zero_optimization  # as training composes it
     prompt = model.latent_query_num + 4
     length = int(cfg.max_length)
 

@@ -266,7 +266,27 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_samples(tmp_path):
     got, want = read_shards(out), read_shards(reference)
     assert sorted(got) == sorted(want)
     for key in want:
-        assert got[key]["layout.json"] == want[key]["layout.json"] and got[key]["png"] == want[key]["png"]
+        assert got[key]["layout.json"] == want[key]["layout.json"]
+        assert got[key]["png"] == want[key]["png"], png_difference(key, got[key]["png"], want[key]["png"])
+
+
+def png_difference(key: str, a: bytes, b: bytes) -> str:
+    """Where two PNGs of one page differ: sizes, modes, the box of differing pixels and the largest difference
+    (a rare mismatch seen under load; this says what it was)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    x, y = (np.asarray(Image.open(io.BytesIO(d))) for d in (a, b))
+    if x.shape != y.shape:
+        return f"{key}: shapes {x.shape} and {y.shape}"
+    diff = np.abs(x.astype(int) - y.astype(int))
+    rows, cols = np.nonzero(diff.reshape(diff.shape[0], diff.shape[1], -1).max(axis=2))
+    if not len(rows):
+        return f"{key}: the same pixels, different bytes ({len(a)} and {len(b)})"
+    return (f"{key}: {len(rows)} pixels differ, box x {cols.min()}-{cols.max()} y {rows.min()}-{rows.max()} "
+            f"of {x.shape}, largest difference {diff.max()}")  # fmt: skip
 
 
 def test_ray_executor_writes_the_same_samples_as_local(pdf_dir, built, tmp_path):

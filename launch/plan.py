@@ -117,7 +117,9 @@ def plan_run(model: ModelConfig, cfg) -> RunPlan:
         raise ValueError(f"gpu={cfg.gpu!r}: choose from {', '.join(GPUS)}")
     gpu = GPUS[cfg.gpu]
     gpus = int(cfg.gpus)
-    ds = compose("pretrain", [f"deepspeed={cfg.deepspeed}"]).deepspeed.zero_optimization  # as training composes it
+    ds = compose(
+        "pretrain", [f"deepspeed={cfg.deepspeed}"]
+    ).deepspeed.zero_optimization  # as training composes it
     prompt = model.latent_query_num + 4
     length = int(cfg.max_length)
 

@@ -29,12 +29,7 @@ from data_pipeline.documents import list_inputs
 from data_pipeline.sources import get_source
 from data_pipeline.task import Task, run_task
 
-MAKERS = {
-    "powerpoint": lambda d, s: demo_corpus.make_pptx(d / f"deck{s}.pptx", seed=s),
-    "docx": lambda d, s: demo_corpus.make_docx(d / f"report{s}.docx", seed=s),
-    "readme": lambda d, s: demo_corpus.make_readme(d / f"README{s}.md", seed=s),
-    "arxiv": lambda d, s: demo_corpus.make_arxiv_pair(d, seed=s),
-}
+MAKERS = {name: demo_corpus.MAKERS[name] for name in ("powerpoint", "docx", "readme", "arxiv")}
 # The price table's rows each source's rate serves (configs/tools/corpus.yaml).
 ROWS = {"powerpoint": ["powerpoint"], "docx": ["docx_md"], "readme": ["readme_md"],
         "arxiv": ["arxiv_layout", "latex_md"]}  # fmt: skip

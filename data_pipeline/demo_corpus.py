@@ -335,22 +335,25 @@ def make_snippets(path: str | Path, seed: int = 0, lines: int = 120) -> Path:
     return path
 
 
+# One document of each builder's kind: MAKERS[builder](folder, seed) writes it into folder.
+MAKERS = {
+    "pdf": lambda d, s: make_pdf(d / f"doc{s}.pdf", seed=s),
+    "scan": lambda d, s: make_scan(d / f"scan{s}.tiff", seed=s, pages=1),
+    "powerpoint": lambda d, s: make_pptx(d / f"deck{s}.pptx", seed=s),
+    "arxiv": lambda d, s: make_arxiv_pair(d, seed=s),
+    "web": lambda d, s: make_web_page(d / f"page{s}.html", seed=s),
+    "readme": lambda d, s: make_readme(d / f"README{s}.md", seed=s),
+    "docx": lambda d, s: make_docx(d / f"report{s}.docx", seed=s),
+    "synthetic": lambda d, s: make_snippets(d / f"snippets{s}.txt", seed=s),
+}
+
+
 def make_demo_corpus(out: str | Path, scale: float = 1.0) -> dict[str, dict[str, int]]:
     """`<out>/<builder>/{train,val}/...`: documents for every builder, training and held-out, deterministic.
     The `html` builder reads the `web` pages. Returns the document counts."""
     out = Path(out)
-    makers = {
-        "pdf": lambda d, s: make_pdf(d / f"doc{s}.pdf", seed=s),
-        "scan": lambda d, s: make_scan(d / f"scan{s}.tiff", seed=s, pages=1),
-        "powerpoint": lambda d, s: make_pptx(d / f"deck{s}.pptx", seed=s),
-        "arxiv": lambda d, s: make_arxiv_pair(d, seed=s),
-        "web": lambda d, s: make_web_page(d / f"page{s}.html", seed=s),
-        "readme": lambda d, s: make_readme(d / f"README{s}.md", seed=s),
-        "docx": lambda d, s: make_docx(d / f"report{s}.docx", seed=s),
-        "synthetic": lambda d, s: make_snippets(d / f"snippets{s}.txt", seed=s),
-    }
     counts: dict[str, dict[str, int]] = {}
-    for name, make in makers.items():
+    for name, make in MAKERS.items():
         n_train, n_val = DEMO_COUNTS[name]
         n_train = max(1, round(n_train * scale))
         for split, seeds in (("train", range(n_train)), ("val", range(HELD_OUT_SEED, HELD_OUT_SEED + n_val))):

@@ -39,8 +39,8 @@ EXTENSIONS = (".tar",)
 TOLERANCE = 0.01
 
 
-def corpus_lines(page: dict, width: int, height: int) -> tuple[list[dict], dict[str, int]]:
-    """A JSON page's lines in pixels of a `width` x `height` rendering, in the corpus's order, and the counts
+def corpus_lines(page: dict) -> tuple[list[dict], dict[str, int]]:
+    """A JSON page's lines, boxes as fractions of the page (x0, y0, x1, y1), in the corpus's order, and the counts
     of what was dropped (`empty_line`) or lies outside the page (`box_outside`: dropped when it misses the
     page, clamped by `clean_lines` when it overlaps it)."""
     block = page.get("lines") or {}
@@ -58,9 +58,7 @@ def corpus_lines(page: dict, width: int, height: int) -> tuple[list[dict], dict[
             counts["box_outside"] += 1
             if right <= 0 or bottom <= 0 or left >= 1 or top >= 1:
                 continue
-        lines.append(
-            {"text": str(text), "bbox": [left * width, top * height, right * width, bottom * height]}
-        )
+        lines.append({"text": str(text), "bbox": [left, top, right, bottom]})
     return lines, counts
 
 
@@ -110,8 +108,8 @@ def _pages(doc, pages: list, where: str, doc_id: str, source: str, render: tuple
         if i >= len(pages) or not isinstance(pages[i], dict):
             yield Skip("corpus_page_unlabelled", detail=f"{where} page {i}: the JSON has {len(pages)} pages")
             continue
-        try:  # in fractions of the page first: a page without a line to label it is not rendered
-            lines, counts = corpus_lines(pages[i], 1, 1)
+        try:  # before rendering: a page without a line to label it is not rendered
+            lines, counts = corpus_lines(pages[i])
         except (ValueError, TypeError) as e:
             yield Skip("corpus_bad_json", detail=f"{where} page {i}: {e}", error=True)
             continue

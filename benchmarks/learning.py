@@ -23,11 +23,13 @@ times; curves are only comparable on equal schedules, so pass `steps=` to compar
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import random
 import string
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -35,10 +37,11 @@ from omegaconf import OmegaConf
 
 from benchmarks.learning_plots import compare, plot, table
 from configs.compose import compose as compose_config
-from configs.compose import compose_app
+from configs.compose import compose_app, recipe_stages
 from data_pipeline.schema import Sample, encode_sample
 from data_pipeline.snippet_text import TextSpec, make_text, make_texts
 from data_pipeline.sources import synthetic
+from data_pipeline.storage import is_remote
 from model.config import config_from_dict
 from model.kosmos import build_model
 from model.processor import ImageProcessor
@@ -46,12 +49,11 @@ from model.task_format import TaskFormat
 from model.tokenizer import Tokenizer, special_symbols, train_tokenizer
 from train.engine import lr_lambda, param_groups
 from train.evaluate import Evaluator
-from train.pages import EvalPage
+from train.pages import EvalPage, line_crops, load_pages
 from train.samples import Encoder, SourceSpec, collate
 from train.scoring import levenshtein
 
 SPEC = SourceSpec("snippets", "generated", 1.0, "ocr")
-RECIPES = Path(__file__).resolve().parent.parent / "configs" / "tools" / "recipes"
 FIT_STEPS = 20  # steps timed before the schedule's length is fitted to the budget
 
 
@@ -66,6 +68,9 @@ def compose(overrides: list[str]):
     text_spec(cfg, cfg.held_out.text)
     source_config(cfg)
     source_config(cfg, cfg.held_out.snippets)
+    crops = cfg.held_out.crops
+    if crops and not is_remote(str(crops)) and not glob.glob(str(crops)):
+        raise ValueError(f"held_out.crops={crops}: no such folder, shard or file")
     return cfg
 
 
@@ -112,6 +117,16 @@ def snippet_samples(texts: list[str], doc_id: str, cfg, fonts) -> list[dict]:
 
 
 def held_out_pages(cfg) -> list[EvalPage]:
+    """The held-out snippets: drawn as configured (`held_out.text`, `held_out.snippets`), or crops of the lines of
+    real pages (`held_out.crops`: a build's shards, a folder of labelled images, ...: `train.pages.load_pages`)."""
+    h = cfg.held_out
+    if h.crops:
+        charset = set(string.printable) - set("\t\n\r\x0b\x0c") if cfg.tokenizer == "char" else None
+        pages = load_pages(str(h.crops), 10**6)
+        crops = line_crops(pages, tuple(h.crop_words), float(h.crop_margin), int(h.count), charset)
+        if not crops:
+            raise ValueError(f"held_out.crops={h.crops}: no labelled line of {list(h.crop_words)} words")
+        return crops
     spec = text_spec(cfg, cfg.held_out.text)
     source = source_config(cfg, cfg.held_out.snippets)
     fonts = synthetic.fonts_of(source)
@@ -137,6 +152,7 @@ def read_scores(evaluator: Evaluator, max_new_tokens: int, shuffled: bool) -> di
         ]
     preds = evaluator.predict(items, max_new_tokens=max_new_tokens)
     errors = chars = exact = lines = 0
+    said_words, true_words, hit_words = 0, 0, 0  # words as multisets per snippet, summed (micro-averaged F1)
     examples = []
     for item, pred in zip(items, preds, strict=True):
         truth = "\n".join(line["text"] for line in item["page"].lines)
@@ -145,9 +161,20 @@ def read_scores(evaluator: Evaluator, max_new_tokens: int, shuffled: bool) -> di
         chars += len(truth)
         exact += said == truth
         lines += len(pred["lines"])
+        said_bag, true_bag = Counter(said.split()), Counter(truth.split())
+        said_words, true_words = said_words + said_bag.total(), true_words + true_bag.total()
+        hit_words += (said_bag & true_bag).total()
         examples.append({"truth": truth, "read": said, "generated": pred["text"]})
     n = max(len(items), 1)
-    return {"cer": errors / max(chars, 1), "em": exact / n, "lines": lines / n, "examples": examples}
+    p, r = hit_words / max(said_words, 1), hit_words / max(true_words, 1)
+    f1 = 2 * p * r / (p + r) if p + r else 0.0
+    return {
+        "cer": errors / max(chars, 1),
+        "em": exact / n,
+        "lines": lines / n,
+        "word_f1": f1,
+        "examples": examples,
+    }
 
 
 def evaluate(evaluator: Evaluator, max_new_tokens: int) -> tuple[dict, list[dict]]:
@@ -162,8 +189,10 @@ def evaluate(evaluator: Evaluator, max_new_tokens: int) -> tuple[dict, list[dict
         "cer": read["cer"],
         "em": read["em"],
         "lines": read["lines"],  # lines written per one-line snippet
+        "word_f1": read["word_f1"],
         "control_cer": control["cer"],
         "control_em": control["em"],
+        "control_word_f1": control["word_f1"],
         "val_loss": loss,
         "val_loss_shuffled": loss_shuffled,
     }
@@ -200,7 +229,7 @@ def run(cfg, minutes: float | None = None, threads: int | None = None, quiet: bo
         betas=tuple(cfg.optim.betas),
     )
     warmup = int(cfg.optim.warmup_steps)
-    total = int(cfg.steps) if cfg.steps else None
+    total = int(cfg.steps) if cfg.steps is not None else None  # 0: evaluate `init` only
     # Until the schedule's length is fitted, only the warm-up's part of it runs (it does not depend on the length).
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_lambda(warmup, total or 10**9)(s))
     budget = minutes * 60 if minutes else None
@@ -275,7 +304,8 @@ def run(cfg, minutes: float | None = None, threads: int | None = None, quiet: bo
             say(f"schedule fitted to the budget: {total} steps ({per_step * 1000:.0f} ms a step)")
         if step % every == 0 and step != total:
             record(step)
-    record(step)
+    if step or not curve:
+        record(step)
     curve_file.close()
     torch.save(model.state_dict(), out / "model.pt")  # starts a later stage of the recipe
     summary = {
@@ -291,21 +321,6 @@ def run(cfg, minutes: float | None = None, threads: int | None = None, quiet: bo
     (out / "table.md").write_text(table(curve))
     plot(curve, out / "curve.png")
     return summary
-
-
-def recipe_stages(recipe: str) -> list[dict]:
-    """A recipe's stages, each `{name, overrides}`: `configs/tools/recipes/<recipe>.yaml`, or a YAML file's path."""
-    path = Path(recipe) if recipe.endswith((".yaml", ".yml")) else RECIPES / f"{recipe}.yaml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in RECIPES.glob("*.yaml")))
-        raise ValueError(f"--recipe {recipe}: no {path} (recipes: {known})")
-    try:
-        stages = OmegaConf.to_container(OmegaConf.load(path)).get("stages") or []
-    except Exception as e:  # YAML's own errors: a recipe written by hand
-        raise ValueError(f"{path}: {e}") from None
-    if not stages or not all(isinstance(s, dict) and s.get("name") for s in stages):
-        raise ValueError(f"{path}: `stages` must list {{name, overrides}} entries")
-    return [{"name": str(s["name"]), "overrides": [str(o) for o in s.get("overrides") or []]} for s in stages]
 
 
 def run_recipe(recipe: str, overrides: list[str], only: list[str] | None, threads: int | None) -> list[dict]:
@@ -377,8 +392,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         cfg = compose(args.overrides)
-        if not cfg.steps and not args.minutes:
-            raise ValueError("give --minutes or steps=")
+        if cfg.steps is None and not args.minutes:
+            raise ValueError("give --minutes or steps= (steps=0: evaluate init= only)")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

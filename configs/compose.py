@@ -10,9 +10,19 @@ from pathlib import Path
 from configs.schema import ConfigError, register_schemas
 from model.config import register_hydra_presets
 
-__all__ = ["CONFIG_DIR", "ConfigError", "answered_help", "compose", "compose_app", "register", "tool_main"]
+__all__ = [
+    "CONFIG_DIR",
+    "ConfigError",
+    "answered_help",
+    "compose",
+    "compose_app",
+    "recipe_stages",
+    "register",
+    "tool_main",
+]
 
 CONFIG_DIR = Path(__file__).resolve().parent
+RECIPE_DIR = CONFIG_DIR / "tools" / "recipes"  # stages of `python -m benchmarks.learning --recipe`
 
 
 def answered_help(argv: list[str], doc: str | None, config: str) -> bool:
@@ -79,3 +89,20 @@ def compose_app(name: str, overrides: list[str]):
     if missing:
         raise ValueError(f"required: {', '.join(f'{k}=...' for k in missing)}")
     return cfg
+
+
+def recipe_stages(recipe: str) -> list[dict]:
+    """A recipe's stages, each `{name, overrides}`: `configs/tools/recipes/<recipe>.yaml`, or a YAML file's path."""
+    from omegaconf import OmegaConf
+
+    path = Path(recipe) if recipe.endswith((".yaml", ".yml")) else RECIPE_DIR / f"{recipe}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in RECIPE_DIR.glob("*.yaml")))
+        raise ValueError(f"--recipe {recipe}: no {path} (recipes: {known})")
+    try:
+        stages = OmegaConf.to_container(OmegaConf.load(path)).get("stages") or []
+    except Exception as e:  # YAML's own errors: a recipe written by hand
+        raise ValueError(f"{path}: {e}") from None
+    if not stages or not all(isinstance(s, dict) and s.get("name") for s in stages):
+        raise ValueError(f"{path}: `stages` must list {{name, overrides}} entries")
+    return [{"name": str(s["name"]), "overrides": [str(o) for o in s.get("overrides") or []]} for s in stages]

@@ -1,7 +1,8 @@
-"""Texts for the reading warm-up's snippets, made rather than collected: random letters (no language prior, so
-only reading lowers the loss), random words of a word list, or mixes of digits, punctuation and letters. Held-out
-sets differ from training by seed and, where a word list or fonts are used, by item: `held_out(name, fraction)`
-puts a fixed share of words (and of font files) aside by a hash of their name, the same on every machine.
+"""Texts for the reading warm-up's snippets: random letters (no language prior, so only reading lowers the loss),
+random words of a word list, mixes of digits, punctuation and letters, or runs of consecutive words of text files
+(`text`: prose and code as written, capitals, digits and punctuation included). Held-out sets differ from training
+by seed and, where a word list, text files or fonts are used, by item: `held_out(name, fraction)` puts a fixed
+share of words (and of text and font files) aside by a hash of their name, the same on every machine.
 
     python -m data_pipeline.snippet_text --kind words --count 100000 --length 1 3 --split train --out texts/words.txt
 
@@ -11,6 +12,7 @@ writes one snippet per line, the input of `python -m data_pipeline.build source=
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import random
 import re
@@ -19,22 +21,25 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-KINDS = ("letters", "words", "mixed")
+KINDS = ("letters", "words", "mixed", "text")
 SPLITS = ("train", "held_out", "all")
 LOWERCASE = "abcdefghijklmnopqrstuvwxyz"
 WORD_LIST = "/usr/share/dict/words"  # Debian's wamerican
+TEXT_FILES = "/usr/lib/python3*/*.py"  # Python's standard library: English docstrings and comments, and code
 PUNCTUATION = ".,:;!?()-/'\"%$#&+"
 
 
 @dataclass(frozen=True)
 class TextSpec:
-    """What a snippet's text is. `length` counts characters (`letters`), words (`words`) or tokens (`mixed`)."""
+    """What a snippet's text is. `length` counts characters (`letters`), words (`words`, `text`) or tokens
+    (`mixed`)."""
 
     kind: str = "letters"
     length: tuple[int, int] = (1, 3)
     alphabet: str = LOWERCASE  # letters drawn by `letters` and `mixed`
     words: str = WORD_LIST  # one word per line; only words of letters a-z/A-Z are kept
-    held_out: float = 0.1  # share of words set aside for held-out sets
+    files: str = TEXT_FILES  # `text`: a glob of text files; runs of their printable-ASCII words
+    held_out: float = 0.1  # share of words (text files) set aside for held-out sets
     split: str = "train"  # train | held_out | all: which words a set draws from
 
     def __post_init__(self) -> None:
@@ -51,6 +56,10 @@ class TextSpec:
             raise ValueError("text.alphabet is empty")
         if self.kind == "words" and not word_list(self.words, self.held_out, self.split):
             raise ValueError(f"text.words={self.words}: no words of letters in the {self.split} split")
+        if self.kind == "text" and not text_files(self.files, self.held_out, self.split):
+            raise ValueError(
+                f"text.files={self.files}: no text file with printable words in the {self.split} split"
+            )
 
     @classmethod
     def from_config(cls, cfg) -> TextSpec:
@@ -85,6 +94,24 @@ def word_list(path: str, fraction: float = 0.0, split: str = "all") -> tuple[str
     return tuple(split_items(words, fraction, split))
 
 
+@lru_cache(maxsize=4)
+def text_files(pattern: str, fraction: float = 0.0, split: str = "all") -> tuple[tuple[str, ...], ...]:
+    """The words (white-space separated, printable ASCII, at most 24 characters) of each text file matching
+    `pattern`, of the given split (by a hash of the file's path)."""
+    docs = []
+    for path in sorted(glob.glob(pattern, recursive=True)):
+        if split != "all" and held_out(path, fraction) != (split == "held_out"):
+            continue
+        try:
+            text = Path(path).read_text(errors="replace")
+        except OSError:
+            continue
+        words = tuple(w for w in text.split() if w.isascii() and w.isprintable() and len(w) <= 24)
+        if words:
+            docs.append(words)
+    return tuple(docs)
+
+
 def _mixed_token(rng: random.Random, alphabet: str) -> str:
     form = rng.randrange(6)
     if form == 0:
@@ -109,6 +136,10 @@ def make_text(spec: TextSpec, rng: random.Random) -> str:
     if spec.kind == "words":
         words = word_list(spec.words, spec.held_out, spec.split)
         return " ".join(rng.choice(words) for _ in range(n))
+    if spec.kind == "text":
+        doc = rng.choice(text_files(spec.files, spec.held_out, spec.split))
+        start = rng.randrange(max(len(doc) - n + 1, 1))
+        return " ".join(doc[start : start + n])
     return " ".join(_mixed_token(rng, spec.alphabet) for _ in range(n))
 
 
@@ -127,13 +158,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--length", type=int, nargs=2, default=(1, 3), metavar=("LOW", "HIGH"))
     ap.add_argument("--alphabet", default=LOWERCASE)
     ap.add_argument("--words", default=WORD_LIST, help="word list for --kind words")
-    ap.add_argument("--held-out", type=float, default=0.1, help="share of words set aside")
+    ap.add_argument("--files", default=TEXT_FILES, help="glob of text files for --kind text")
+    ap.add_argument("--held-out", type=float, default=0.1, help="share of words (text files) set aside")
     ap.add_argument("--split", choices=SPLITS, default="train")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", required=True, help="text file to write, one snippet per line")
     args = ap.parse_args(argv)
     try:
-        spec = TextSpec(args.kind, tuple(args.length), args.alphabet, args.words, args.held_out, args.split)
+        spec = TextSpec(
+            args.kind, tuple(args.length), args.alphabet, args.words, args.files, args.held_out, args.split
+        )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""Model configuration: dataclasses and the named presets (`tiny`, `small`, `kosmos-2.5`).
+"""Model configuration: dataclasses and the named presets (`tiny`, `reader`, `small`, `kosmos-2.5`).
 
 Field names follow Hugging Face's `Kosmos2_5Config` where a field exists there, so a config converts
 1:1 (see `model/hf.py`). Presets are defined here once and registered as Hydra's `model` config group
@@ -140,6 +140,35 @@ def _tiny() -> ModelConfig:
     )
 
 
+def _reader() -> ModelConfig:
+    # The reading warm-up's model (configs/tools/recipes/reading.yaml, benchmarks/results/learning.md): 1.5M
+    # parameters with a vocabulary of ~900, the tiny decoder behind a vision encoder twice as wide and a layer
+    # deeper, 32 latents, and the resampler's input projection at the latent queries' scale so that it reads its
+    # image from the first steps. `make demo` trains it: the warm-up's weights start the demo's page stages.
+    return ModelConfig(
+        name="reader",
+        vision=VisionConfig(
+            hidden_size=128,
+            intermediate_size=512,
+            head_dim=32,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            max_num_patches=256,
+        ),
+        text=TextConfig(
+            vocab_size=4096,
+            max_position_embeddings=1024,
+            embed_dim=128,
+            layers=2,
+            ffn_dim=512,
+            attention_heads=4,
+        ),
+        latent_query_num=32,
+        max_patches=256,
+        image_proj_init_std=1.0,
+    )
+
+
 def _small() -> ModelConfig:
     # About 60M parameters: big enough for throughput comparisons to mean something, small enough for a CPU.
     return ModelConfig(
@@ -170,7 +199,7 @@ def _kosmos25() -> ModelConfig:
     return ModelConfig(name="kosmos-2.5")
 
 
-PRESETS = {"tiny": _tiny, "small": _small, "kosmos-2.5": _kosmos25}
+PRESETS = {"tiny": _tiny, "reader": _reader, "small": _small, "kosmos-2.5": _kosmos25}
 
 
 def _merge(base: dict[str, Any], overrides: dict[str, Any], path: str = "") -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""`make demo` in miniature: every builder, the tokenizer, three stages under the real `deepspeed` launcher with
-2 ranks, the evaluation and the report, with a few steps each (the full demo's figures are in its report)."""
+"""`make demo` in miniature: every builder, the tokenizer, the reading warm-up, three stages under the real
+`deepspeed` launcher with 2 ranks from the warm-up's weights, the evaluation and the report, with a few steps each
+(the full demo's figures are in its report)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ def test_demo_end_to_end_in_miniature(tmp_path):
     cmd = [
         sys.executable, "-m", "train.demo", "--out", str(out), "--scale", "0.25", "--warmup-steps", "2",
         "--layout-steps", "3", "--mixed-steps", "3", "--eval-every", "2", "--port", "29720",
+        "--reading-overrides", "steps=4 eval.every=2 held_out.count=6",
     ]  # fmt: skip
     r = subprocess.run(cmd, env={**os.environ, **ENV_EXTRA}, capture_output=True, text=True, timeout=1500)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
@@ -30,7 +32,10 @@ def test_demo_end_to_end_in_miniature(tmp_path):
         "loss_train.png",
         "loss_val.png",
         "## Validation loss, start and end",
+        "## Reading warm-up",
+        "reading/letters/curve.png",
         "## Does the model read the image?",
+        "## Held-out pages: predicted text beside the truth",
         "### Text recognition",
         "### Image to markdown",
         "## Pages with predicted boxes",
@@ -43,6 +48,12 @@ def test_demo_end_to_end_in_miniature(tmp_path):
         assert f"| {source} |" in report
     assert (out / "loss_train.png").stat().st_size > 10_000 and (out / "loss_val.png").stat().st_size > 10_000
     assert list((out / "eval" / "pages").glob("*.png"))
+    # The warm-up read its held-out snippets, and its weights started the first page stage.
+    summary = json.loads((out / "reading" / "letters" / "summary.json").read_text())
+    assert summary["steps"] == 4 and "| letters | 4 |" in report
+    assert "Held-out snippets after stage `letters` (the first 6)" in report
+    log = (out / "logs" / "train-warmup.log").read_text()
+    assert f"starting from {out / 'reading' / 'letters' / 'model.pt'}" in log
     metrics = json.loads((out / "eval" / "metrics.json").read_text())
     assert {"ocr", "md"} <= set(metrics["metrics"]["overall"])
     # A second run finds every phase done and only rewrites the report.

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from data_pipeline.snippet_text import TextSpec, held_out, make_texts, word_list
+from data_pipeline.snippet_text import TextSpec, held_out, make_texts, text_files, word_list
 from tests.test_build_pdf import build, read_shards, summary
 
 WORDS = "/usr/share/dict/words"
@@ -39,10 +39,20 @@ def test_snippet_texts_follow_their_spec():
 
     mixed = make_texts(TextSpec("mixed", (2, 5)), 200, seed=4)
     assert any(re.search(r"\d", t) for t in mixed) and any(re.search(r"[.,:;!?()$#%]", t) for t in mixed)
+
+    # Runs of consecutive words of text files, the held-out files apart from the training ones.
+    files = TextSpec("text").files
+    train_docs, held_docs = text_files(files, 0.1, "train"), text_files(files, 0.1, "held_out")
+    assert len(train_docs) > 50 and held_docs and not set(train_docs) & set(held_docs)
+    runs = make_texts(TextSpec("text", (2, 3), split="held_out"), 100, seed=5)
+    held_text = "\n".join(" ".join(d) for d in held_docs)
+    assert all(1 <= len(t.split()) <= 3 and t in held_text for t in runs)
+    assert any(re.search(r"[A-Z]", t) for t in runs) and any(re.search(r"[(){}:=.,]", t) for t in runs)
     for bad, why in (
         ({"kind": "poems"}, "text.kind=poems"),
         ({"length": (0, 3)}, "needs 1 <= low <= high"),
         ({"kind": "words", "words": "/nonexistent/list"}, "no such file"),
+        ({"kind": "text", "files": "/nonexistent/*.txt"}, "no text file"),
     ):
         with pytest.raises(ValueError, match=re.escape(why)):
             TextSpec(**bad)
@@ -252,3 +262,47 @@ def test_a_recipe_runs_its_stages_each_from_the_weights_of_the_last(tmp_path):
     runs = [str(tmp_path / "out" / s) for s in ("first", "second")]
     assert main(["--compare", *runs, "--plot", str(plot)]) == 0 and plot.stat().st_size > 1000
     assert main(["--compare", str(tmp_path / "nothing")]) == 2
+
+
+def test_real_page_lines_are_cropped_and_read_as_held_out_snippets(tmp_path):
+    """`held_out.crops`: lines of labelled pages of the chosen word counts become one-line held-out snippets, their
+    boxes moved into the crop; lines with characters outside the vocabulary are left out; `steps=0` reads them
+    with `init=`'s weights and no training (word F1 beside the character error, for the model and the control)."""
+    from PIL import ImageDraw, ImageFont
+
+    from benchmarks.learning import main
+    from train.pages import EvalPage, line_crops
+
+    font = ImageFont.truetype("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", 20)
+    texts = ["one", "two words", "three short words", "far too many words here", "caf\u00e9 bar"]
+    image = Image.new("RGB", (400, 40 * len(texts) + 20), "white")
+    draw, lines = ImageDraw.Draw(image), []
+    for i, text in enumerate(texts):
+        draw.text((10, 10 + 40 * i), text, font=font, fill="black")
+        lines.append({"text": text, "bbox": list(draw.textbbox((10, 10 + 40 * i), text, font=font))})
+    page = EvalPage("doc/0", "pdf", image, lines)
+
+    crops = line_crops([page], (1, 3), 0.5, charset=set("abcdefghijklmnopqrstuvwxyz "))
+    assert [c.lines[0]["text"] for c in crops] == ["one", "two words", "three short words"]
+    for crop, line in zip(crops, lines, strict=False):
+        x0, y0, x1, _ = crop.lines[0]["bbox"]
+        pad = 0.5 * (line["bbox"][3] - line["bbox"][1])
+        assert (x0, y0) == pytest.approx((pad, pad), abs=1) and crop.image.size[0] == pytest.approx(
+            x1 + pad, abs=2
+        )
+        assert crop.image.getbbox() is not None  # the text's ink is in the crop (not blank)
+    assert len(line_crops([page], (1, 5), 0.5)) == 5 and len(line_crops([page], (1, 5), 0.5, count=2)) == 2
+
+    folder = tmp_path / "pages"
+    folder.mkdir()
+    image.save(folder / "page.png")
+    (folder / "page.layout.json").write_text(json.dumps({"lines": lines}))
+    common = ["--threads", "1", "held_out.count=10", "model.max_patches=8", f"held_out.crops={folder}"]
+    assert main([*common, "steps=1", "batch=2", f"out={tmp_path / 'a'}"]) == 0
+    init = tmp_path / "a" / "model.pt"
+    assert main([*common, "steps=0", f"init={init}", f"out={tmp_path / 'b'}"]) == 0
+    curve = [json.loads(x) for x in (tmp_path / "b" / "curve.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in curve] == [0] and {"word_f1", "control_word_f1"} <= set(curve[0])
+    read = [json.loads(x)["truth"] for x in (tmp_path / "b" / "predictions.jsonl").read_text().splitlines()]
+    assert read == ["one", "two words", "three short words"]  # café is not in the character vocabulary
+    assert main([*common, "steps=0", f"held_out.crops={tmp_path / 'none'}", f"out={tmp_path / 'c'}"]) == 2

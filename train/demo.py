@@ -1,11 +1,13 @@
 """The whole framework on one machine (`make demo`):
 
-    python -m train.demo [--out runs/demo] [--layout-steps 300] [--mixed-steps 200] [--ranks 2]
+    python -m train.demo [--out runs/demo] [--reading demo] [--layout-steps 600] [--mixed-steps 500] [--ranks 2]
 
-demo corpus → shards with every builder (training and held-out documents) → tokenizer → stage `layout` then
-stage `mixed` of the tiny model through the `deepspeed` launcher → evaluation on the held-out pages →
-`<out>/report.md` with sample counts, loss curves, validation loss at the start and end per task, the
-image-shuffle check, the metric tables, pages with predicted boxes and the W&B offline runs.
+demo corpus → shards with every builder (training and held-out documents) → tokenizer → the reading warm-up
+(`benchmarks.learning --recipe demo`: snippets drawn as the synthetic source draws them, held-out ones read as it
+goes) → stage `layout` then stage `mixed` of the `reader` model from the warm-up's weights, through the
+`deepspeed` launcher → evaluation on the held-out pages → `<out>/report.md` with sample counts, the reading
+curve and held-out snippets read, loss curves, validation loss at the start and end per task, the image-shuffle
+check, the metric tables, pages with predicted boxes and their text beside the truth, and the W&B offline runs.
 
 Every phase is skipped when its output is already there, so an interrupted demo continues where it stopped
 (delete `<out>` to start afresh).
@@ -20,6 +22,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from configs.compose import recipe_stages
+from train.demo_report import write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 # builder → (corpus folder, task trained on, mixture weight); `latex` is the arXiv build's markdown side.
@@ -109,7 +114,7 @@ def train_stage(
         return run_dir
     deepspeed = str(Path(sys.executable).parent / "deepspeed")
     overrides = [
-        f"stage={stage}", "model=tiny", f"tokenizer={tokenizer}", f"data.sources_file={train}",
+        f"stage={stage}", f"model={args.model}", f"tokenizer={tokenizer}", f"data.sources_file={train}",
         f"data.val_sources_file={val}", "data.workers=1", f"trainer.max_steps={steps}",
         f"trainer.train_batch_size={args.batch}", f"trainer.micro_batch_size={args.batch // (2 * args.ranks)}",
         f"trainer.max_length={args.max_length}", f"optim.lr={args.lr}", f"optim.warmup_steps={args.lr_warmup}",
@@ -128,166 +133,37 @@ def train_stage(
     return run_dir
 
 
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def plot_curves(out: Path, stages: list[tuple[str, int]]) -> tuple[Path, Path]:
-    """Training loss per task and validation loss per task (own and shuffled images) over the stages, one
-    step axis with the stage boundaries marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    offset, total = {}, 0
-    for name, steps in stages:
-        offset[name], total = total, total + steps
-    train = {s: _jsonl(out / s / "metrics.jsonl") for s, _ in stages}
-    evals = {s: _jsonl(out / s / "eval.jsonl") for s, _ in stages}
-
-    def boundaries(ax):
-        for name, _ in stages:
-            ax.axvline(offset[name], color="grey", linestyle="--", linewidth=0.8)
-            ax.annotate(
-                f" {name}", (offset[name], 1.0), xycoords=("data", "axes fraction"), va="top", color="grey"
-            )
-
-    paths = []
-    for title, ylabel, series, file in (
-        (
-            "Training loss per task",
-            "training loss (nats/token)",
-            [(train, "loss/ocr", "<ocr>", "tab:blue", "-"), (train, "loss/md", "<md>", "tab:orange", "-")],
-            "loss_train.png",
-        ),
-        (
-            "Validation loss on held-out pages: own images (solid) and images shuffled across pages (dotted)",
-            "validation loss (nats/token)",
-            [
-                (evals, f"{kind}/{task}", f"<{task}> {label}", colour, style)
-                for task, colour in (("ocr", "tab:blue"), ("md", "tab:orange"))
-                for kind, label, style in (
-                    ("val/loss", "own", "-"),
-                    ("val/loss_shuffled_images", "shuffled", ":"),
-                )
-            ],
-            "loss_val.png",
-        ),
-    ):
-        fig, ax = plt.subplots(figsize=(9, 4.8))
-        for records, key, label, colour, style in series:
-            points = [(r["step"] + offset[s], r[key]) for s in records for r in records[s] if key in r]
-            if points:
-                xs, ys = zip(*points, strict=True)
-                ax.plot(
-                    xs,
-                    ys,
-                    style,
-                    color=colour,
-                    label=label,
-                    linewidth=1,
-                    marker="o" if records is evals else None,
-                    markersize=3,
-                )
-        boundaries(ax)
-        ax.set(xlabel="step (all stages)", ylabel=ylabel)
-        ax.set_title(title, fontsize=10)
-        ax.legend()
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / file, dpi=110)
-        plt.close(fig)
-        paths.append(out / file)
-    return paths[0], paths[1]
-
-
-def write_report(out: Path, counts: dict, timings: dict, stages: list[tuple[str, int]], args) -> Path:
-    train_png, val_png = plot_curves(out, stages)
-    evals = [r for s, _ in stages for r in _jsonl(out / s / "eval.jsonl")]
-    start, end = evals[0], evals[-1]
-    result = json.loads((out / "eval" / "metrics.json").read_text())
-    own, shuffled = result["val_loss"], result["val_loss_shuffled_images"]
-    recipe = ", then ".join(f"stage `{name}` for {steps} steps" for name, steps in stages)
-    lines = [
-        "# Literate demo report",
-        "",
-        f"The tiny model ({args.params / 1e6:.1f}M parameters) trained on CPU through the `deepspeed` launcher with "
-        f"{args.ranks} ranks (gloo): {recipe}, each from the previous one's weights; global batch {args.batch}, "
-        f"lr {args.lr} (x{args.image_lr_scale} for the vision encoder and resampler), lr warm-up {args.lr_warmup} "
-        "steps per stage. Both tasks are evaluated on the held-out pages from the first step on.",
-        "",
-        "## Time",
-        "",
-        "| phase | seconds |",
-        "|---|---:|",
-        *[f"| {k} | {v:.0f} |" for k, v in timings.items()],
-        "",
-        "## Samples per source",
-        "",
-        "| source | task | training samples | held-out samples |",
-        "|---|---|---:|---:|",
-        *[f"| {n} | {SOURCES[n][1]} | {c['train']} | {c['val']} |" for n, c in counts.items()],
-        f"| latex (arXiv markdown) | md | {counts['arxiv']['train']} | {counts['arxiv']['val']} |",
-        "",
-        "## Loss curves",
-        "",
-        f"![training loss]({train_png.name})",
-        "",
-        f"![validation loss]({val_png.name})",
-        "",
-        "## Validation loss, start and end (held-out pages)",
-        "",
-        "| task | start (step 0) | end | end / start |",
-        "|---|---:|---:|---:|",
-    ]
-    for task in ("ocr", "md"):
-        a, b = start.get(f"val/loss/{task}"), end.get(f"val/loss/{task}")
-        if a is not None and b is not None:
-            lines.append(f"| {task} | {a:.3f} | {b:.3f} | {b / a:.2f} |")
-    lines += [
-        "",
-        "## Does the model read the image?",
-        "",
-        "Validation loss of the final model on the held-out pages with each page's own image, and with the images "
-        "shuffled across pages (same targets):",
-        "",
-        "| task | own image | shuffled images | own / shuffled |",
-        "|---|---:|---:|---:|",
-    ]
-    for task in ("ocr", "md", "all"):
-        if task in own:
-            lines.append(
-                f"| {task} | {own[task]:.3f} | {shuffled[task]:.3f} | {own[task] / shuffled[task]:.2f} |"
-            )
-    lines += ["", "## Metrics on held-out pages", "", (out / "eval" / "metrics.md").read_text(), ""]
-    pages = sorted((out / "eval" / "pages").glob("*.png"))
-    if pages:
-        lines += ["## Pages with predicted boxes", "", "Red: predicted lines; green: reference lines.", ""]
-        lines += [f"![{p.stem}](eval/pages/{p.name})" for p in pages[:6]]
-        lines.append("")
-    lines += ["## Weights & Biases", ""]
-    for stage in ("layout", "mixed"):
-        runs = sorted((out / stage / "wandb").glob("offline-run-*"))
-        if runs:
-            lines += [f"- {stage}: `{runs[-1]}`; upload with `wandb sync {runs[-1]}`"]
-    lines += [
-        "",
-        "## Files",
-        "",
-        f"- shards: `{out / 'shards'}`; tokenizer: `{out / 'tokenizer'}`",
-        f"- runs: `{out / 'layout'}`, `{out / 'mixed'}` (config, metrics.jsonl, eval.jsonl, checkpoints, model.pt)",
-        f"- evaluation: `{out / 'eval'}` (metrics.json, metrics.md, predictions.jsonl, pages/)",
-        "",
-    ]
-    report = out / "report.md"
-    report.write_text("\n".join(lines))
-    return report
+def reading_warmup(out: Path, args, tokenizer: Path) -> Path:
+    """The reading recipe's stages (`benchmarks.learning --recipe`) with the demo's model and tokenizer, into
+    `<out>/reading/<stage>/`; returns the last stage's folder, whose model.pt starts the page stages."""
+    stages = [s["name"] for s in recipe_stages(args.reading)]
+    last = out / "reading" / stages[-1]
+    if (last / "model.pt").exists():
+        print(f"{last}/model.pt exists: the reading warm-up already trained")
+        return last
+    cmd = [
+        sys.executable, "-m", "benchmarks.learning", "--recipe", args.reading, "--threads", str(args.ranks),
+        f"model={args.model}", f"tokenizer={tokenizer}", f"out={out / 'reading'}", *args.reading_overrides.split(),
+    ]  # fmt: skip
+    _run(cmd, out / "logs" / "reading.log")
+    return last
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "demo")
+    parser.add_argument("--model", default="reader", help="model preset (model/config.py)")
+    parser.add_argument(
+        "--reading",
+        default="demo",
+        help="reading warm-up recipe (configs/tools/recipes/<name>.yaml: demo ~8 minutes, reading ~2 hours) run "
+        "before the page stages, which start from its weights; none: no warm-up",
+    )
+    parser.add_argument(
+        "--reading-overrides",
+        default="",
+        help="key=value overrides of every warm-up stage (configs/tools/learning.yaml)",
+    )
     parser.add_argument("--layout-steps", type=int, default=600)
     parser.add_argument("--mixed-steps", type=int, default=500)
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies the training documents")
@@ -296,7 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--lr-warmup", type=int, default=30, help="learning-rate warm-up steps of each stage")
     parser.add_argument(
-        "--image-lr-scale", type=float, default=10.0, help="lr multiplier of the vision encoder and resampler"
+        "--image-lr-scale",
+        type=float,
+        default=None,
+        help="lr multiplier of the vision encoder and resampler (default: 1 after a reading warm-up, else 10)",
     )
     parser.add_argument(
         "--image-proj-init-std",
@@ -314,6 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.batch % (2 * args.ranks):
         parser.error(f"--batch {args.batch} must be a multiple of 2 x {args.ranks} ranks")
+    if args.reading != "none":
+        try:
+            recipe_stages(args.reading)
+        except ValueError as e:
+            parser.error(str(e))
+    if args.image_lr_scale is None:
+        args.image_lr_scale = 1.0 if args.reading != "none" else 10.0
     out = args.out.resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
     python = sys.executable
@@ -337,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                   "--coord-bins", "512"])  # fmt: skip
 
     timed("tokenizer", make_tokenizer)
-    init = None
+    init = timed("reading warm-up", reading_warmup, out, args, tokenizer) if args.reading != "none" else None
     if args.warmup_steps:  # the v2 warm-up: synthetic pages only, where the text can only come from the image
         synthetic = out / "sources-warmup.json"
         synthetic.write_text(
@@ -353,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             tokenizer,
             synthetic,
             val,
-            None,
+            init,
         )
     layout = timed(
         "stage layout", train_stage, out, "layout", args.layout_steps, args, tokenizer, train, val, init
@@ -372,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     args.params = load_run(out / "mixed")[0].num_parameters()
     stages = [("warmup", args.warmup_steps)] if args.warmup_steps else []
     stages += [("layout", args.layout_steps), ("mixed", args.mixed_steps)]
-    report = write_report(out, counts, timings, stages, args)
+    report = write_report(out, counts, timings, stages, args, SOURCES)
     _phase("done")
     print(f"report: {report}")
     return 0

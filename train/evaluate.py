@@ -201,7 +201,9 @@ class Evaluator:
                 for it, row in zip(group, ids.tolist(), strict=True):
                     text = self.tok.decode(row)
                     page = it["page"]
-                    record = {"key": it["key"], "source": it["source"], "task": task, "text": text}
+                    truth = {"ocr": "\n".join(ln["text"] for ln in page.lines or []), "md": page.markdown}
+                    record = {"key": it["key"], "source": it["source"], "task": task, "text": text,
+                              "truth": truth.get(task, page.target)}  # fmt: skip
                     if task == "ocr":
                         image_size = (page.image.width, page.image.height)
                         record["lines"] = self.fmt.parse_layout(row, it["resized"], image_size)

@@ -90,6 +90,40 @@ def shard_pages(shards, source: str | None, n: int, manifest: Manifest | None = 
     return pages
 
 
+def line_crops(
+    pages: list[EvalPage],
+    words: tuple[int, int] = (1, 3),
+    margin: float = 0.25,
+    count: int | None = None,
+    charset: set[str] | None = None,
+) -> list[EvalPage]:
+    """Crops of the pages' labelled lines holding `words[0]`..`words[1]` words (split on white space), each a
+    one-line EvalPage with its box moved into the crop: real text for a reader of snippets. `margin` pads each
+    side by that fraction of the line's height (within the page); a line with a character outside `charset`, or a
+    box under 6 px high, is left out. `count` keeps an even sample of the qualifying lines, in page order."""
+    crops = []
+    for page in pages:
+        for i, line in enumerate(page.lines or []):
+            text, (x0, y0, x1, y1) = line["text"].strip(), line["bbox"]
+            if not words[0] <= len(text.split()) <= words[1] or y1 - y0 < 6 or x1 <= x0:
+                continue
+            if charset is not None and not set(text) <= charset:
+                continue
+            pad = margin * (y1 - y0)
+            box = (
+                max(0, int(x0 - pad)),
+                max(0, int(y0 - pad)),
+                min(page.image.width, int(x1 + pad + 1)),
+                min(page.image.height, int(y1 + pad + 1)),
+            )
+            moved = [x0 - box[0], y0 - box[1], x1 - box[0], y1 - box[1]]
+            image = page.image.crop(box)
+            crops.append(EvalPage(f"{page.key}/{i}", page.source, image, [{"text": text, "bbox": moved}]))
+    if count is not None and len(crops) > count:
+        crops = [crops[i * len(crops) // count] for i in range(count)]
+    return crops
+
+
 def manifest_pages(root: str, source: str | None, n: int) -> list[EvalPage]:
     """Up to `n` labelled pages of the build at `root` (a folder or a URL)."""
     manifest = read_manifest(root)

@@ -5,7 +5,9 @@ PNG goes through our own writer: rows unfiltered, deflated by ISA-L (`isal`, sev
 zlib at level 1). Document pages are mostly flat background, where unfiltered rows compress as well as
 Pillow's adaptive filters (165 kB vs 176 kB on a grey 1449x2048 page) in a twelfth of the time (1.3 ms vs
 16 ms). Without `isal` (a platform without its wheel), zlib does the same work more slowly. A renderer that
-draws into a `scanline_image` hands the writer its rows ready to deflate: no copy at all.
+draws into a `scanline_image` hands the writer its rows ready to deflate: no copy at all. ISA-L's output is not
+always the same for the same rows (rarely: a Slurm build against a local one differed in one bit of one page's
+deflate stream, the inflated rows identical): two builds of a page agree in its pixels, not always in its bytes.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from PIL import Image
 
 from data_pipeline.demo_corpus import make_arxiv_pair, make_pdf
 from data_pipeline.fixtures import corpus_json, pdf_page_lines, pixparse_tar, write_tar
-from tests.test_build_pdf import build, read_shards, summary
+from tests.test_build_pdf import build, pixels, png_difference, read_shards, summary
 
 
 @pytest.mark.parametrize(
@@ -118,7 +118,10 @@ def test_arxiv_bulk_tars_build_what_the_folder_layout_builds(tmp_path):
     a, b = read_shards(tmp_path / "want"), read_shards(tmp_path / "got")
     assert sorted(a) == sorted(b)
     for key, sample in a.items():
-        for ext in ("png", "layout.json", "md"):
+        assert pixels(sample["png"]) == pixels(b[key]["png"]), png_difference(
+            key, sample["png"], b[key]["png"]
+        )
+        for ext in ("layout.json", "md"):
             assert sample.get(ext) == b[key].get(ext), (key, ext)
         meta = json.loads(b[key]["meta.json"])
         assert meta["origin"].startswith(f"{bulk / 'arXiv_pdf_1501_001.tar'}#1501/1501.0000"), meta
@@ -186,8 +189,8 @@ def test_web_pages_from_a_warc_build_what_the_same_pages_build_from_a_folder(tmp
     got = summary(build(*opts, f"input={archive.parent}", f"output={tmp_path / 'got'}"))
     assert got["samples"] == want["samples"] == 2 and got["skips"] == {"blocked_network": 1}, (got, want)
     a, b = read_shards(tmp_path / "want"), read_shards(tmp_path / "got")
-    assert sorted((s["png"], s["layout.json"]) for s in a.values()) == sorted(
-        (s["png"], s["layout.json"]) for s in b.values()
+    assert sorted((pixels(s["png"]), s["layout.json"]) for s in a.values()) == sorted(
+        (pixels(s["png"]), s["layout.json"]) for s in b.values()
     )
     assert sorted(json.loads(s["meta.json"])["origin"] for s in b.values()) == [
         origin + "a.html",

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster import Nodes, can_make_nodes, pdfs_built_locally
+from tests.test_build_pdf import shard_members
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(bool(can_make_nodes()), reason=str(can_make_nodes()))]
 
@@ -50,8 +51,8 @@ def _build(nodes: Nodes, env: dict, docs: Path, out: Path, *extra: str, wait: bo
     )  # fmt: skip
 
 
-def _shards(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.glob("shard-*.tar"))}
+def _shards(out: Path) -> dict[str, dict[str, bytes]]:
+    return {p.name: shard_members(p) for p in sorted(out.glob("shard-*.tar"))}  # images by their pixels
 
 
 @pytest.fixture

@@ -55,6 +55,7 @@ from train.scoring import levenshtein
 
 SPEC = SourceSpec("snippets", "generated", 1.0, "ocr")
 FIT_STEPS = 20  # steps timed before the schedule's length is fitted to the budget
+PRINTABLE = [c for c in string.printable if c.isprintable()]  # `tokenizer=char`: one piece each
 
 
 def compose(overrides: list[str]):
@@ -98,11 +99,10 @@ def make_tokenizer(cfg, out: Path) -> Tokenizer:
     one run's weights start another's), with the task's symbols; or the tokenizer folder named."""
     if cfg.tokenizer != "char":
         return Tokenizer(cfg.tokenizer)
-    printable = [c for c in string.printable if c.isprintable()]
-    texts = [" ".join(printable)] * 10 + ["".join(printable)] * 10
+    texts = [" ".join(PRINTABLE)] * 10 + ["".join(PRINTABLE)] * 10
     reserved = len(special_symbols(cfg.coord_bins)) + 4 + 256
     return train_tokenizer(
-        texts, out / "tokenizer", reserved + len(printable) + 1, cfg.coord_bins, "char", num_threads=1
+        texts, out / "tokenizer", reserved + len(PRINTABLE) + 1, cfg.coord_bins, "char", num_threads=1
     )
 
 
@@ -121,7 +121,7 @@ def held_out_pages(cfg) -> list[EvalPage]:
     real pages (`held_out.crops`: a build's shards, a folder of labelled images, ...: `train.pages.load_pages`)."""
     h = cfg.held_out
     if h.crops:
-        charset = set(string.printable) - set("\t\n\r\x0b\x0c") if cfg.tokenizer == "char" else None
+        charset = set(PRINTABLE) if cfg.tokenizer == "char" else None
         pages = load_pages(str(h.crops), 10**6)
         crops = line_crops(pages, tuple(h.crop_words), float(h.crop_margin), int(h.count), charset)
         if not crops:

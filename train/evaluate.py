@@ -201,9 +201,18 @@ class Evaluator:
                 for it, row in zip(group, ids.tolist(), strict=True):
                     text = self.tok.decode(row)
                     page = it["page"]
-                    truth = {"ocr": "\n".join(ln["text"] for ln in page.lines or []), "md": page.markdown}
-                    record = {"key": it["key"], "source": it["source"], "task": task, "text": text,
-                              "truth": truth.get(task, page.target)}  # fmt: skip
+                    truth = (
+                        "\n".join(ln["text"] for ln in page.lines)
+                        if task == "ocr"
+                        else (page.markdown if task == "md" else page.target)
+                    )
+                    record = {
+                        "key": it["key"],
+                        "source": it["source"],
+                        "task": task,
+                        "text": text,
+                        "truth": truth,
+                    }
                     if task == "ocr":
                         image_size = (page.image.width, page.image.height)
                         record["lines"] = self.fmt.parse_layout(row, it["resized"], image_size)

@@ -51,7 +51,7 @@ from train.engine import lr_lambda, param_groups
 from train.evaluate import Evaluator
 from train.pages import EvalPage, line_crops, load_pages
 from train.samples import Encoder, SourceSpec, collate
-from train.scoring import levenshtein
+from train.scoring import layout_scores, levenshtein
 
 SPEC = SourceSpec("snippets", "generated", 1.0, "ocr")
 FIT_STEPS = 20  # steps timed before the schedule's length is fitted to the budget
@@ -106,11 +106,18 @@ def make_tokenizer(cfg, out: Path) -> Tokenizer:
     )
 
 
+def grouped(texts: list[str], cfg) -> list[list[str]]:
+    """The texts a sample at a time: `lines_per_snippet` lines each (a small page of lines above one another)."""
+    n = int(cfg.get("lines_per_snippet", 1))
+    return [texts[i : i + n] for i in range(0, len(texts), n)]
+
+
 def snippet_samples(texts: list[str], doc_id: str, cfg, fonts) -> list[dict]:
-    """Shard samples (tar members) of `texts`, one snippet each, as a build of the synthetic source writes them."""
+    """Shard samples (tar members) of `texts`, `lines_per_snippet` lines a snippet, as a build of the synthetic
+    source writes them."""
     out = []
-    for page, text in enumerate(texts):
-        sample = synthetic.draw_sample([text], doc_id, page, doc_id, cfg, fonts)
+    for page, lines in enumerate(grouped(texts, cfg)):
+        sample = synthetic.draw_sample(lines, doc_id, page, doc_id, cfg, fonts)
         if isinstance(sample, Sample):
             out.append(encode_sample(sample))
     return out
@@ -130,11 +137,12 @@ def held_out_pages(cfg) -> list[EvalPage]:
     spec = text_spec(cfg, cfg.held_out.text)
     source = source_config(cfg, cfg.held_out.snippets)
     fonts = synthetic.fonts_of(source)
-    texts = make_texts(spec, int(cfg.held_out.count), int(cfg.held_out.seed))
+    per = int(source.get("lines_per_snippet", 1))
+    texts = make_texts(spec, int(cfg.held_out.count) * per, int(cfg.held_out.seed))
     pages = []
-    for page, text in enumerate(texts):
+    for page, lines in enumerate(grouped(texts, source)):
         sample = synthetic.draw_sample(
-            [text], f"held-out-{cfg.held_out.seed}", page, "held-out", source, fonts
+            lines, f"held-out-{cfg.held_out.seed}", page, "held-out", source, fonts
         )
         if isinstance(sample, Sample):
             pages.append(EvalPage(sample.key, "snippets", sample.image, sample.lines))
@@ -142,8 +150,10 @@ def held_out_pages(cfg) -> list[EvalPage]:
 
 
 def read_scores(evaluator: Evaluator, max_new_tokens: int, shuffled: bool) -> dict:
-    """Greedy reading of the held-out items: character error rate and exact match of the text; `shuffled`:
-    each item with the next one's image (the control)."""
+    """Greedy reading of the held-out items: character error rate and exact match of the text (its lines joined),
+    word F1, and the mean IoU of each true line's box with the box of the line read that it matches best
+    (`train.scoring.layout_scores`, as pages are scored); `shuffled`: each item with the next one's image (the
+    control)."""
     items = evaluator.items
     if shuffled:
         items = [
@@ -152,6 +162,7 @@ def read_scores(evaluator: Evaluator, max_new_tokens: int, shuffled: bool) -> di
         ]
     preds = evaluator.predict(items, max_new_tokens=max_new_tokens)
     errors = chars = exact = lines = 0
+    iou = 0.0
     said_words, true_words, hit_words = 0, 0, 0  # words as multisets per snippet, summed (micro-averaged F1)
     examples = []
     for item, pred in zip(items, preds, strict=True):
@@ -164,6 +175,7 @@ def read_scores(evaluator: Evaluator, max_new_tokens: int, shuffled: bool) -> di
         said_bag, true_bag = Counter(said.split()), Counter(truth.split())
         said_words, true_words = said_words + said_bag.total(), true_words + true_bag.total()
         hit_words += (said_bag & true_bag).total()
+        iou += layout_scores(pred["lines"], item["page"].lines)["iou"]
         examples.append({"truth": truth, "read": said, "generated": pred["text"]})
     n = max(len(items), 1)
     p, r = hit_words / max(said_words, 1), hit_words / max(true_words, 1)
@@ -173,6 +185,7 @@ def read_scores(evaluator: Evaluator, max_new_tokens: int, shuffled: bool) -> di
         "em": exact / n,
         "lines": lines / n,
         "word_f1": f1,
+        "iou": iou / n,
         "examples": examples,
     }
 
@@ -190,6 +203,7 @@ def evaluate(evaluator: Evaluator, max_new_tokens: int) -> tuple[dict, list[dict
         "em": read["em"],
         "lines": read["lines"],  # lines written per one-line snippet
         "word_f1": read["word_f1"],
+        "iou": read["iou"],
         "control_cer": control["cer"],
         "control_em": control["em"],
         "control_word_f1": control["word_f1"],
@@ -221,8 +235,9 @@ def run(cfg, minutes: float | None = None, threads: int | None = None, quiet: bo
     encoder = Encoder(fmt, ImageProcessor(model.config.max_patches))
     evaluator = Evaluator(model, tok, int(cfg.max_length), batch=int(cfg.eval.batch))
     evaluator.prepare(held_out_pages(cfg), ("ocr",))
-    longest = max(len(tok.encode(ln["text"])) for it in evaluator.items for ln in it["page"].lines)
-    max_new = int(cfg.eval.max_new_tokens or longest + 9)  # the box's 6 tokens, the newline, </s>, one spare
+    # Each line's text, its box's 6 tokens and the newline; then </s> and one spare.
+    longest = max(sum(len(tok.encode(ln["text"])) + 7 for ln in it["page"].lines) for it in evaluator.items)
+    max_new = int(cfg.eval.max_new_tokens or longest + 2)
     opt = torch.optim.AdamW(
         param_groups(model, cfg.optim.weight_decay, cfg.optim.lr, cfg.optim.image_lr_scale),
         lr=cfg.optim.lr,
@@ -273,7 +288,7 @@ def run(cfg, minutes: float | None = None, threads: int | None = None, quiet: bo
         if budget and time.perf_counter() - started > budget:
             break
         t = time.perf_counter()
-        texts = [make_text(train_spec, rng) for _ in range(int(cfg.batch))]
+        texts = [make_text(train_spec, rng) for _ in range(int(cfg.batch) * int(source.lines_per_snippet))]
         samples = snippet_samples(texts, f"train-{cfg.seed}-{step}", source, fonts)
         items = [it for it in (encoder(SPEC, s) for s in samples) if isinstance(it, dict)]
         batch = collate(items, tok.pad_id)

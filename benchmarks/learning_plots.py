@@ -9,16 +9,18 @@ from pathlib import Path
 
 def table(curve: list[dict]) -> str:
     head = (
-        "| step | min | train FLOPs | train loss | val loss (own / shuffled) | CER | exact | word F1 | lines "
-        "| control CER | control exact | control word F1 |"
+        "| step | min | train FLOPs | train loss | val loss (own / shuffled) | CER | exact | word F1 | box IoU "
+        "| lines | control CER | control exact | control word F1 |"
     )
-    rows = [head, "|" + "---|" * 12]
+    rows = [head, "|" + "---|" * 13]
     for r in curve:
         loss = "" if r["loss"] is None else f"{r['loss']:.3f}"
-        f1, control_f1 = (f"{100 * r[k]:.1f}" if k in r else "" for k in ("word_f1", "control_word_f1"))
+        f1, iou, control_f1 = (
+            f"{100 * r[k]:.1f}" if k in r else "" for k in ("word_f1", "iou", "control_word_f1")
+        )
         rows.append(
             f"| {r['step']} | {r['minutes']:.1f} | {r.get('flops', 0):.3g} | {loss} | {r['val_loss']:.3f} / {r['val_loss_shuffled']:.3f} | "
-            f"{r['cer']:.3f} | {100 * r['em']:.1f}% | {f1} | {r['lines']:.2f} | {r['control_cer']:.3f} | "
+            f"{r['cer']:.3f} | {100 * r['em']:.1f}% | {f1} | {iou} | {r['lines']:.2f} | {r['control_cer']:.3f} | "
             f"{100 * r['control_em']:.1f}% | {control_f1} |"
         )
     return "\n".join(rows) + "\n"

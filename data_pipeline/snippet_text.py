@@ -70,7 +70,7 @@ class TextSpec:
 
 
 def held_out(name: str, fraction: float) -> bool:
-    """Whether `name` (a word, a font file's name) belongs to the held-out share `fraction`: a hash of the name,
+    """Whether `name` (a word, a font family's name) belongs to the held-out share `fraction`: a hash of the name,
     so that the split is the same on every machine and for every seed."""
     h = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
     return h / 2**64 < fraction

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -123,6 +124,18 @@ def installed_fonts(root: str = FONT_ROOT) -> tuple[str, ...]:
         else []
     )
     return tuple(f for f in found if _draws_latin(f))
+
+
+@lru_cache(maxsize=4096)
+def font_family(path: str) -> str:
+    """The family a font file belongs to, as its name table says, without an optical size ("LM Roman 10" and
+    "LM Roman 12" are one family, "LM Roman"); the file's name where it has none. Bold and italic faces share
+    their family's name, so a split by family keeps every face of a held-out family out of training."""
+    try:
+        name = ImageFont.truetype(path, 12).getname()[0] or ""
+    except OSError:
+        name = ""
+    return re.sub(r"\s+\d+$", "", name.strip()) or Path(path).name
 
 
 def _draws_latin(path: str) -> bool:

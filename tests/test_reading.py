@@ -15,6 +15,8 @@ import pytest
 from PIL import Image
 
 from data_pipeline.snippet_text import TextSpec, held_out, make_texts, text_files, word_list
+from data_pipeline.sources.synthetic import fonts_of
+from data_pipeline.synthetic import font_family
 from tests.test_build_pdf import build, read_shards, summary
 
 WORDS = "/usr/share/dict/words"
@@ -81,6 +83,27 @@ def _snippets(out: Path) -> list[tuple[list[dict], tuple[int, int], dict]]:
     ]
 
 
+def test_fonts_are_chosen_and_held_out_by_family():
+    dejavu = "/usr/share/fonts/truetype/dejavu"
+    cfg = {"fonts": dejavu}
+    every = fonts_of(cfg)
+    names = {Path(f).name for f in every}
+    assert {"DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf"} <= names
+    assert font_family(f"{dejavu}/DejaVuSans-BoldOblique.ttf") == "DejaVu Sans"
+    assert font_family(f"{dejavu}/DejaVuSerifCondensed-Italic.ttf") == "DejaVu Serif"
+    # By family name (every face of it), by file name, and by a name that starts families' names.
+    serif = {Path(f).name for f in fonts_of({**cfg, "font_names": ["DejaVu Serif"]})}
+    assert "DejaVuSerif-BoldItalic.ttf" in serif and all(n.startswith("DejaVuSerif") for n in serif), serif
+    assert {Path(f).name for f in fonts_of({**cfg, "font_names": ["DejaVuSans.ttf"]})} == {"DejaVuSans.ttf"}
+    left = {Path(f).name for f in fonts_of({**cfg, "fonts_excluded": ["DejaVu Sans", "DejaVuSerif.ttf"]})}
+    assert left and not any(n.startswith("DejaVuSans") for n in left) and "DejaVuSerif.ttf" not in left, left
+    # The split by family: the two shares part the folder, and no family is on both sides.
+    train = fonts_of({**cfg, "fonts_split": "train"})
+    held = fonts_of({**cfg, "fonts_split": "held_out"})
+    assert train and held and sorted(train + held) == sorted(every)
+    assert not {font_family(f) for f in train} & {font_family(f) for f in held}
+
+
 def test_synthetic_snippets_are_crops_or_canvases_of_their_lines(tmp_path):
     """`source.mode=snippet`: each sample is `lines_per_snippet` lines in one crop the size of the text, or on a
     fixed canvas; every box inside the image and the text as given (descenders included: a line taller than the
@@ -124,7 +147,12 @@ def test_synthetic_snippets_are_crops_or_canvases_of_their_lines(tmp_path):
     build(*canvas, f"output={out}", "source.fonts_split=train")
     train_fonts = {f for _, _, meta in _snippets(out) for f in meta["fonts"]}
     assert held_fonts and train_fonts and not held_fonts & train_fonts
-    assert all(held_out(f, 0.2) for f in held_fonts)
+    # The split is by family: every face of a held-out family (DejaVu Sans: its bold, oblique, condensed) is
+    # held out, and none of them is trained on.
+    families = {font_family(f"{dejavu}/{f}") for f in held_fonts | train_fonts}
+    assert all(held_out(font_family(f"{dejavu}/{f}"), 0.2) for f in held_fonts), held_fonts
+    assert not any(held_out(font_family(f"{dejavu}/{f}"), 0.2) for f in train_fonts), train_fonts
+    assert len(families) >= 2
     out = tmp_path / "one-font"
     build(*canvas, f"output={out}", "source.font_names=[DejaVuSerif.ttf]")
     assert {f for _, _, meta in _snippets(out) for f in meta["fonts"]} == {"DejaVuSerif.ttf"}
@@ -137,7 +165,7 @@ def test_synthetic_snippets_are_crops_or_canvases_of_their_lines(tmp_path):
         ("source.fonts_split=some", "source.fonts_split=some: choose from"),
         (
             "source.font_names=[Nope.ttf]",
-            "source.font_names=['Nope.ttf'], source.fonts_split=all: no font of",
+            "source.font_names=['Nope.ttf'], source.fonts_excluded=[], source.fonts_split=all: no font of",
         ),
     ):
         r = build(*opts, f"output={tmp_path / 'bad'}", bad, check=False)
@@ -306,3 +334,57 @@ def test_real_page_lines_are_cropped_and_read_as_held_out_snippets(tmp_path):
     read = [json.loads(x)["truth"] for x in (tmp_path / "b" / "predictions.jsonl").read_text().splitlines()]
     assert read == ["one", "two words", "three short words"]  # café is not in the character vocabulary
     assert main([*common, "steps=0", f"held_out.crops={tmp_path / 'none'}", f"out={tmp_path / 'c'}"]) == 2
+
+
+def test_pages_of_several_lines_are_drawn_and_scored_with_their_boxes():
+    """`snippets.lines_per_snippet=3`: each held-out sample is three lines, one above the other, with their
+    boxes; reading scores the lines joined (exact match, CER, word F1) and each true line's box against the box
+    read for it (IoU, as pages are scored): a reading with the true lines scores 1, the same text with its boxes
+    moved down by a line scores less, and text alone without the order of the lines is no exact match."""
+    from benchmarks import learning
+
+    cfg = learning.compose(
+        ["snippets.lines_per_snippet=3", "held_out.count=4", "text.kind=words", "model.max_patches=96"]
+    )
+    pages = learning.held_out_pages(cfg)
+    assert len(pages) == 4 and all(len(p.lines) == 3 for p in pages)
+    for p in pages:
+        tops = [ln["bbox"][1] for ln in p.lines]
+        bottoms = [ln["bbox"][3] for ln in p.lines]
+        assert tops == sorted(tops) and all(b <= t for b, t in zip(bottoms, tops[1:], strict=False)), p.lines
+
+    class Reads:  # an evaluator that "reads" what `lines` makes of each page
+        def __init__(self, lines):
+            self.items = [{"page": p, "flattened_patches": None} for p in pages]
+            self.lines = lines
+
+        def predict(self, items, max_new_tokens):
+            return [{"lines": self.lines(it["page"]), "text": ""} for it in items]
+
+    truth = learning.read_scores(Reads(lambda p: p.lines), 64, shuffled=False)
+    assert (truth["em"], truth["cer"], truth["word_f1"], truth["iou"]) == (1.0, 0.0, 1.0, 1.0)
+
+    def moved(p):
+        h = p.lines[1]["bbox"][1] - p.lines[0]["bbox"][1]
+        return [{**ln, "bbox": [b + (h if i % 2 else 0) for i, b in enumerate(ln["bbox"])]} for ln in p.lines]
+
+    shifted = learning.read_scores(Reads(moved), 64, shuffled=False)
+    assert shifted["em"] == 1.0 and shifted["iou"] < 0.6, shifted["iou"]
+    swapped = learning.read_scores(Reads(lambda p: p.lines[::-1]), 64, shuffled=False)
+    assert swapped["em"] == 0.0 and swapped["word_f1"] == 1.0 and swapped["iou"] == 1.0
+
+
+def test_a_run_trains_and_reads_pages_of_several_lines(tmp_path, monkeypatch):
+    """Training batches hold `batch` samples of `lines_per_snippet` lines each (every sample's target has them
+    all), and the curve carries the box IoU."""
+    from benchmarks import learning
+
+    seen = []
+    encode = learning.encode_sample
+    monkeypatch.setattr(learning, "encode_sample", lambda s: seen.append(len(s.lines)) or encode(s))
+    cfg = learning.compose(
+        ["snippets.lines_per_snippet=2", "held_out.count=2", "steps=1", "batch=3", "model.max_patches=16",
+         "max_length=96", "eval.every=100", f"out={tmp_path}"]  # fmt: skip
+    )
+    final = learning.run(cfg, threads=1, quiet=True)["final"]
+    assert seen == [2, 2, 2] and 0.0 <= final["iou"] <= 1.0, (seen, final)

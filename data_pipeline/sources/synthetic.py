@@ -3,7 +3,7 @@
 sizes, colours and backgrounds → layout samples with exact boxes. `mode=page` places `snippets_per_page` snippets
 on a page; `mode=snippet` draws `lines_per_snippet` lines at a time in one image the size of the text, or of
 `canvas`, so that text is large against the patch grid (see `render_snippet`). `fonts_split` draws from the
-training or the held-out share of the fonts. Deterministic: a page's look depends only on its document id, its
+training or the held-out share of the font families. Deterministic: a page's look depends only on its document id, its
 page number and the fonts (each page's `meta.json` names the font of each line); ship a `fonts` folder with a
 cluster job so that every node draws alike."""
 
@@ -14,8 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from data_pipeline.schema import Sample, Skip
-from data_pipeline.snippet_text import SPLITS, split_items
-from data_pipeline.synthetic import FONT_ROOT, installed_fonts, render_snippet, render_snippets_page
+from data_pipeline.snippet_text import SPLITS, held_out
+from data_pipeline.synthetic import (
+    FONT_ROOT,
+    font_family,
+    installed_fonts,
+    render_snippet,
+    render_snippets_page,
+)
 
 EXTENSIONS = (".txt",)
 
@@ -55,7 +61,8 @@ def check_config(cfg) -> None:
         )
     if installed_fonts(_font_root(cfg)) and not fonts_of(cfg):
         raise ValueError(
-            f"source.font_names={cfg.get('font_names')}, source.fonts_split={cfg.get('fonts_split')}: "
+            f"source.font_names={cfg.get('font_names')}, source.fonts_excluded={cfg.get('fonts_excluded')}, "
+            f"source.fonts_split={cfg.get('fonts_split')}: "
             f"no font of {_font_root(cfg)} left to draw with"
         )
 
@@ -75,13 +82,27 @@ def _canvas(cfg) -> tuple[int, int] | None:
     return (int(canvas[0]), int(canvas[1])) if canvas else None
 
 
+def _named(path: str, names) -> bool:
+    """Whether a font is one of `names`: its file name, its family, or a family whose name starts with the
+    name's words ("CMU" names every family of Computer Modern Unicode: "CMU Serif", "CMU Sans Serif", ...)."""
+    family = font_family(path)
+    return any(n == Path(path).name or family == n or family.startswith(f"{n} ") for n in map(str, names))
+
+
 def fonts_of(cfg) -> tuple[str, ...]:
-    """The fonts drawn from: the folder's (those named in `font_names`, if given), or their training or held-out
-    share (`fonts_split`)."""
+    """The fonts drawn from: the folder's (those named in `font_names`, if given; none named in
+    `fonts_excluded`), or their training or held-out share (`fonts_split`, by a hash of each font's family, so
+    that no face of a held-out family is trained on)."""
     found = installed_fonts(_font_root(cfg))
     if cfg.get("font_names"):
-        found = tuple(f for f in found if Path(f).name in set(cfg.font_names))
-    return tuple(split_items(found, float(cfg.get("fonts_held_out", 0.2)), cfg.get("fonts_split", "all")))
+        found = tuple(f for f in found if _named(f, cfg.get("font_names")))
+    if cfg.get("fonts_excluded"):
+        found = tuple(f for f in found if not _named(f, cfg.get("fonts_excluded")))
+    split = cfg.get("fonts_split", "all")
+    if split == "all":
+        return found
+    fraction = float(cfg.get("fonts_held_out", 0.2))
+    return tuple(f for f in found if held_out(font_family(f), fraction) == (split == "held_out"))
 
 
 def draw_sample(

@@ -49,7 +49,7 @@ from model.task_format import TaskFormat
 from model.tokenizer import Tokenizer, special_symbols, train_tokenizer
 from train.engine import lr_lambda, param_groups
 from train.evaluate import Evaluator
-from train.pages import EvalPage, line_crops, load_pages
+from train.pages import EvalPage, iter_pages, line_crops
 from train.samples import Encoder, SourceSpec, collate
 from train.scoring import layout_scores, levenshtein
 
@@ -125,11 +125,11 @@ def snippet_samples(texts: list[str], doc_id: str, cfg, fonts) -> list[dict]:
 
 def held_out_pages(cfg) -> list[EvalPage]:
     """The held-out snippets: drawn as configured (`held_out.text`, `held_out.snippets`), or crops of the lines of
-    real pages (`held_out.crops`: a build's shards, a folder of labelled images, ...: `train.pages.load_pages`)."""
+    real pages (`held_out.crops`: a build's shards, a folder of labelled images, ...: `train.pages.iter_pages`)."""
     h = cfg.held_out
     if h.crops:
         charset = set(PRINTABLE) if cfg.tokenizer == "char" else None
-        pages = load_pages(str(h.crops), 10**6)
+        pages = iter_pages(str(h.crops))  # one at a time: only the crops are kept
         crops = line_crops(pages, tuple(h.crop_words), float(h.crop_margin), int(h.count), charset)
         if not crops:
             raise ValueError(f"held_out.crops={h.crops}: no labelled line of {list(h.crop_words)} words")

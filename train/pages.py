@@ -22,7 +22,9 @@ import json
 import posixpath
 import sys
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 
 from PIL import Image
@@ -62,10 +64,9 @@ def _page_from_sample(members: dict, source: str) -> EvalPage | None:
     return page
 
 
-def shard_pages(shards, source: str | None, n: int, manifest: Manifest | None = None) -> list[EvalPage]:
-    """Up to `n` labelled pages from the shards (paths or URLs) in order; `manifest`: leave out the keys its
-    dedup pass dropped. An unreadable shard is named and passed over."""
-    pages = []
+def iter_shard_pages(shards, source: str | None, manifest: Manifest | None = None) -> Iterator[EvalPage]:
+    """The labelled pages of the shards (paths or URLs) in order, each decoded as it is reached; `manifest`:
+    leave out the keys its dedup pass dropped. An unreadable shard is named and passed over."""
     for shard in shards:
         try:
             for sample in iter_samples(shard):
@@ -82,23 +83,26 @@ def shard_pages(shards, source: str | None, n: int, manifest: Manifest | None = 
                     print(f"warning: {shard}: sample {sample['__key__']}: {e}; skipped", file=sys.stderr)
                     continue
                 if page is not None:
-                    pages.append(page)
-                if len(pages) >= n:
-                    return pages
+                    yield page
         except UnreadableShard as e:
             print(f"warning: {e.url}: unreadable shard ({e.reason}); skipped", file=sys.stderr)
-    return pages
+
+
+def shard_pages(shards, source: str | None, n: int, manifest: Manifest | None = None) -> list[EvalPage]:
+    """Up to `n` labelled pages from the shards in order (`iter_shard_pages`)."""
+    return list(islice(iter_shard_pages(shards, source, manifest), n))
 
 
 def line_crops(
-    pages: list[EvalPage],
+    pages: Iterable[EvalPage],
     words: tuple[int, int] = (1, 3),
     margin: float = 0.25,
     count: int | None = None,
     charset: set[str] | None = None,
 ) -> list[EvalPage]:
     """Crops of the pages' labelled lines holding `words[0]`..`words[1]` words (split on white space), each a
-    one-line EvalPage with its box moved into the crop: real text for a reader of snippets. `margin` pads each
+    one-line EvalPage with its box moved into the crop: real text for a reader of snippets. `pages` may be an
+    iterator (`iter_pages`): only the crops are kept, never the pages. `margin` pads each
     side by that fraction of the line's height (within the page); a line with a character outside `charset`, or a
     box under 6 px high, is left out. `count` keeps an even sample of the qualifying lines, in page order."""
     crops = []
@@ -124,11 +128,16 @@ def line_crops(
     return crops
 
 
-def manifest_pages(root: str, source: str | None, n: int) -> list[EvalPage]:
-    """Up to `n` labelled pages of the build at `root` (a folder or a URL)."""
+def iter_manifest_pages(root: str, source: str | None) -> Iterator[EvalPage]:
+    """The labelled pages of the build at `root` (a folder or a URL), one at a time."""
     manifest = read_manifest(root)
     shards = (manifest.url(i) for i in range(len(manifest)))
-    return shard_pages(shards, source or manifest.source, n, manifest)
+    return iter_shard_pages(shards, source or manifest.source, manifest)
+
+
+def manifest_pages(root: str, source: str | None, n: int) -> list[EvalPage]:
+    """Up to `n` labelled pages of the build at `root` (a folder or a URL)."""
+    return list(islice(iter_manifest_pages(root, source), n))
 
 
 def _folder_pages(folder: Path, n: int) -> list[EvalPage]:
@@ -163,27 +172,48 @@ def load_pages(data: str, n: int, fmt: str = "auto") -> list[EvalPage]:
                 if page.tasks():
                     pages.append(page)
         return pages
-    if (is_remote(data) and not data.endswith(".tar")) or (
-        path.is_dir() and (path / "manifest.json").exists()
-    ):
+    if _is_build(data):
         return manifest_pages(data, None, n)
     if path.is_dir():
         pages = _folder_pages(path, n)
         if not pages:
             raise FileNotFoundError(f"{path}: no labelled images (page.png with page.layout.json or page.md)")
         return pages
-    if is_remote(data):
-        shards = [data]
-    else:
-        shards = sorted(glob.glob(data)) if any(c in data for c in "*?[") else [data]
-        missing = [s for s in shards if not Path(s).exists()]
-        if not shards or missing:
-            raise FileNotFoundError(f"{data}: no such shard, folder or file {' '.join(missing[:3])}".rstrip())
     by_source: dict[str, list[EvalPage]] = defaultdict(list)
-    for page in shard_pages(shards, None, 10**9):
+    for page in iter_shard_pages(_shards(data), None):
         if len(by_source[page.source]) < n:
             by_source[page.source].append(page)
     return [p for group in by_source.values() for p in group]
+
+
+def iter_pages(data: str, fmt: str = "auto") -> Iterator[EvalPage]:
+    """Every labelled page of `data` (as `load_pages` reads it), one at a time: a build's or shards' pages are
+    decoded as they are reached, so a caller that keeps parts of them (`line_crops`) holds no more than those.
+    A missing shard or folder is refused before the first page."""
+    path = Path(data)
+    if fmt == "auto" and _is_build(data):
+        return iter_manifest_pages(data, None)
+    if fmt == "auto" and not path.is_dir() and not (path.suffix == ".json" and path.is_file()):
+        return iter_shard_pages(_shards(data), None)
+    return iter(load_pages(data, 10**9, fmt))  # a folder, an OCREval subset, a sources JSON: read whole
+
+
+def _is_build(data: str) -> bool:
+    path = Path(data)
+    return (is_remote(data) and not data.endswith(".tar")) or (
+        path.is_dir() and (path / "manifest.json").exists()
+    )
+
+
+def _shards(data: str) -> list[str]:
+    """The shards a path, a glob or a URL names; missing ones refused, by name."""
+    if is_remote(data):
+        return [data]
+    shards = sorted(glob.glob(data)) if any(c in data for c in "*?[") else [data]
+    missing = [s for s in shards if not Path(s).exists()]
+    if not shards or missing:
+        raise FileNotFoundError(f"{data}: no such shard, folder or file {' '.join(missing[:3])}".rstrip())
+    return shards
 
 
 # ------------------------------------------------------------ OCREval

@@ -382,9 +382,7 @@ def test_a_run_trains_and_reads_pages_of_several_lines(tmp_path, monkeypatch):
     seen = []
     encode = learning.encode_sample
     monkeypatch.setattr(learning, "encode_sample", lambda s: seen.append(len(s.lines)) or encode(s))
-    cfg = learning.compose(
-        ["snippets.lines_per_snippet=2", "held_out.count=2", "steps=1", "batch=3", "model.max_patches=16",
-         "max_length=96", "eval.every=100", f"out={tmp_path}"]  # fmt: skip
-    )
+    pages = ["snippets.lines_per_snippet=2", "held_out.count=2", "model.max_patches=16", "max_length=96"]
+    cfg = learning.compose([*pages, "steps=1", "batch=3", "eval.every=100", f"out={tmp_path}"])
     final = learning.run(cfg, threads=1, quiet=True)["final"]
     assert seen == [2, 2, 2] and 0.0 <= final["iou"] <= 1.0, (seen, final)

@@ -43,7 +43,7 @@ from data_pipeline.snippet_text import TextSpec, make_text, make_texts
 from data_pipeline.sources import synthetic
 from data_pipeline.storage import is_remote
 from model.config import config_from_dict
-from model.kosmos import build_model
+from model.kosmos import build_model, grow_latents
 from model.processor import ImageProcessor
 from model.task_format import TaskFormat
 from model.tokenizer import Tokenizer, special_symbols, train_tokenizer
@@ -229,7 +229,10 @@ def run(cfg, minutes: float | None = None, threads: int | None = None, quiet: bo
     model_node["text"]["vocab_size"] = tok.vocab_size
     model = build_model(config_from_dict(model_node))
     if cfg.init:  # a previous run's weights (the same model and tokenizer): a curriculum's next stage
-        model.load_full_state_dict(torch.load(cfg.init, map_location="cpu", weights_only=True), str(cfg.init))
+        state = torch.load(cfg.init, map_location="cpu", weights_only=True)
+        # More latent queries than the weights have: each is repeated (`grow_latents`).
+        state = grow_latents(state, model.config.latent_query_num, str(cfg.init))
+        model.load_full_state_dict(state, str(cfg.init))
     model.train()
     fmt = TaskFormat(tok, model.config.latent_query_num, int(cfg.max_length))
     encoder = Encoder(fmt, ImageProcessor(model.config.max_patches))

@@ -294,5 +294,20 @@ def _pick(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def grow_latents(state: dict, n: int, origin: str = "state dict") -> dict:
+    """`state` with its resampler's latent queries grown to `n`, a multiple of their number: each query is
+    repeated in place (q0 q0 q1 q1 ...), so the grown model starts near the old one (the queries are among the
+    resampler's keys too, so its attention shifts a little) and training parts the copies (they sit at other
+    decoder positions). For a curriculum stage that reads longer text than the one before: the image is read
+    through more queries."""
+    key = "image_to_text_projection.latent_query"
+    old = state[key].shape[0]
+    if n == old:
+        return state
+    if n < old or n % old:
+        raise ValueError(f"{origin}: {old} latent queries cannot grow to {n} (a multiple of {old} is needed)")
+    return {**state, key: state[key].repeat_interleave(n // old, dim=0)}
+
+
 def build_model(cfg: ModelConfig) -> Kosmos25:
     return Kosmos25(cfg)

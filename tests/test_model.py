@@ -267,3 +267,26 @@ def test_vision_attention_without_a_mask_equals_the_masked_one():
     made = ImageProcessor(64)(page)
     assert made.rows * made.cols < 64  # padded, at the end of the row: the unmasked path
     assert KeyLayout.of(made.flattened_patches[None]).groups[0][0] == made.rows * made.cols
+
+
+def test_latent_queries_grow_by_repeating_each(tiny):
+    """`grow_latents`: a model with twice the latent queries loads the weights with each query repeated in place
+    (copies side by side), every other weight as it was; it reads the image through the new count of slots, and
+    a count that is no multiple of the old one is refused by name."""
+    from model.kosmos import grow_latents
+
+    key = "image_to_text_projection.latent_query"
+    state = tiny.state_dict()
+    q = tiny.config.latent_query_num
+    grown = Kosmos25(get_config("tiny", text={"dropout": 0.0}, latent_query_num=2 * q)).eval()
+    grown.load_full_state_dict(grow_latents(state, 2 * q))
+    new = grown.state_dict()
+    assert torch.equal(new[key][0::2], state[key]) and torch.equal(new[key][1::2], state[key])
+    assert all(torch.equal(new[k], v) for k, v in state.items() if k != key)
+    assert grow_latents(state, q) is state
+    inputs = _inputs(grown.config)
+    assert grown.encode_image(inputs["flattened_patches"]).shape[1] == 2 * q
+    assert grown(**inputs).loss.isfinite()
+    for bad in (q + 1, q // 2):
+        with pytest.raises(ValueError, match=f"{q} latent queries cannot grow to {bad}"):
+            grow_latents(state, bad, "w.pt")

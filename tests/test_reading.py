@@ -386,3 +386,37 @@ def test_a_run_trains_and_reads_pages_of_several_lines(tmp_path, monkeypatch):
     cfg = learning.compose([*pages, "steps=1", "batch=3", "eval.every=100", f"out={tmp_path}"])
     final = learning.run(cfg, threads=1, quiet=True)["final"]
     assert seen == [2, 2, 2] and 0.0 <= final["iou"] <= 1.0, (seen, final)
+
+
+def test_crops_are_cut_from_shards_while_their_pages_stream(tmp_path):
+    """`train.pages.iter_pages` over shards yields the pages one at a time (a generator: `line_crops` keeps only
+    the crops), the same pages `load_pages` reads; a missing shard is refused when asked, before any page."""
+    import tarfile
+    import types
+
+    from data_pipeline.schema import Sample, encode_sample
+    from data_pipeline.synthetic import render_snippets_page
+    from train.pages import iter_pages, line_crops, load_pages
+
+    shard = tmp_path / "shard-00000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for page in range(3):
+            image, lines, _ = render_snippets_page(
+                ["two words", "one", "three more words", "and four words here"], page, (400, 300)
+            )
+            sample = Sample("synthetic", "doc", page, image, "doc", lines=lines)
+            for name, data in encode_sample(sample).items():
+                if name == "__key__":
+                    continue
+                data = data if isinstance(data, bytes) else data.encode()
+                info = tarfile.TarInfo(f"{sample.key}.{name}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    streamed = iter_pages(str(shard))
+    assert isinstance(streamed, types.GeneratorType)
+    loaded = load_pages(str(shard), 10)
+    assert len(loaded) == 3 and [p.key for p in iter_pages(str(shard))] == [p.key for p in loaded]
+    crops = line_crops(iter_pages(str(shard)), (1, 3), 0.25)
+    assert [c.lines for c in crops] == [c.lines for c in line_crops(loaded, (1, 3), 0.25)] and len(crops) >= 6
+    with pytest.raises(FileNotFoundError, match="nope.tar"):
+        iter_pages(str(tmp_path / "nope.tar"))

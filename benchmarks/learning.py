@@ -123,6 +123,29 @@ def snippet_samples(texts: list[str], doc_id: str, cfg, fonts) -> list[dict]:
     return out
 
 
+class Batches(torch.utils.data.IterableDataset):
+    """The training batches, endless: `batch` snippets of `lines_per_snippet` texts each, drawn and encoded as
+    the loader encodes a build's samples, then collated; the texts from `random.Random(seed)`, so the stream is
+    the same in the training process and in a worker process (`data_workers`: 1 draws the next batches while
+    the model trains on this one)."""
+
+    def __init__(self, spec: TextSpec, source, fonts, encoder: Encoder, pad_id: int, seed: int, batch: int):
+        super().__init__()
+        self.spec, self.source, self.fonts, self.encoder = spec, source, fonts, encoder
+        self.pad_id, self.seed, self.batch = pad_id, seed, batch
+
+    def __iter__(self):
+        rng = random.Random(self.seed)
+        per = int(self.source.get("lines_per_snippet", 1))
+        step = 0
+        while True:
+            texts = [make_text(self.spec, rng) for _ in range(self.batch * per)]
+            samples = snippet_samples(texts, f"train-{self.seed}-{step}", self.source, self.fonts)
+            items = [it for it in (self.encoder(SPEC, s) for s in samples) if isinstance(it, dict)]
+            yield collate(items, self.pad_id)
+            step += 1
+
+
 def held_out_pages(cfg) -> list[EvalPage]:
     """The held-out snippets: drawn as configured (`held_out.text`, `held_out.snippets`), or crops of the lines of
     real pages (`held_out.crops`: a build's shards, a folder of labelled images, ...: `train.pages.iter_pages`)."""
@@ -258,7 +281,18 @@ def run(cfg, minutes: float | None = None, threads: int | None = None, quiet: bo
     )
     curve_file = (out / "curve.jsonl").open("w")
     curve: list[dict] = []
-    rng = random.Random(int(cfg.seed))
+    # The training stream: the same batches with or without a worker process drawing them ahead.
+    stream = Batches(train_spec, source, fonts, encoder, tok.pad_id, int(cfg.seed), int(cfg.batch))
+    workers = int(cfg.data_workers)
+    batches = iter(
+        torch.utils.data.DataLoader(
+            stream,
+            batch_size=None,
+            num_workers=workers,
+            prefetch_factor=4 if workers else None,
+            worker_init_fn=lambda _: torch.set_num_threads(1),
+        )
+    )
     started = time.perf_counter()
     train_time = eval_time = 0.0
     flops = 0.0  # training FLOPs so far, of the padded batches as they ran (model.estimate_flops)
@@ -291,10 +325,7 @@ def run(cfg, minutes: float | None = None, threads: int | None = None, quiet: bo
         if budget and time.perf_counter() - started > budget:
             break
         t = time.perf_counter()
-        texts = [make_text(train_spec, rng) for _ in range(int(cfg.batch) * int(source.lines_per_snippet))]
-        samples = snippet_samples(texts, f"train-{cfg.seed}-{step}", source, fonts)
-        items = [it for it in (encoder(SPEC, s) for s in samples) if isinstance(it, dict)]
-        batch = collate(items, tok.pad_id)
+        batch = next(batches)
         patches = batch["flattened_patches"]
         if cfg.train_shuffled:
             patches = patches.roll(1, dims=0)
@@ -311,7 +342,7 @@ def run(cfg, minutes: float | None = None, threads: int | None = None, quiet: bo
         opt.step()
         sched.step()
         losses.append(result.loss.item())
-        flops += len(items) * model.estimate_flops(patches.shape[1], batch["input_ids"].shape[1])
+        flops += patches.shape[0] * model.estimate_flops(patches.shape[1], batch["input_ids"].shape[1])
         step += 1
         train_time += time.perf_counter() - t
         if total is None and step == FIT_STEPS:

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from data_pipeline.snippet_text import TextSpec, held_out, make_texts, text_files, word_list
@@ -376,16 +377,22 @@ def test_pages_of_several_lines_are_drawn_and_scored_with_their_boxes():
 
 def test_a_run_trains_and_reads_pages_of_several_lines(tmp_path, monkeypatch):
     """Training batches hold `batch` samples of `lines_per_snippet` lines each (every sample's target has them
-    all), and the curve carries the box IoU."""
+    all), the curve carries the box IoU, and the stream is the same drawn in a worker process."""
     from benchmarks import learning
 
     seen = []
     encode = learning.encode_sample
     monkeypatch.setattr(learning, "encode_sample", lambda s: seen.append(len(s.lines)) or encode(s))
     pages = ["snippets.lines_per_snippet=2", "held_out.count=2", "model.max_patches=16", "max_length=96"]
-    cfg = learning.compose([*pages, "steps=1", "batch=3", "eval.every=100", f"out={tmp_path}"])
+    common = [*pages, "steps=2", "batch=3", "eval.every=100"]
+    cfg = learning.compose([*common, "data_workers=0", f"out={tmp_path / 'here'}"])
     final = learning.run(cfg, threads=1, quiet=True)["final"]
-    assert seen == [2, 2, 2] and 0.0 <= final["iou"] <= 1.0, (seen, final)
+    assert seen == [2] * 6 and 0.0 <= final["iou"] <= 1.0, (seen, final)
+    # A worker process drawing the batches ahead gives the same stream: the same weights after two steps.
+    cfg = learning.compose([*common, "data_workers=1", f"out={tmp_path / 'worker'}"])
+    learning.run(cfg, threads=1, quiet=True)
+    here, worker = (torch.load(tmp_path / d / "model.pt") for d in ("here", "worker"))
+    assert all(torch.equal(here[k], worker[k]) for k in here)
 
 
 def test_crops_are_cut_from_shards_while_their_pages_stream(tmp_path):

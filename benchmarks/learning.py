@@ -224,7 +224,7 @@ def evaluate(evaluator: Evaluator, max_new_tokens: int) -> tuple[dict, list[dict
     figures = {
         "cer": read["cer"],
         "em": read["em"],
-        "lines": read["lines"],  # lines written per one-line snippet
+        "lines": read["lines"],  # lines written per snippet
         "word_f1": read["word_f1"],
         "iou": read["iou"],
         "control_cer": control["cer"],

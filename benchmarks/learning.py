@@ -126,8 +126,8 @@ def snippet_samples(texts: list[str], doc_id: str, cfg, fonts) -> list[dict]:
 class Batches(torch.utils.data.IterableDataset):
     """The training batches, endless: `batch` snippets of `lines_per_snippet` texts each, drawn and encoded as
     the loader encodes a build's samples, then collated; the texts from `random.Random(seed)`, so the stream is
-    the same in the training process and in a worker process (`data_workers`: 1 draws the next batches while
-    the model trains on this one)."""
+    the same in the training process and in a worker process (`data_workers=1` draws the next batches while the
+    model trains on this one: for a machine with a core to spare)."""
 
     def __init__(self, spec: TextSpec, source, fonts, encoder: Encoder, pad_id: int, seed: int, batch: int):
         super().__init__()

@@ -342,7 +342,7 @@ def test_pages_of_several_lines_are_drawn_and_scored_with_their_boxes():
     boxes; reading scores the lines joined (exact match, CER, word F1) and each true line's box against the box
     read for it (IoU, as pages are scored): a reading with the true lines scores 1, the same text with its boxes
     moved down by a line scores less, and text alone without the order of the lines is no exact match."""
-    from benchmarks import learning
+    from benchmarks import learning, learning_eval
 
     cfg = learning.compose(
         ["snippets.lines_per_snippet=3", "held_out.count=4", "text.kind=words", "model.max_patches=96"]
@@ -362,16 +362,16 @@ def test_pages_of_several_lines_are_drawn_and_scored_with_their_boxes():
         def predict(self, items, max_new_tokens):
             return [{"lines": self.lines(it["page"]), "text": ""} for it in items]
 
-    truth = learning.read_scores(Reads(lambda p: p.lines), 64, shuffled=False)
+    truth = learning_eval.read_scores(Reads(lambda p: p.lines), 64, shuffled=False)
     assert (truth["em"], truth["cer"], truth["word_f1"], truth["iou"]) == (1.0, 0.0, 1.0, 1.0)
 
     def moved(p):
         h = p.lines[1]["bbox"][1] - p.lines[0]["bbox"][1]
         return [{**ln, "bbox": [b + (h if i % 2 else 0) for i, b in enumerate(ln["bbox"])]} for ln in p.lines]
 
-    shifted = learning.read_scores(Reads(moved), 64, shuffled=False)
+    shifted = learning_eval.read_scores(Reads(moved), 64, shuffled=False)
     assert shifted["em"] == 1.0 and shifted["iou"] < 0.6, shifted["iou"]
-    swapped = learning.read_scores(Reads(lambda p: p.lines[::-1]), 64, shuffled=False)
+    swapped = learning_eval.read_scores(Reads(lambda p: p.lines[::-1]), 64, shuffled=False)
     assert swapped["em"] == 0.0 and swapped["word_f1"] == 1.0 and swapped["iou"] == 1.0
 
 

@@ -76,12 +76,13 @@ def held_out(name: str, fraction: float) -> bool:
     return h / 2**64 < fraction
 
 
-def split_items(items, fraction: float, split: str) -> list:
-    """The items of `split` (train, held_out or all) by `held_out(name)` of each item's base name."""
+def split_items(items, fraction: float, split: str, name=lambda it: Path(str(it)).name) -> list:
+    """The items of `split` (train, held_out or all) by `held_out(name(item))`: by default each item's base name
+    (a font's split takes its family: `data_pipeline.synthetic.font_family`)."""
     if split == "all":
         return list(items)
     want = split == "held_out"
-    return [it for it in items if held_out(Path(str(it)).name, fraction) == want]
+    return [it for it in items if held_out(name(it), fraction) == want]
 
 
 @lru_cache(maxsize=8)

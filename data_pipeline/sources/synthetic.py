@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from data_pipeline.schema import Sample, Skip
-from data_pipeline.snippet_text import SPLITS, held_out
+from data_pipeline.snippet_text import SPLITS, split_items
 from data_pipeline.synthetic import (
     FONT_ROOT,
     font_family,
@@ -98,11 +98,8 @@ def fonts_of(cfg) -> tuple[str, ...]:
         found = tuple(f for f in found if _named(f, cfg.get("font_names")))
     if cfg.get("fonts_excluded"):
         found = tuple(f for f in found if not _named(f, cfg.get("fonts_excluded")))
-    split = cfg.get("fonts_split", "all")
-    if split == "all":
-        return found
-    fraction = float(cfg.get("fonts_held_out", 0.2))
-    return tuple(f for f in found if held_out(font_family(f), fraction) == (split == "held_out"))
+    fraction, split = float(cfg.get("fonts_held_out", 0.2)), cfg.get("fonts_split", "all")
+    return tuple(split_items(found, fraction, split, name=font_family))
 
 
 def draw_sample(

@@ -4,9 +4,10 @@
 
 A bare training loop over the pieces `train.pretrain` uses (it evaluates losses, not greedy reading, every N
 steps): the model built from a preset (`model.kosmos.build_model`), samples of the synthetic source's snippet mode
-(`draw_sample`) stored as shard members (`data_pipeline.schema.encode_sample`), the loader's `Encoder` and
-`collate`, the `<ocr>` task format, the project's sentencepiece tokenizer (by default a character vocabulary made
-for the run), and `train.engine`'s parameter groups and schedule under AdamW.
+(`draw_sample`) encoded as the loader encodes shard members (`data_pipeline.schema.DrawnSample`: their labels
+and pixels without the PNG round trip), the loader's `Encoder` and `collate`, the `<ocr>` task format, the
+project's sentencepiece tokenizer (by default a character vocabulary made for the run), and `train.engine`'s
+parameter groups and schedule under AdamW.
 
 Every `eval.every` steps the held-out snippets (their own seed, and words and fonts of their own where the
 config says so) are read by greedy generation as `train.evaluate` reads pages: character error rate (edit
@@ -38,7 +39,7 @@ from benchmarks.learning_eval import evaluate
 from benchmarks.learning_plots import compare, plot, table
 from configs.compose import compose as compose_config
 from configs.compose import compose_app, recipe_stages
-from data_pipeline.schema import Sample, encode_sample
+from data_pipeline.schema import DrawnSample, Sample
 from data_pipeline.snippet_text import TextSpec, make_text, make_texts
 from data_pipeline.sources import synthetic
 from data_pipeline.storage import is_remote
@@ -111,25 +112,25 @@ def grouped(texts: list[str], cfg) -> list[list[str]]:
     return [texts[i : i + n] for i in range(0, len(texts), n)]
 
 
-def snippet_samples(texts: list[str], doc_id: str, cfg, fonts) -> list[dict]:
-    """Shard samples (tar members) of `texts`, `lines_per_snippet` lines a snippet, as a build of the synthetic
-    source writes them."""
-    out = []
-    for page, lines in enumerate(grouped(texts, cfg)):
-        sample = synthetic.draw_sample(lines, doc_id, page, doc_id, cfg, fonts)
-        if isinstance(sample, Sample):
-            out.append(encode_sample(sample))
-    return out
+def snippet_samples(texts: list[str], doc_id: str, cfg, fonts) -> list[Sample]:
+    """The samples of `texts`, `lines_per_snippet` lines a snippet, as the synthetic source draws them."""
+    samples = (
+        synthetic.draw_sample(lines, doc_id, p, doc_id, cfg, fonts)
+        for p, lines in enumerate(grouped(texts, cfg))
+    )
+    return [s for s in samples if isinstance(s, Sample)]
 
 
 class Batches(torch.utils.data.IterableDataset):
     """The training batches, endless: `batch` snippets of `lines_per_snippet` texts each, drawn and encoded as
-    the loader encodes a build's samples, then collated; the texts from `random.Random(seed)`, so the stream is
+    the loader encodes a build's samples (the same tensors, without writing the PNG and reading it back), then
+    collated; the texts from `random.Random(seed)`, so the stream is
     the same in the training process and in a worker process (`data_workers=1` draws the next batches while the
     model trains on this one: for a machine with a core to spare)."""
 
     def __init__(self, spec: TextSpec, source, fonts, encoder: Encoder, pad_id: int, seed: int, batch: int):
         super().__init__()
+        source = OmegaConf.to_container(source, resolve=True) if OmegaConf.is_config(source) else source
         self.spec, self.source, self.fonts, self.encoder = spec, source, fonts, encoder
         self.pad_id, self.seed, self.batch = pad_id, seed, batch
 
@@ -140,7 +141,11 @@ class Batches(torch.utils.data.IterableDataset):
         while True:
             texts = [make_text(self.spec, rng) for _ in range(self.batch * per)]
             samples = snippet_samples(texts, f"train-{self.seed}-{step}", self.source, self.fonts)
-            items = [it for it in (self.encoder(SPEC, s) for s in samples) if isinstance(it, dict)]
+            items = [
+                it
+                for it in (self.encoder.encode(SPEC, DrawnSample(s)) for s in samples)
+                if isinstance(it, dict)
+            ]
             yield collate(items, self.pad_id)
             step += 1
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from data_pipeline.imageio import PageImage, encode_image, image_size, resize_long_side
+from data_pipeline.imageio import PageImage, encode_image, image_size, resize_long_side, to_array
 
 BUILDER_VERSION = "0.1.0"
 IMAGE_KEYS = ("png", "jpg", "webp")  # the members a page image may be stored as, in order of preference
@@ -126,11 +126,17 @@ def encode_sample(
     """The tar members of a sample. The image's long side is capped at `max_side` (boxes scaled along);
     grey pages stay 8-bit grey. PNG deflates at `png_level` (see `data_pipeline.imageio`)."""
     img = resize_long_side(sample.image, max_side)
-    (width, height), (w0, h0) = image_size(img), image_size(sample.image)
-    members: dict[str, Any] = {
+    return {
         "__key__": sample.key,
         image_format: encode_image(img, image_format, quality, png_level),
+        **label_members(sample, img),
     }
+
+
+def label_members(sample: Sample, img: PageImage) -> dict[str, Any]:
+    """Every member of `encode_sample` but the key and the image, for `img` (the sample's image, resized)."""
+    (width, height), (w0, h0) = image_size(img), image_size(sample.image)
+    members: dict[str, Any] = {}
     if sample.lines is not None:
         sx, sy = width / w0, height / h0
         scaled = (
@@ -259,3 +265,20 @@ def decode_sample(members: dict[str, Any], errors: str = "strict") -> StoredSamp
     """The members of a sample as webdataset yields them (`__key__` and raw bytes per extension), decoded on
     use; the inverse of `encode_sample`."""
     return StoredSample(members, errors)
+
+
+class DrawnSample(StoredSample):
+    """`decode_sample(encode_sample(sample))` without encoding the image and decoding it again: the same label
+    members and the same pixels (a PNG member's: 8-bit grey or RGB, the long side capped at `max_side`), for a
+    stream that draws samples and trains on them at once (`benchmarks/learning.py`'s training batches)."""
+
+    def __init__(self, sample: Sample, max_side: int = 2048):
+        img = resize_long_side(sample.image, max_side)
+        super().__init__({"__key__": sample.key, **label_members(sample, img)})
+        self.image_key = "png"
+        self.pixels = to_array(img)
+
+    def image(self):
+        from PIL import Image
+
+        return Image.fromarray(self.pixels)

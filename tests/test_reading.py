@@ -381,8 +381,8 @@ def test_a_run_trains_and_reads_pages_of_several_lines(tmp_path, monkeypatch):
     from benchmarks import learning
 
     seen = []
-    encode = learning.encode_sample
-    monkeypatch.setattr(learning, "encode_sample", lambda s: seen.append(len(s.lines)) or encode(s))
+    drawn = learning.DrawnSample
+    monkeypatch.setattr(learning, "DrawnSample", lambda s: seen.append(len(s.lines)) or drawn(s))
     pages = ["snippets.lines_per_snippet=2", "held_out.count=2", "model.max_patches=16", "max_length=96"]
     common = [*pages, "steps=2", "batch=3", "eval.every=100"]
     cfg = learning.compose([*common, "data_workers=0", f"out={tmp_path / 'here'}"])
@@ -393,6 +393,35 @@ def test_a_run_trains_and_reads_pages_of_several_lines(tmp_path, monkeypatch):
     learning.run(cfg, threads=1, quiet=True)
     here, worker = (torch.load(tmp_path / d / "model.pt") for d in ("here", "worker"))
     assert all(torch.equal(here[k], worker[k]) for k in here)
+
+
+def test_training_batches_are_those_of_the_samples_stored_and_read_back(tmp_path, monkeypatch):
+    """The training stream encodes each drawn sample as it is (`DrawnSample`), not through PNG and JSON: its
+    batches equal, tensor for tensor, those of the same samples written as shard members and decoded as the
+    loader decodes them (pages of two lines in the 22 DejaVu faces, so sizes, colours and boxes vary)."""
+    from benchmarks import learning
+    from data_pipeline.schema import decode_sample, encode_sample
+    from model.processor import ImageProcessor
+    from model.task_format import TaskFormat
+
+    cfg = learning.compose(["snippets.lines_per_snippet=2", "snippets.font_names=null", "text.kind=words"])
+    tok = learning.make_tokenizer(cfg, tmp_path)
+    encoder = learning.Encoder(TaskFormat(tok, 32, 128), ImageProcessor(48))
+    source = learning.source_config(cfg)
+    fonts = learning.synthetic.fonts_of(source)
+
+    def batches(n=3):
+        stream = iter(learning.Batches(learning.text_spec(cfg), source, fonts, encoder, tok.pad_id, 5, 8))
+        return [next(stream) for _ in range(n)]
+
+    direct = batches()
+    monkeypatch.setattr(learning, "DrawnSample", lambda s: decode_sample(encode_sample(s)))
+    stored = batches()
+    assert len(fonts) == 22 and all(b["input_ids"].shape[0] == 8 for b in direct)
+    for a, b in zip(direct, stored, strict=True):
+        assert a.keys() == b.keys() and all(
+            torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k] for k in a
+        ), [k for k in a if torch.is_tensor(a[k]) and not torch.equal(a[k], b[k])]
 
 
 def test_crops_are_cut_from_shards_while_their_pages_stream(tmp_path):

@@ -9,6 +9,7 @@ import tarfile
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
+from PIL import Image
 
 from data_pipeline import filters
 from data_pipeline.filters import (
@@ -19,7 +20,7 @@ from data_pipeline.filters import (
     page_language,
     prose_text,
 )
-from data_pipeline.schema import Sample, clean_lines, decode_sample, encode_sample
+from data_pipeline.schema import DrawnSample, Sample, clean_lines, decode_sample, encode_sample
 from data_pipeline.writer import ShardWriter, _header
 
 
@@ -71,6 +72,40 @@ def test_decode_sample_reads_back_what_encode_sample_wrote():
         decode_sample({"__key__": "cut"}).image_key is None
         and decode_sample({"__key__": "cut"}).image() is None
     )
+
+
+def test_a_drawn_sample_reads_as_its_stored_members_would():
+    """`DrawnSample` (a sample trained on as it is drawn) gives what `decode_sample(encode_sample(...))` gives: the
+    same label members, and an image of the same mode and pixels: grey stays grey, RGBA becomes RGB, a page over
+    `max_side` is resized with its boxes."""
+    rng = np.random.default_rng(0)
+    lines = [{"text": " a  line ", "bbox": [1.4, 2.0, 330.0, 12.0]}, {"text": "", "bbox": [0, 0, 4, 4]}]
+    pages = [
+        Sample("s", "grey", 0, rng.integers(0, 255, (40, 60), np.uint8), "o", lines=lines, md="# md"),
+        Sample("s", "rgb", 1, Image.fromarray(rng.integers(0, 255, (30, 70, 3), np.uint8)), "o", lines=lines),
+        Sample(
+            "s", "rgba", 2, Image.fromarray(rng.integers(0, 255, (30, 70, 4), np.uint8)), "o", lines=lines
+        ),
+        Sample("s", "big", 3, rng.integers(0, 255, (90, 400, 3), np.uint8), "o", lines=lines),
+        Sample("t", "tuned", 4, rng.integers(0, 255, (20, 20), np.uint8), "o", prompt="Q?", target="A"),
+    ]
+    for page in pages:
+        stored, drawn = decode_sample(encode_sample(page, max_side=256)), DrawnSample(page, max_side=256)
+        assert {k: v for k, v in stored.members.items() if k != "png"} == drawn.members
+        assert (drawn.key, drawn.image_key, drawn.lines, drawn.md, drawn.prompt, drawn.answers) == (
+            stored.key,
+            stored.image_key,
+            stored.lines,
+            stored.md,
+            stored.prompt,
+            stored.answers,
+        )
+        a, b = stored.image(), drawn.image()
+        assert (a.mode, a.size) == (b.mode, b.size) and np.array_equal(np.asarray(a), np.asarray(b)), (
+            page.doc_id
+        )
+    assert DrawnSample(pages[3], max_side=256).layout["width"] == 256
+    assert DrawnSample(pages[0]).image().mode == "L" and DrawnSample(pages[2]).image().mode == "RGB"
 
 
 def test_shard_writer_writes_the_bytes_tarfile_writes(tmp_path):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from PIL import UnidentifiedImageError
 
-from data_pipeline.schema import decode_sample
+from data_pipeline.schema import StoredSample, decode_sample
 from model.kosmos import IGNORE_INDEX
 from model.processor import ImageProcessor
 from model.task_format import LayoutError, PromptError, TaskFormat
@@ -37,7 +37,10 @@ class Encoder:
         self.fmt, self.processor, self.patch_dtype = fmt, processor, patch_dtype
 
     def __call__(self, spec: SourceSpec, members: dict) -> dict | str:
-        sample = decode_sample(members)
+        return self.encode(spec, decode_sample(members))
+
+    def encode(self, spec: SourceSpec, sample: StoredSample) -> dict | str:
+        """A decoded sample (`decode_sample`'s, or a `DrawnSample`) → model inputs, or a skip reason."""
         if sample.image_key is None:
             return "no_image"
         try:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import os
 import random
 import string
 import sys
@@ -35,6 +36,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from benchmarks import learning_ddp
+from benchmarks.learning_ddp import Ranks
 from benchmarks.learning_eval import evaluate
 from benchmarks.learning_plots import compare, plot, table
 from configs.compose import compose as compose_config
@@ -69,6 +72,8 @@ def compose(overrides: list[str]):
     text_spec(cfg, cfg.held_out.text)
     source_config(cfg)
     source_config(cfg, cfg.held_out.snippets)
+    if int(cfg.procs) < 1 or int(cfg.batch) % int(cfg.procs):
+        raise ValueError(f"procs={cfg.procs}: the processes share each step's batch={cfg.batch}: give a divisor")
     crops = cfg.held_out.crops
     if crops and not is_remote(str(crops)) and not glob.glob(str(crops)):
         raise ValueError(f"held_out.crops={crops}: no such folder, shard or file")
@@ -112,40 +117,44 @@ def grouped(texts: list[str], cfg) -> list[list[str]]:
     return [texts[i : i + n] for i in range(0, len(texts), n)]
 
 
-def snippet_samples(texts: list[str], doc_id: str, cfg, fonts) -> list[Sample]:
-    """The samples of `texts`, `lines_per_snippet` lines a snippet, as the synthetic source draws them."""
-    samples = (
-        synthetic.draw_sample(lines, doc_id, p, doc_id, cfg, fonts)
-        for p, lines in enumerate(grouped(texts, cfg))
-    )
-    return [s for s in samples if isinstance(s, Sample)]
-
-
 class Batches(torch.utils.data.IterableDataset):
     """The training batches, endless: `batch` snippets of `lines_per_snippet` texts each, drawn and encoded as
     the loader encodes a build's samples (the same tensors, without writing the PNG and reading it back), then
-    collated; the texts from `random.Random(seed)`, so the stream is
-    the same in the training process and in a worker process (`data_workers=1` draws the next batches while the
-    model trains on this one: for a machine with a core to spare)."""
+    collated; the texts from `random.Random(seed)`, so the stream is the same in the training process and in a
+    worker process (`data_workers=1` draws the next batches while the model trains on this one: for a machine
+    with a core to spare). Process `rank` of `world` (`procs`) draws every `world`-th sample of each step's
+    `batch`, from the `rank`-th: together the processes draw the samples one process would."""
 
-    def __init__(self, spec: TextSpec, source, fonts, encoder: Encoder, pad_id: int, seed: int, batch: int):
+    def __init__(
+        self,
+        spec: TextSpec,
+        source,
+        fonts,
+        encoder: Encoder,
+        pad_id: int,
+        seed: int,
+        batch: int,
+        rank=0,
+        world=1,
+    ):
         super().__init__()
         source = OmegaConf.to_container(source, resolve=True) if OmegaConf.is_config(source) else source
         self.spec, self.source, self.fonts, self.encoder = spec, source, fonts, encoder
-        self.pad_id, self.seed, self.batch = pad_id, seed, batch
+        self.pad_id, self.seed, self.batch, self.rank, self.world = pad_id, seed, batch, rank, world
 
     def __iter__(self):
         rng = random.Random(self.seed)
         per = int(self.source.get("lines_per_snippet", 1))
         step = 0
         while True:
-            texts = [make_text(self.spec, rng) for _ in range(self.batch * per)]
-            samples = snippet_samples(texts, f"train-{self.seed}-{step}", self.source, self.fonts)
-            items = [
-                it
-                for it in (self.encoder.encode(SPEC, DrawnSample(s)) for s in samples)
-                if isinstance(it, dict)
-            ]
+            texts = grouped([make_text(self.spec, rng) for _ in range(self.batch * per)], self.source)
+            doc = f"train-{self.seed}-{step}"
+            items = []
+            for page in range(self.rank, len(texts), self.world):
+                sample = synthetic.draw_sample(texts[page], doc, page, doc, self.source, self.fonts)
+                item = self.encoder.encode(SPEC, DrawnSample(sample)) if isinstance(sample, Sample) else None
+                if isinstance(item, dict):
+                    items.append(item)
             yield collate(items, self.pad_id)
             step += 1
 
@@ -177,17 +186,31 @@ def held_out_pages(cfg) -> list[EvalPage]:
 
 
 def run(cfg, minutes: float | None = None, threads: int | None = None, quiet: bool = False) -> dict:
-    """Train and evaluate as configured; returns the run's summary (and writes the curve files)."""
+    """Train and evaluate as configured; returns the run's summary (and writes the curve files). With `procs=N`
+    the training runs in N processes (`benchmarks.learning_ddp`), `threads` (default: the cores) shared out."""
+    procs = int(cfg.procs)
+    if procs == 1:
+        return train(cfg, minutes, threads, quiet)
+    share = max(1, (threads or os.cpu_count() or 1) // procs)
+    learning_ddp.spawn(train, procs, cfg, minutes, share, quiet)
+    return json.loads((Path(cfg.out) / "summary.json").read_text())
+
+
+def train(cfg, minutes, threads, quiet, rank: int = 0, world: int = 1) -> dict:
+    """`run` in this process, as process `rank` of `world` (the lead, rank 0, evaluates and writes)."""
+    ranks = Ranks(rank, world)
     if threads:
         torch.set_num_threads(threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    say = (lambda *a: None) if quiet or not ranks.lead else (lambda *a: print(*a, flush=True))
     torch.manual_seed(int(cfg.seed))
     train_spec = text_spec(cfg)
     source = source_config(cfg)
     fonts = synthetic.fonts_of(source)
-    tok = make_tokenizer(cfg, out)
+    tok = make_tokenizer(cfg, out) if ranks.lead else None
+    ranks.wait()  # the lead has written the run's tokenizer; the others read it
+    tok = tok or (Tokenizer(out / "tokenizer") if cfg.tokenizer == "char" else make_tokenizer(cfg, out))
     model_node = OmegaConf.to_container(cfg.model, resolve=True)
     model_node["text"]["vocab_size"] = tok.vocab_size
     model = build_model(config_from_dict(model_node))
@@ -200,9 +223,11 @@ def run(cfg, minutes: float | None = None, threads: int | None = None, quiet: bo
     fmt = TaskFormat(tok, model.config.latent_query_num, int(cfg.max_length))
     encoder = Encoder(fmt, ImageProcessor(model.config.max_patches))
     evaluator = Evaluator(model, tok, int(cfg.max_length), batch=int(cfg.eval.batch))
-    evaluator.prepare(held_out_pages(cfg), ("ocr",))
+    evaluator.prepare(held_out_pages(cfg) if ranks.lead else [], ("ocr",))  # the lead alone evaluates
     # Each line's text, its box's 6 tokens and the newline; then </s> and one spare.
-    longest = max(sum(len(tok.encode(ln["text"])) + 7 for ln in it["page"].lines) for it in evaluator.items)
+    longest = max(
+        (sum(len(tok.encode(ln["text"])) + 7 for ln in it["page"].lines) for it in evaluator.items), default=0
+    )
     max_new = int(cfg.eval.max_new_tokens or longest + 2)
     opt = torch.optim.AdamW(
         param_groups(model, cfg.optim.weight_decay, cfg.optim.lr, cfg.optim.image_lr_scale),
@@ -219,10 +244,13 @@ def run(cfg, minutes: float | None = None, threads: int | None = None, quiet: bo
         f"model {model.num_parameters() / 1e6:.2f}M parameters, vocabulary {tok.vocab_size}, "
         f"{len(evaluator.items)} held-out snippets, text {train_spec.kind} {list(train_spec.length)}"
     )
-    curve_file = (out / "curve.jsonl").open("w")
+    curve_file = (out / "curve.jsonl").open("w") if ranks.lead else None
     curve: list[dict] = []
     # The training stream: the same batches with or without a worker process drawing them ahead.
-    stream = Batches(train_spec, source, fonts, encoder, tok.pad_id, int(cfg.seed), int(cfg.batch))
+    stream = Batches(
+        train_spec, source, fonts, encoder, tok.pad_id, int(cfg.seed), int(cfg.batch), rank, world
+    )
+    trained = ranks.wrap(model)
     workers = int(cfg.data_workers)
     batches = iter(
         torch.utils.data.DataLoader(
@@ -240,6 +268,8 @@ def run(cfg, minutes: float | None = None, threads: int | None = None, quiet: bo
 
     def record(step: int) -> None:
         nonlocal eval_time
+        if not ranks.lead:
+            return ranks.wait()
         t = time.perf_counter()
         row = {
             "step": step,
@@ -258,18 +288,19 @@ def run(cfg, minutes: float | None = None, threads: int | None = None, quiet: bo
         curve_file.write(json.dumps(row) + "\n")
         curve_file.flush()
         say(json.dumps(row))
+        ranks.wait()
 
     record(0)
     step = 0
     while total is None or step < total:
-        if budget and time.perf_counter() - started > budget:
+        if budget and ranks.agree(time.perf_counter() - started > budget):
             break
         t = time.perf_counter()
         batch = next(batches)
         patches = batch["flattened_patches"]
         if cfg.train_shuffled:
             patches = patches.roll(1, dims=0)
-        result = model(
+        result = trained(
             batch["input_ids"],
             flattened_patches=patches,
             image_embeds_position_mask=batch["image_embeds_position_mask"],
@@ -277,24 +308,28 @@ def run(cfg, minutes: float | None = None, threads: int | None = None, quiet: bo
             compute_logits=False,
         )
         opt.zero_grad(set_to_none=True)
-        result.loss.backward()
+        ranks.loss(result, batch["labels"]).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         opt.step()
         sched.step()
-        losses.append(result.loss.item())
-        flops += patches.shape[0] * model.estimate_flops(patches.shape[1], batch["input_ids"].shape[1])
+        losses.append(result.loss.item())  # the lead's share of the step's samples
+        flops += (
+            world * patches.shape[0] * model.estimate_flops(patches.shape[1], batch["input_ids"].shape[1])
+        )
         step += 1
         train_time += time.perf_counter() - t
         if total is None and step == FIT_STEPS:
             per_step = train_time / step
             per_eval = eval_time  # the step-0 evaluation
             left = budget - (time.perf_counter() - started) if budget else 600.0
-            total = step + max(int(left / (per_step + per_eval / every)), 1)
+            total = ranks.agree(step + max(int(left / (per_step + per_eval / every)), 1))
             say(f"schedule fitted to the budget: {total} steps ({per_step * 1000:.0f} ms a step)")
         if step % every == 0 and step != total:
             record(step)
-    if step or not curve:
+    if step:  # (step 0 was recorded first)
         record(step)
+    if not ranks.lead:
+        return {}
     curve_file.close()
     torch.save(model.state_dict(), out / "model.pt")  # starts a later stage of the recipe
     summary = {

@@ -424,6 +424,46 @@ def test_training_batches_are_those_of_the_samples_stored_and_read_back(tmp_path
         ), [k for k in a if torch.is_tensor(a[k]) and not torch.equal(a[k], b[k])]
 
 
+def test_two_training_processes_train_as_one(tmp_path):
+    """`procs=2`: two processes over gloo, each drawing half of every step's samples, end with the weights one
+    process ends with (the loss is the mean over the whole step's target tokens either way), and the lead
+    writes the curve; a process count that does not divide the batch is refused before any work."""
+    from benchmarks import learning
+
+    common = [
+        "text.kind=words",
+        "steps=3",
+        "batch=4",
+        "eval.every=2",
+        "held_out.count=2",
+        "model.max_patches=16",
+    ]
+    one = learning.run(
+        learning.compose([*common, "procs=1", f"out={tmp_path / 'one'}"]), threads=1, quiet=True
+    )
+    two = learning.run(
+        learning.compose([*common, "procs=2", f"out={tmp_path / 'two'}"]), threads=2, quiet=True
+    )
+    assert two["steps"] == 3 and [r["step"] for r in json_lines(tmp_path / "two" / "curve.jsonl")] == [
+        0,
+        2,
+        3,
+    ]
+    assert two["final"]["val_loss"] == pytest.approx(one["final"]["val_loss"], abs=1e-4)
+    a, b = (torch.load(tmp_path / d / "model.pt") for d in ("one", "two"))
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 2e-6
+    # Half the samples (one process's share alone, say) moves the weights far more than that.
+    other = learning.run(learning.compose([*common, "batch=2", f"out={tmp_path / 's'}"]), None, 1, True)
+    c = torch.load(tmp_path / "s" / "model.pt")
+    assert other["steps"] == 3 and max((a[k] - c[k]).abs().max().item() for k in a) > 2e-5
+    with pytest.raises(ValueError, match="procs=3"):
+        learning.compose([*common, "procs=3"])
+
+
+def json_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def test_crops_are_cut_from_shards_while_their_pages_stream(tmp_path):
     """`train.pages.iter_pages` over shards yields the pages one at a time (a generator: `line_crops` keeps only
     the crops), the same pages `load_pages` reads; a missing shard is refused when asked, before any page."""

@@ -73,7 +73,9 @@ def compose(overrides: list[str]):
     source_config(cfg)
     source_config(cfg, cfg.held_out.snippets)
     if int(cfg.procs) < 1 or int(cfg.batch) % int(cfg.procs):
-        raise ValueError(f"procs={cfg.procs}: the processes share each step's batch={cfg.batch}: give a divisor")
+        raise ValueError(
+            f"procs={cfg.procs}: the processes share each step's batch={cfg.batch}: give a divisor"
+        )
     crops = cfg.held_out.crops
     if crops and not is_remote(str(crops)) and not glob.glob(str(crops)):
         raise ValueError(f"held_out.crops={crops}: no such folder, shard or file")

@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from model.kosmos import IGNORE_INDEX
+
+# How long a process waits for the others (gloo's default is 30 minutes): a run paused with SIGSTOP while the
+# machine does something else resumes instead of timing out.
+WAIT = timedelta(hours=3)
 
 
 class Ranks:
@@ -73,7 +78,9 @@ def spawn(fn: Callable, procs: int, *args) -> None:
 
 
 def _rank(rank: int, procs: int, port: int, fn: Callable, args: tuple) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=procs)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=procs, timeout=WAIT
+    )
     try:
         fn(*args, rank=rank, world=procs)
     finally:

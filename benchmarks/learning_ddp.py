@@ -10,6 +10,8 @@ averaged gradient is the single process's (the mean over every target token of t
 
 from __future__ import annotations
 
+import ctypes
+import signal
 import socket
 from collections.abc import Callable
 from datetime import timedelta
@@ -78,6 +80,7 @@ def spawn(fn: Callable, procs: int, *args) -> None:
 
 
 def _rank(rank: int, procs: int, port: int, fn: Callable, args: tuple) -> None:
+    _die_with_parent()
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=procs, timeout=WAIT
     )
@@ -85,3 +88,13 @@ def _rank(rank: int, procs: int, port: int, fn: Callable, args: tuple) -> None:
         fn(*args, rank=rank, world=procs)
     finally:
         dist.destroy_process_group()
+
+
+def _die_with_parent() -> None:
+    """Linux: this process gets SIGTERM when the one that spawned it dies (killed, it would leave its ranks
+    training on); elsewhere nothing."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass

@@ -293,6 +293,23 @@ def test_a_recipe_runs_its_stages_each_from_the_weights_of_the_last(tmp_path):
     assert main(["--compare", str(tmp_path / "nothing")]) == 2
 
 
+def test_every_shipped_recipe_composes_stage_by_stage():
+    """Each recipe in configs/tools/recipes names its stages, and every stage's overrides compose into a checked
+    config (a bad key, a text kind or a process count that does not divide the batch is refused here, not after
+    an hour of the stages before it)."""
+    from benchmarks import learning
+    from configs.compose import RECIPE_DIR, recipe_stages
+
+    recipes = sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+    assert {"demo", "reading", "reading-30", "reading-fast"} <= set(recipes)
+    for name in recipes:
+        stages = recipe_stages(name)
+        assert stages and len({s["name"] for s in stages}) == len(stages), name
+        for stage in stages:
+            cfg = learning.compose(stage["overrides"])
+            assert int(cfg.steps) > 0 and int(cfg.batch) % int(cfg.procs) == 0, (name, stage)
+
+
 def test_real_page_lines_are_cropped_and_read_as_held_out_snippets(tmp_path):
     """`held_out.crops`: lines of labelled pages of the chosen word counts become one-line held-out snippets, their
     boxes moved into the crop; lines with characters outside the vocabulary are left out; `steps=0` reads them

@@ -83,6 +83,8 @@ def test_slurm_trains_requeues_a_hung_job_that_resumes_and_does_not_requeue_a_co
             slurm.run(["scontrol", "update", f"JobId={job}", "StartTime=now"])
         final = slurm.wait(job, timeout=600, until=("COMPLETED", "FAILED", "CANCELLED"))
         log = Path(str(out).replace("%j", job)).read_text()
+        if final["JobState"] != "COMPLETED":  # the whole record and log, in the failure's captured output
+            print(json.dumps(final, indent=1, default=str), log, sep="\n")
         assert final["JobState"] == "COMPLETED" and int(final["Restarts"]) >= 1, (final, log[-3000:])
         assert "requeueing job" in log and "Timeout (0:00:15)!" in log, log[-3000:]
 

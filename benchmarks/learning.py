@@ -310,7 +310,7 @@ def train(cfg, minutes, threads, quiet, rank: int = 0, world: int = 1) -> dict:
             compute_logits=False,
         )
         opt.zero_grad(set_to_none=True)
-        ranks.loss(result, batch["labels"]).backward()
+        ranks.loss(result).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
         opt.step()
         sched.step()

@@ -20,8 +20,6 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from model.kosmos import IGNORE_INDEX
-
 # How long a process waits for the others (gloo's default is 30 minutes): a run paused with SIGSTOP while the
 # machine does something else resumes instead of timing out.
 WAIT = timedelta(hours=3)
@@ -44,12 +42,13 @@ class Ranks:
             return model
         return DistributedDataParallel(model, forward_sync_buffers=False)  # buffers are constants here
 
-    def loss(self, result, labels: torch.Tensor) -> torch.Tensor:
+    def loss(self, result) -> torch.Tensor:
         """The loss to differentiate: the mean over the whole step's target tokens, of which this process holds
-        `labels`' (its share, scaled so that averaging over the processes gives the whole step's mean)."""
+        `result.num_target_tokens` (its share, scaled so that averaging over the processes gives the whole step's
+        mean)."""
         if self.world == 1:
             return result.loss
-        tokens = (labels[:, 1:] != IGNORE_INDEX).sum().reshape(1).to(torch.float64)
+        tokens = torch.tensor([float(result.num_target_tokens)], dtype=torch.float64)
         dist.all_reduce(tokens)
         return result.loss_sum * self.world / tokens.clamp(min=1).item()
 

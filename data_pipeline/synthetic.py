@@ -71,6 +71,13 @@ def load_font(size: int, name: str = "DejaVuSans.ttf") -> ImageFont.FreeTypeFont
     return ImageFont.load_default(size=size)
 
 
+@lru_cache(maxsize=1024)
+def open_font(path: str | None, px: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """The font file at `px` pixels (Pillow's own font where `path` is None), opened once per process: a
+    snippet stream draws thousands of samples a minute from a few faces and sizes."""
+    return ImageFont.truetype(path, px) if path else ImageFont.load_default(size=px)
+
+
 def render_text_page(
     width: int,
     height: int,
@@ -176,7 +183,7 @@ def render_snippets_page(
     for text in snippets:
         px = rng.randint(*font_px)
         path = rng.choice(fonts) if fonts else None
-        font = ImageFont.truetype(path, px) if path else ImageFont.load_default(size=px)
+        font = open_font(path, px)
         while " " in text and draw.textlength(text, font=font) > width - 16:
             text = text.rsplit(" ", 1)[0]  # drop whole words: a label never ends in half a word
         if draw.textlength(text, font=font) > width - 16:
@@ -218,7 +225,7 @@ def render_snippet(
     gap = int(px * rng.uniform(0.2, 0.6))
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     while True:
-        font = ImageFont.truetype(path, px) if path else ImageFont.load_default(size=px)
+        font = open_font(path, px)
         room = (canvas[0] if canvas else max_width) - 2 * margin
         fitted = [t for t in (_fit(probe, t, font, room) for t in texts) if t]
         extents = [probe.textbbox((0, 0), t, font=font) for t in fitted]
@@ -254,10 +261,10 @@ def render_snippet(
     img = Image.new("RGB", (width, height), background)
     draw = ImageDraw.Draw(img)
     lines, y = [], top
-    for text, (x0, y0, _, _), h in zip(fitted, extents, heights, strict=True):
-        origin = (left - x0, y - y0)
-        draw.text(origin, text, fill=colour, font=font)
-        lines.append({"text": text, "bbox": list(draw.textbbox(origin, text, font=font))})
+    for text, (x0, y0, x1, _), h in zip(fitted, extents, heights, strict=True):
+        draw.text((left - x0, y - y0), text, fill=colour, font=font)
+        # The label is the measured extent moved to where it was drawn (what textbbox there would return).
+        lines.append({"text": text, "bbox": [left, y, left + x1 - x0, y + h]})
         y += h + gap
     return img, lines, [os.path.basename(path) if path else "default"] * len(lines)
 

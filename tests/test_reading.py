@@ -17,7 +17,7 @@ from PIL import Image
 
 from data_pipeline.snippet_text import TextSpec, held_out, make_texts, text_files, word_list
 from data_pipeline.sources.synthetic import fonts_of
-from data_pipeline.synthetic import font_family
+from data_pipeline.synthetic import font_family, installed_fonts, render_snippet
 from tests.test_build_pdf import build, read_shards, summary
 
 WORDS = "/usr/share/dict/words"
@@ -245,6 +245,26 @@ def chain(tmp_path_factory) -> dict[str, dict]:
 
 
 @pytest.mark.slow
+def test_a_snippet_label_box_holds_its_line_ink():
+    """Each drawn line's box is where its ink is: every pixel unlike the background lies in a box, and each box
+    holds ink, across faces, sizes, lines per snippet and canvases (a box misplaced by a pixel row fails)."""
+    import numpy as np
+
+    fonts = installed_fonts()[:40]
+    for seed in range(60):
+        texts = ["Jumpy fog", "quiz 42 lab", "gypsy"][: 1 + seed % 3]
+        canvas = [None, (192, 64)][seed % 2]
+        image, lines, _ = render_snippet(texts, seed, fonts=fonts, font_px=(10, 40), canvas=canvas)
+        arr = np.asarray(image).astype(int)
+        ink = np.abs(arr - arr[0, 0]).sum(axis=2) > 0  # the corner is background (a margin, or the canvas)
+        inside = np.zeros_like(ink)
+        for ln in lines:
+            x0, y0, x1, y1 = ln["bbox"]
+            assert ink[y0:y1, x0:x1].any(), (seed, ln)
+            inside[y0:y1, x0:x1] = True
+        assert lines and not (ink & ~inside).any(), (seed, lines, np.argwhere(ink & ~inside)[:5])
+
+
 def test_a_model_trained_from_scratch_reads_held_out_letters(chain):
     """The whole chain (snippet samples, shard encoding, the loader's encoder and collate, the task format, the
     model, greedy generation and its parsing) learns to read: held-out random strings are read exactly well above

@@ -224,7 +224,9 @@ def train(cfg, minutes, threads, quiet, rank: int = 0, world: int = 1) -> dict:
     model.train()
     fmt = TaskFormat(tok, model.config.latent_query_num, int(cfg.max_length))
     encoder = Encoder(fmt, ImageProcessor(model.config.max_patches))
-    evaluator = Evaluator(model, tok, int(cfg.max_length), batch=int(cfg.eval.batch))
+    evaluator = Evaluator(
+        model, tok, int(cfg.max_length), batch=int(cfg.eval.batch), num_beams=int(cfg.eval.num_beams)
+    )
     evaluator.prepare(held_out_pages(cfg) if ranks.lead else [], ("ocr",))  # the lead alone evaluates
     # Each line's text, its box's 6 tokens and the newline; then </s> and one spare.
     longest = max(

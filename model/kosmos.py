@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.beam import beam_search
 from model.config import ModelConfig
 from model.decoder import KVCache, TextAttention, TextTransformer
 from model.vision import RMSNorm, VisionModel
@@ -182,8 +183,11 @@ class Kosmos25(nn.Module):
         eos_token_id: int | None = None,
         generator: torch.Generator | None = None,
         logits_processor=None,
+        num_beams: int = 1,
+        length_penalty: float = 1.0,
     ) -> torch.Tensor:
-        """Continue each prompt. Greedy when `temperature == 0`, else temperature (and nucleus) sampling.
+        """Continue each prompt. Greedy when `temperature == 0`, else temperature (and nucleus) sampling;
+        `num_beams > 1`: beam search (`model.beam`: greedy's stricter sibling, K times the decoding work).
         `logits_processor(generated, logits) -> logits`, if given, sees the tokens generated so far `(B, t)`
         and the next token's logits `(B, V)` (e.g. `TaskFormat.layout_grammar()` keeps boxes well formed).
 
@@ -192,7 +196,22 @@ class Kosmos25(nn.Module):
         """
         text = self.config.text
         eos = text.eos_token_id if eos_token_id is None else eos_token_id
+        if num_beams < 1 or (num_beams > 1 and temperature > 0):
+            raise ValueError(f"num_beams={num_beams}: >= 1, and beam search is deterministic (temperature 0)")
         image_embeds = self.encode_image(flattened_patches)
+        if num_beams > 1:
+            return beam_search(
+                self,
+                image_embeds,
+                input_ids,
+                image_embeds_position_mask,
+                num_beams,
+                max_new_tokens,
+                eos,
+                text.pad_token_id,
+                logits_processor,
+                length_penalty,
+            )
         b, t = input_ids.shape
         cache = KVCache(
             text.layers,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import itertools
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from hydra import compose, initialize_config_dir
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from model.beam import beam_search
 from model.config import config_from_dict, get_config
 from model.kosmos import IGNORE_INDEX, Kosmos25
 
@@ -128,6 +130,80 @@ def test_sampling_is_seeded_and_stops_at_eos(tiny):
     out = tiny.generate(**prompt, max_new_tokens=8, eos_token_id=stop)
     assert out[0, 0] == stop
     assert (out[0, 1:] == tiny.config.text.pad_token_id).all()
+
+
+def _sequence_logprob(model, prompt, rows, process):
+    """Sum of log-probabilities of each continuation of a one-item prompt, the logits through `process` (a
+    `logits_processor`), by full forward passes (no cache): the reference for beam search."""
+    out = []
+    for row in rows:
+        total = 0.0
+        seq, m = prompt["input_ids"], prompt["image_embeds_position_mask"]
+        for t, tok in enumerate(row):
+            with torch.no_grad():
+                logits = model(seq, prompt["flattened_patches"], m).logits[:, -1].float()
+            total += float(torch.log_softmax(process(torch.tensor([row[:t]]), logits), -1)[0, tok])
+            seq = torch.cat([seq, torch.tensor([[tok]])], dim=1)
+            m = torch.cat([m, torch.zeros_like(m[:, :1])], dim=1)
+        out.append(total)
+    return out
+
+
+def test_beam_search_finds_the_best_continuation(tiny):
+    """Few tokens allowed and enough beams to search every continuation, so the one returned is the best by
+    the summed log-probability of full, uncached forward passes: over four steps of two tokens, where the first
+    step's best beam leads nowhere (the beams then continue the second's: the KV cache must follow them), and
+    over two steps with the end token among three (a row that ends is padded after its end)."""
+    batch = _inputs(tiny.config, text=0)
+    prompt = {k: batch[k] for k in ("flattened_patches", "input_ids", "image_embeds_position_mask")}
+    a, b, end = 11, 12, 13
+    pad = tiny.config.text.pad_token_id
+
+    def only(allowed, trap=False):
+        def process(generated, logits):
+            keep = torch.full_like(logits, float("-inf"))
+            keep[:, allowed] = 0.0
+            out = logits + keep
+            # After a first `a`, a coin toss: the best first token leads nowhere.
+            if trap and generated.shape[1]:
+                out[generated[:, 0] == a, a] = out[generated[:, 0] == a, b] = 0.0
+            return out
+
+        return process
+
+    words = [list(w) for w in itertools.product((a, b), repeat=4)]
+    ended = [[end], [a, end], [b, end], [a, a], [a, b], [b, a], [b, b]]
+    for process, steps, beams, candidates in (
+        (only([a, b], True), 4, 8, words),
+        (only([a, b, end]), 2, 3, ended),
+    ):
+        found = tiny.generate(
+            **prompt,
+            max_new_tokens=steps,
+            eos_token_id=end,
+            logits_processor=process,
+            num_beams=beams,
+            length_penalty=0.0,
+        )
+        with torch.no_grad():
+            image = tiny.encode_image(prompt["flattened_patches"])
+            same, ranked = beam_search(
+                tiny, image, prompt["input_ids"], prompt["image_embeds_position_mask"], beams, steps, end, pad,
+                process, length_penalty=0.0, with_scores=True,
+            )  # fmt: skip
+        assert torch.equal(same, found)
+        for i in range(2):
+            one = {k: v[i : i + 1] for k, v in prompt.items()}
+            scores = _sequence_logprob(tiny, one, candidates, process)
+            top = max(range(len(candidates)), key=scores.__getitem__)
+            best = candidates[top]
+            row = found[i].tolist()
+            assert row[: len(best)] == best
+            assert all(t == pad for t in row[len(best) :])
+            assert abs(ranked[i] - scores[top]) < 3e-5  # the cached beams scored as the uncached reference
+    # Beams are a deterministic search.
+    with pytest.raises(ValueError, match="num_beams"):
+        tiny.generate(**prompt, max_new_tokens=4, temperature=1.0, num_beams=2)
 
 
 @pytest.mark.parametrize(("preset", "recompute"), [("tiny", False), ("small", False), ("small", True)])

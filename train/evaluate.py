@@ -1,7 +1,7 @@
 """Evaluation with the paper's metrics:
 
     python -m train.evaluate checkpoint=<run dir, checkpoint or Hugging Face directory> data=<shards or image folder> out=<dir>
-        [n=64] [max_new_tokens=512] [batch=4] [tasks=[ocr,md]] [tokenizer=<dir>] [draw=8] [device=cpu]
+        [n=64] [max_new_tokens=512] [batch=4] [num_beams=1] [tasks=[ocr,md]] [tokenizer=<dir>] [draw=8] [device=cpu]
 
 Keys and defaults are in `configs/tools/evaluate.yaml`; they are Hydra overrides, as for training.
 
@@ -69,8 +69,8 @@ class Evaluator:
     `forward` runs the model's forward with keyword inputs (the model itself, or a DeepSpeed engine so that
     every rank takes part under ZeRO-3); `rank`/`world` split the loss batches between data-parallel ranks."""
 
-    def __init__(self, model: Kosmos25, tok: Tokenizer, max_length: int, batch: int = 4):
-        self.model, self.tok, self.batch = model, tok, batch
+    def __init__(self, model: Kosmos25, tok: Tokenizer, max_length: int, batch: int = 4, num_beams: int = 1):
+        self.model, self.tok, self.batch, self.num_beams = model, tok, batch, num_beams
         self.fmt = TaskFormat(tok, model.config.latent_query_num, max_length)
         self.processor = ImageProcessor(model.config.max_patches)
         self.items: list[dict] = []  # one per (page, task)
@@ -172,7 +172,8 @@ class Evaluator:
 
     @torch.no_grad()
     def predict(self, items: list[dict] | None = None, max_new_tokens: int = 512) -> list[dict]:
-        """Greedy generation for each item; layout predictions parsed into lines in the page's pixels."""
+        """Greedy generation (beam search with `num_beams` > 1) for each item; layout predictions parsed into
+        lines in the page's pixels."""
         items = self.items if items is None else items
         device = next(self.model.parameters()).device
         dtype = next(self.model.parameters()).dtype
@@ -197,6 +198,7 @@ class Evaluator:
                     max_new_tokens=max_new_tokens,
                     eos_token_id=self.tok.eos_id,
                     logits_processor=self.fmt.layout_grammar() if task == "ocr" else None,
+                    num_beams=self.num_beams,
                 )
                 for it, row in zip(group, ids.tolist(), strict=True):
                     text = self.tok.decode(row)
@@ -281,13 +283,14 @@ def evaluate(
     device: str = "cpu",
     max_length: int = 4096,
     fmt: str = "auto",
+    num_beams: int = 1,
 ) -> dict:
     from tqdm import tqdm
 
     model, tok = load_run(checkpoint, tokenizer)
     model.to(device)
     pages = load_pages(data, n, fmt)
-    ev = Evaluator(model, tok, min(max_length, model.config.text.max_position_embeddings), batch)
+    ev = Evaluator(model, tok, min(max_length, model.config.text.max_position_embeddings), batch, num_beams)
     ev.prepare(pages, tasks)
     if not ev.items:
         raise ValueError(f"{data}: no page has a label for tasks {list(tasks)}")
@@ -344,7 +347,8 @@ def main(argv: list[str]) -> int:
     except ValueError as e:
         print(
             f"error: {e}\nusage: python -m train.evaluate checkpoint=<run, checkpoint or HF dir> "
-            "data=<shards or image folder> out=<dir> [n=64] [max_new_tokens=512] [batch=4] [tasks=[ocr,md]] "
+            "data=<shards or image folder> out=<dir> [n=64] [max_new_tokens=512] [batch=4] [num_beams=1] "
+            "[tasks=[ocr,md]] "
             "[tokenizer=<dir>] [draw=8] [device=cpu] (configs/tools/evaluate.yaml)",
             file=sys.stderr,
         )
@@ -364,6 +368,7 @@ def main(argv: list[str]) -> int:
             device=str(cfg.device),
             max_length=int(cfg.max_length),
             fmt=str(cfg.format),
+            num_beams=int(cfg.num_beams),
         )
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -5,6 +5,7 @@ Used to make test and benchmark pages without any download, and the seed of the 
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import re
@@ -208,6 +209,7 @@ def render_snippet(
     padding: tuple[float, float] = (0.1, 0.5),
     max_width: int = 1024,
     canvas: tuple[int, int] | None = None,
+    max_aspect: float | None = None,
 ) -> tuple[Image.Image, list[dict], list[str]]:
     """The reading warm-up's sample: `texts` (one or a few lines) in one random font (from `fonts`), size (from
     `font_px`) and dark colour on a light background, so that the text is large against the patch grid.
@@ -216,7 +218,11 @@ def render_snippet(
     from the range); with `canvas=(W, H)` every image is W x H and the text sits at a random place inside it (a
     model with `max_patches = W*H/256` then sees it unscaled: `font_px/16` patches per line). Text wider than
     `max_width` (or the canvas) loses trailing words, then characters; on a canvas, a first line taller than it
-    takes a smaller margin, then a smaller font, and later lines that do not fit are left out. Returns the image, the `[{"text", "bbox"}]` of each drawn line and its font file."""
+    takes a smaller margin, then a smaller font, and later lines that do not fit are left out. `max_aspect`
+    (crops only): a crop wider than this many times its height is padded above and below (the text at a random
+    height) to that shape, so that a long line keeps as many patch rows as the processor gives that shape (a
+    grid's rows are rounded down: at 48 patches a crop wider than 12:1 gets one row of 16 px, 11 keeps two).
+    Returns the image, the `[{"text", "bbox"}]` of each drawn line and its font file."""
     rng = random.Random(seed)
     fonts = installed_fonts() if fonts is None else fonts
     px = rng.randint(*font_px)
@@ -256,6 +262,10 @@ def render_snippet(
     else:
         width, height = max(block_w + 2 * margin, 8), max(block_h + 2 * margin, 8)
         left, top = margin, margin
+        if max_aspect and width > max_aspect * height:
+            taller = math.ceil(width / max_aspect)
+            top += rng.randint(0, taller - height)
+            height = taller
     background = tuple(rng.randint(200, 255) for _ in range(3))
     colour = tuple(rng.randint(0, 90) for _ in range(3))
     img = Image.new("RGB", (width, height), background)

@@ -157,12 +157,28 @@ def test_synthetic_snippets_are_crops_or_canvases_of_their_lines(tmp_path):
     out = tmp_path / "one-font"
     build(*canvas, f"output={out}", "source.font_names=[DejaVuSerif.ttf]")
     assert {f for _, _, meta in _snippets(out) for f in meta["fonts"]} == {"DejaVuSerif.ttf"}
+    # Long lines padded to a shape: no crop wider than 3:1, the box where the text was drawn (same text, width).
+    (src / "s.txt").write_text("\n".join(["a long line of words", "short", "another long line here"] * 4))
+    crops = [*opts, "source.font_px=[22,22]", f"source.fonts={dejavu}", "source.font_names=[DejaVuSans.ttf]"]
+    crops += ["filters.min_chars=1", "dedup=false"]
+    plain, padded = tmp_path / "plain", tmp_path / "padded"
+    build(*crops, f"output={plain}")
+    build(*crops, f"output={padded}", "source.max_aspect=3")
+    wide = 0
+    for (lines, (w, h), _), (lines2, (w2, h2), _) in zip(_snippets(plain), _snippets(padded), strict=True):
+        assert lines[0]["text"] == lines2[0]["text"] and w == w2 and w2 <= 3 * h2 + 3, (lines, w2, h2)
+        (x0, y0, x1, y1), (a0, b0, a1, b1) = lines[0]["bbox"], lines2[0]["bbox"]
+        assert (x0, x1, y1 - y0) == (a0, a1, b1 - b0) and 0 <= b0 < b1 <= h2
+        wide += w > 3 * h
+        assert h2 == h if w <= 3 * h else h2 > h
+    assert wide >= 8
 
     for bad, why in (
         ("source.mode=poster", "source.mode=poster: choose from page, snippet"),
         ("source.lines_per_snippet=0", "needs at least 1"),
         ("source.font_px=[40,20]", "needs 4 <= low <= high"),
         ("source.canvas=[96,4]", "source.canvas=[96, 4]: needs a width and height of at least 8 px"),
+        ("source.max_aspect=0.5", "source.max_aspect=0.5: needs at least 1"),
         ("source.fonts_split=some", "source.fonts_split=some: choose from"),
         (
             "source.font_names=[Nope.ttf]",
@@ -247,14 +263,18 @@ def chain(tmp_path_factory) -> dict[str, dict]:
 @pytest.mark.slow
 def test_a_snippet_label_box_holds_its_line_ink():
     """Each drawn line's box is where its ink is: every pixel unlike the background lies in a box, and each box
-    holds ink, across faces, sizes, lines per snippet and canvases (a box misplaced by a pixel row fails)."""
+    holds ink, across faces, sizes, lines per snippet, canvases and padded crops (a box misplaced by a pixel row
+    fails)."""
     import numpy as np
 
     fonts = installed_fonts()[:40]
     for seed in range(60):
         texts = ["Jumpy fog", "quiz 42 lab", "gypsy"][: 1 + seed % 3]
         canvas = [None, (192, 64)][seed % 2]
-        image, lines, _ = render_snippet(texts, seed, fonts=fonts, font_px=(10, 40), canvas=canvas)
+        aspect = [None, 2.0][seed % 4 == 1]  # a padded crop: the text at a random height
+        image, lines, _ = render_snippet(
+            texts, seed, fonts=fonts, font_px=(10, 40), canvas=canvas, max_aspect=aspect
+        )
         arr = np.asarray(image).astype(int)
         ink = np.abs(arr - arr[0, 0]).sum(axis=2) > 0  # the corner is background (a margin, or the canvas)
         inside = np.zeros_like(ink)

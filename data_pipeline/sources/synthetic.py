@@ -51,6 +51,10 @@ def check_config(cfg) -> None:
     canvas = _canvas(cfg)
     if canvas and min(canvas) < 8:
         raise ValueError(f"source.canvas={list(canvas)}: needs a width and height of at least 8 px")
+    if cfg.get("max_aspect") is not None and float(cfg.get("max_aspect")) < 1:
+        raise ValueError(
+            f"source.max_aspect={cfg.get('max_aspect')}: needs at least 1 (width over height), or null"
+        )
     if int(cfg.get("max_width", 1024)) < 8:
         raise ValueError(f"source.max_width={cfg.get('max_width')}: needs at least 8 px")
     if cfg.get("fonts_split", "all") not in SPLITS:
@@ -117,6 +121,7 @@ def draw_sample(
             padding=_padding(cfg),
             max_width=int(cfg.get("max_width", 1024)),
             canvas=_canvas(cfg),
+            max_aspect=float(cfg["max_aspect"]) if cfg.get("max_aspect") else None,
         )
     else:
         image, lines, used = render_snippets_page(texts, seed, fonts=fonts, font_px=_font_px(cfg))

@@ -1,9 +1,10 @@
 """Beam search for `Kosmos25.generate(num_beams=K)`: K continuations of each prompt are kept, ranked by the
 sum of their tokens' log-probabilities; a continuation that writes the end token is set aside as a finished
 hypothesis, scored by that sum over its length to the power `length_penalty` (Hugging Face's convention: 1.0
-is the mean log-probability, 0.0 the plain sum). An item is done when it holds K finished hypotheses and no live
-beam can beat the worst of them; the best finished hypothesis is returned (at `max_new_tokens`, the live beams
-count as finished).
+is the mean log-probability, 0.0 the plain sum). An item is done when it holds K finished hypotheses and the
+best live beam, scored at its present length, does not beat the worst of them (exact with `length_penalty=0`,
+where sums only fall; otherwise Hugging Face's default heuristic); the best finished hypothesis is returned (at
+`max_new_tokens`, the live beams count as finished).
 
 The grammar (`logits_processor`) sees each beam's own tokens, so layout output stays well formed in every beam.
 The KV cache is filled once per prompt and copied to the K beams, then reordered each step as beams are chosen.
@@ -28,8 +29,8 @@ class _Hypotheses:
         del self.kept[self.k :]
 
     def done(self, best_live: float, length: int) -> bool:
-        """Full, and the best live beam (its sum so far, `length` tokens long) cannot beat the worst kept.
-        With a positive penalty a longer beam's score could still rise only if its sum did, and sums only fall."""
+        """Full, and the best live beam (its sum so far, `length` tokens long), scored at that length, does not
+        beat the worst kept."""
         if len(self.kept) < self.k:
             return False
         return best_live / max(length, 1) ** self.length_penalty <= self.kept[-1][0]

@@ -187,7 +187,7 @@ class Kosmos25(nn.Module):
         length_penalty: float = 1.0,
     ) -> torch.Tensor:
         """Continue each prompt. Greedy when `temperature == 0`, else temperature (and nucleus) sampling;
-        `num_beams > 1`: beam search (`model.beam`: greedy's stricter sibling, K times the decoding work).
+        `num_beams > 1`: beam search (`model.beam`; K times the decoding work).
         `logits_processor(generated, logits) -> logits`, if given, sees the tokens generated so far `(B, t)`
         and the next token's logits `(B, V)` (e.g. `TaskFormat.layout_grammar()` keeps boxes well formed).
 

@@ -59,19 +59,9 @@ def beam_search(
 ) -> torch.Tensor | tuple[torch.Tensor, list[float]]:
     """`model` is a `Kosmos25`; returns the new tokens `(B, <= max_new_tokens)`, the end token included and
     pad after it, as greedy generation does (`with_scores`: and each row's score as ranked)."""
-    text = model.config.text
-    b, t = input_ids.shape
-    k = num_beams
+    b, k = input_ids.shape[0], num_beams
     decoder = model.text_model.model
-    cache = KVCache(
-        text.layers,
-        b,
-        text.attention_heads,
-        t + max_new_tokens,
-        text.embed_dim // text.attention_heads,
-        image_embeds,
-    )
-    hidden = decoder(input_ids, image_embeds, image_embeds_position_mask, cache=cache)[:, -1]
+    cache, hidden = model.prefill(image_embeds, input_ids, image_embeds_position_mask, max_new_tokens)
     device = input_ids.device
     spread = torch.arange(b, device=device).repeat_interleave(k)
     reorder(cache, spread)

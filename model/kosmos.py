@@ -212,21 +212,13 @@ class Kosmos25(nn.Module):
                 logits_processor,
                 length_penalty,
             )
-        b, t = input_ids.shape
-        cache = KVCache(
-            text.layers,
-            b,
-            text.attention_heads,
-            t + max_new_tokens,
-            text.embed_dim // text.attention_heads,
-            image_embeds,
-        )
+        b = input_ids.shape[0]
+        cache, hidden = self.prefill(image_embeds, input_ids, image_embeds_position_mask, max_new_tokens)
         model = self.text_model.model
-        hidden = model(input_ids, image_embeds, image_embeds_position_mask, cache=cache)
         done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
         out: list[torch.Tensor] = []
         for _ in range(max_new_tokens):
-            logits = self.text_model.lm_head(hidden[:, -1]).float()
+            logits = self.text_model.lm_head(hidden).float()
             if logits_processor is not None:
                 so_far = torch.stack(out, dim=1) if out else input_ids.new_zeros((b, 0))
                 logits = logits_processor(so_far, logits)
@@ -236,8 +228,30 @@ class Kosmos25(nn.Module):
             done |= tok == eos
             if bool(done.all()):
                 break
-            hidden = model(tok[:, None], cache=cache)
+            hidden = model(tok[:, None], cache=cache)[:, -1]
         return torch.stack(out, dim=1) if out else input_ids.new_zeros((b, 0))
+
+    def prefill(
+        self,
+        image_embeds: torch.Tensor,
+        input_ids: torch.Tensor,
+        image_embeds_position_mask: torch.Tensor,
+        max_new_tokens: int,
+    ) -> tuple[KVCache, torch.Tensor]:
+        """A KV cache for the prompts and `max_new_tokens` more, filled with the prompts; and the last
+        position's hidden state `(B, D)`, whose logits give the first new token."""
+        text = self.config.text
+        b, t = input_ids.shape
+        cache = KVCache(
+            text.layers,
+            b,
+            text.attention_heads,
+            t + max_new_tokens,
+            text.embed_dim // text.attention_heads,
+            image_embeds,
+        )
+        hidden = self.text_model.model(input_ids, image_embeds, image_embeds_position_mask, cache=cache)
+        return cache, hidden[:, -1]
 
     # ------------------------------------------------------------------ FLOPs
     def trained_parts(self) -> str:

@@ -83,13 +83,16 @@ def compose(overrides: list[str]):
 
 
 def text_spec(cfg, extra=None) -> TextSpec:
-    """The training texts' spec, or with `extra` (a held-out set's keys; null keeps training's) over it."""
+    """The training texts' spec, or with `extra` (a held-out set's keys; null keeps training's) over it. A held-out
+    set draws its lengths uniformly unless it gives its own `length_weights`."""
     chosen = (
         {k: v for k, v in OmegaConf.to_container(extra, resolve=True).items() if v is not None}
         if extra
         else {}
     )
     merged = OmegaConf.merge(cfg.text, chosen)
+    if extra:
+        merged.length_weights = chosen.get("length_weights")
     return TextSpec.from_config(OmegaConf.to_container(merged, resolve=True))
 
 

@@ -41,6 +41,7 @@ class TextSpec:
     files: str = TEXT_FILES  # `text`: a glob of text files; runs of their printable-ASCII words
     held_out: float = 0.1  # share of words (text files) set aside for held-out sets
     split: str = "train"  # train | held_out | all: which words a set draws from
+    length_weights: tuple[float, ...] | None = None  # one per length low..high; None: lengths drawn uniformly
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -48,6 +49,14 @@ class TextSpec:
         low, high = self.length
         if not 1 <= low <= high:
             raise ValueError(f"text.length=[{low}, {high}]: needs 1 <= low <= high")
+        weights = self.length_weights
+        if weights is not None and (
+            len(weights) != high - low + 1 or min(weights) < 0 or not sum(weights) > 0
+        ):
+            raise ValueError(
+                f"text.length_weights={list(weights)}: needs {high - low + 1} weights >= 0 (one per length "
+                f"{low}..{high}), not all 0"
+            )
         if self.split not in SPLITS:
             raise ValueError(f"text.split={self.split}: choose from {', '.join(SPLITS)}")
         if not 0.0 <= self.held_out < 1.0:
@@ -66,6 +75,8 @@ class TextSpec:
         d = dict(cfg)
         if "length" in d:
             d["length"] = tuple(int(v) for v in d["length"])
+        if d.get("length_weights") is not None:
+            d["length_weights"] = tuple(float(v) for v in d["length_weights"])
         return cls(**d)
 
 
@@ -131,7 +142,12 @@ def _mixed_token(rng: random.Random, alphabet: str) -> str:
 
 def make_text(spec: TextSpec, rng: random.Random) -> str:
     """One snippet's text, drawn with `rng`."""
-    n = rng.randint(*spec.length)
+    low, high = spec.length
+    n = (
+        rng.choices(range(low, high + 1), spec.length_weights)[0]
+        if spec.length_weights
+        else rng.randint(low, high)
+    )
     if spec.kind == "letters":
         return "".join(rng.choice(spec.alphabet) for _ in range(n))
     if spec.kind == "words":

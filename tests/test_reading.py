@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,10 @@ def test_snippet_texts_follow_their_spec():
     assert {len(t) for t in letters} == {2, 3, 4}
     assert letters == make_texts(TextSpec("letters", (2, 4), alphabet="xyz"), 300, seed=1)
     assert letters != make_texts(TextSpec("letters", (2, 4), alphabet="xyz"), 300, seed=2)
+    # Weighted lengths: no 3s with weight 0, about twice the 4s of the 2s with weights 1, 0, 2.
+    weighted = make_texts(TextSpec("letters", (2, 4), alphabet="xyz", length_weights=(1, 0, 2)), 600, seed=1)
+    counts = Counter(len(t) for t in weighted)
+    assert set(counts) == {2, 4} and 1.6 < counts[4] / counts[2] < 2.5
 
     train, held = word_list(WORDS, 0.1, "train"), word_list(WORDS, 0.1, "held_out")
     everything = word_list(WORDS, 0.1, "all")
@@ -54,6 +59,8 @@ def test_snippet_texts_follow_their_spec():
     for bad, why in (
         ({"kind": "poems"}, "text.kind=poems"),
         ({"length": (0, 3)}, "needs 1 <= low <= high"),
+        ({"length": (1, 3), "length_weights": (1, 2)}, "needs 3 weights >= 0"),
+        ({"length": (1, 2), "length_weights": (0, 0)}, "not all 0"),
         ({"kind": "words", "words": "/nonexistent/list"}, "no such file"),
         ({"kind": "text", "files": "/nonexistent/*.txt"}, "no text file"),
     ):
@@ -553,3 +560,24 @@ def test_crops_are_cut_from_shards_while_their_pages_stream(tmp_path):
     assert [c.lines for c in crops] == [c.lines for c in line_crops(loaded, (1, 3), 0.25)] and len(crops) >= 6
     with pytest.raises(FileNotFoundError, match="nope.tar"):
         iter_pages(str(tmp_path / "nope.tar"))
+
+
+def test_held_out_lengths_are_drawn_uniformly_unless_given():
+    """Training's `text.length_weights` shape the training texts only: the held-out set keeps uniform lengths (so
+    that runs with other weights are scored on the same lines) unless `held_out.text.length_weights` is given."""
+    from benchmarks import learning
+
+    common = ["text.kind=words", "text.length=[1,3]", "text.length_weights=[0,0,1]"]
+    cfg = learning.compose(common)
+    train, held = learning.text_spec(cfg), learning.text_spec(cfg, cfg.held_out.text)
+    assert {len(t.split()) for t in make_texts(train, 50, seed=0)} == {3}
+    assert {len(t.split()) for t in make_texts(held, 60, seed=99)} == {1, 2, 3}
+    assert make_texts(held, 60, seed=99) == make_texts(
+        learning.text_spec(learning.compose([*common[:2]]), cfg.held_out.text), 60, seed=99
+    )
+    own = learning.compose([*common, "held_out.text.length_weights=[1,0,0]"])
+    assert {len(t.split()) for t in make_texts(learning.text_spec(own, own.held_out.text), 30, seed=99)} == {
+        1
+    }
+    with pytest.raises(ValueError, match=re.escape("text.length_weights=[1.0]")):
+        learning.compose([*common[:2], "text.length_weights=[1]"])

@@ -13,8 +13,9 @@ Every `eval.every` steps the held-out snippets (their own seed, and words and fo
 config says so) are read by greedy generation as `train.evaluate` reads pages: character error rate (edit
 distance over the truth's length) and exact match of the text, then the same with each image swapped for another
 snippet's (the control: what the model writes without reading). The validation loss is taken both ways too.
-Writes `curve.jsonl`, `curve.png`, `table.md`, the last evaluation's `predictions.jsonl` and the weights
-(`model.pt`) into `out`, prints the table and a row for
+Writes `curve.jsonl`, `curve.png`, `table.md` (the curve, then the last reading's misses by words, characters and
+capitals: `learning_eval.breakdown`), the last evaluation's `predictions.jsonl` and the weights (`model.pt`) into
+`out`, prints the table and a row for
 `benchmarks/results/learning.md`.
 
 Without `steps`, the schedule's length is fitted to `--minutes` from the first steps' and the first evaluation's
@@ -38,7 +39,7 @@ from omegaconf import OmegaConf
 
 from benchmarks import learning_ddp
 from benchmarks.learning_ddp import Ranks
-from benchmarks.learning_eval import evaluate
+from benchmarks.learning_eval import breakdown, breakdown_table, evaluate
 from benchmarks.learning_plots import compare, plot, table
 from configs.compose import compose as compose_config
 from configs.compose import compose_app, recipe_stages
@@ -348,8 +349,10 @@ def train(cfg, minutes, threads, quiet, rank: int = 0, world: int = 1) -> dict:
         "final": curve[-1],
         "best_em": max(r["em"] for r in curve),
     }
+    read = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    summary["breakdown"] = breakdown(read)  # where the last reading missed
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    (out / "table.md").write_text(table(curve))
+    (out / "table.md").write_text(table(curve) + "\n" + breakdown_table(summary["breakdown"]))
     plot(curve, out / "curve.png")
     return summary
 

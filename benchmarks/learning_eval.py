@@ -1,10 +1,16 @@
 """The learning benchmark's reading of its held-out snippets: greedy generation scored by character error rate,
 exact match, word F1 and box IoU, beside the control (each snippet read with another one's image) and the
-validation losses both ways (`python -m benchmarks.learning`)."""
+validation losses both ways (`python -m benchmarks.learning`); and where the misses are (`breakdown`: by words,
+by characters, with and without capitals), also of a finished run's readings:
+`python -m benchmarks.learning_eval runs/learning/<run>/predictions.jsonl [...]`."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 from collections import Counter
+from pathlib import Path
 
 from train.evaluate import Evaluator
 from train.scoring import layout_scores, levenshtein
@@ -72,3 +78,72 @@ def evaluate(evaluator: Evaluator, max_new_tokens: int) -> tuple[dict, list[dict
         "val_loss_shuffled": loss_shuffled,
     }
     return figures, read["examples"]
+
+
+CHAR_BANDS = ((1, 11), (12, 17), (18, 23), (24, 29), (30, None))  # characters of a snippet's text
+
+
+def breakdown(examples: list[dict]) -> dict[str, dict[str, dict]]:
+    """Exact match and character error of the readings (`{"truth", "read"}` each, as `predictions.jsonl` holds
+    them) in groups: by the truth's words, by its characters (`CHAR_BANDS`), and by whether it holds a capital
+    letter; each group `{"n", "em", "cer"}`, the groups of a kind in order."""
+
+    def band(n: int) -> str:
+        lo, hi = next(b for b in CHAR_BANDS if n >= b[0] and (b[1] is None or n <= b[1]))
+        return f"{lo}-{hi}" if hi else f"{lo}+"
+
+    keys = {
+        "words": lambda t: str(len(t.split())),
+        "characters": lambda t: band(len(t)),
+        "capitals": lambda t: "with" if any(c.isupper() for c in t) else "without",
+    }
+    out: dict[str, dict[str, dict]] = {}
+    for kind, key in keys.items():
+        groups: dict[str, list[dict]] = {}
+        for e in examples:
+            groups.setdefault(key(e["truth"]), []).append(e)
+        order = sorted(groups, reverse=True) if kind == "capitals" else sorted(groups, key=_first_number)
+        out[kind] = {
+            g: {
+                "n": len(groups[g]),
+                "em": sum(e["read"] == e["truth"] for e in groups[g]) / len(groups[g]),
+                "cer": sum(levenshtein(e["read"], e["truth"]) for e in groups[g])
+                / max(sum(len(e["truth"]) for e in groups[g]), 1),
+            }
+            for g in order
+        }
+    return out
+
+
+def _first_number(group: str) -> int:
+    """A group's place: "3" -> 3, "12-17" -> 12, "30+" -> 30."""
+    return int(group.split("-")[0].rstrip("+"))
+
+
+def breakdown_table(parts: dict[str, dict[str, dict]]) -> str:
+    """`breakdown`'s groups as a markdown table: kind, group, snippets, exact match, CER."""
+    rows = ["| by | group | snippets | exact | CER |", "|---|---|---|---|---|"]
+    for kind, groups in parts.items():
+        rows += [f"| {kind} | {g} | {f['n']} | {f['em']:.1%} | {f['cer']:.3f} |" for g, f in groups.items()]
+    return "\n".join(rows) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.learning_eval",
+        description="where a run's held-out readings miss: exact match and CER by words, characters, capitals",
+    )
+    ap.add_argument("predictions", nargs="+", help="predictions.jsonl files (a run's last evaluation)")
+    args = ap.parse_args(argv)
+    for path in args.predictions:
+        try:
+            examples = [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+        except (OSError, ValueError) as e:
+            print(f"{path}: not readable as predictions.jsonl ({e})", file=sys.stderr)
+            return 2
+        print(f"{path}: {len(examples)} snippets\n{breakdown_table(breakdown(examples))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -333,6 +333,9 @@ def test_a_recipe_runs_its_stages_each_from_the_weights_of_the_last(tmp_path):
     assert [r["step"] for r in first] == [0, 3] and [r["step"] for r in second] == [0, 2]
     assert second[0]["val_loss"] == pytest.approx(first[-1]["val_loss"], rel=1e-5)
     assert second[0]["val_loss"] != pytest.approx(first[0]["val_loss"], rel=1e-3)
+    summary = json.loads((tmp_path / "out" / "second" / "summary.json").read_text())
+    assert sum(g["n"] for g in summary["breakdown"]["words"].values()) == 4  # the last reading, by words
+    assert "| characters | 1-11 | 4 |" in (tmp_path / "out" / "second" / "table.md").read_text()
     assert main(["--stages", "second", *common]) == 0
     plot = tmp_path / "flops.png"
     runs = [str(tmp_path / "out" / s) for s in ("first", "second")]
@@ -581,3 +584,31 @@ def test_held_out_lengths_are_drawn_uniformly_unless_given():
     }
     with pytest.raises(ValueError, match=re.escape("text.length_weights=[1.0]")):
         learning.compose([*common[:2], "text.length_weights=[1]"])
+
+
+def test_misses_are_broken_down_by_words_characters_and_capitals(tmp_path, capsys):
+    """`learning_eval.breakdown` groups a reading's snippets by their truth's words, characters and capitals, with
+    each group's exact match and character error; `python -m benchmarks.learning_eval` prints it for finished
+    runs' `predictions.jsonl`, and names a file it cannot read."""
+    from benchmarks.learning_eval import breakdown, main
+
+    examples = [
+        {"truth": "cat", "read": "cat"},
+        {"truth": "Ziegler", "read": "Siegler"},
+        {"truth": "two words", "read": "two words"},
+        {"truth": "three longer words here", "read": "three longer words"},
+        {"truth": "a b c", "read": "a b c"},
+    ]
+    parts = breakdown(examples)
+    assert list(parts["words"]) == ["1", "2", "3", "4"]
+    assert parts["words"]["1"] == {"n": 2, "em": 0.5, "cer": 1 / 10}
+    assert parts["words"]["4"] == {"n": 1, "em": 0.0, "cer": 5 / 23}
+    assert list(parts["characters"]) == ["1-11", "18-23"] and parts["characters"]["1-11"]["n"] == 4
+    assert parts["capitals"]["with"] == {"n": 1, "em": 0.0, "cer": 1 / 7}
+    assert parts["capitals"]["without"]["em"] == 0.75
+    run = tmp_path / "predictions.jsonl"
+    run.write_text("".join(json.dumps(e) + "\n" for e in examples))
+    assert main([str(run)]) == 0
+    assert "| capitals | with | 1 | 0.0% | 0.143 |" in capsys.readouterr().out
+    assert main([str(tmp_path / "missing.jsonl")]) == 2
+    assert "missing.jsonl" in capsys.readouterr().err

@@ -89,7 +89,7 @@ def breakdown(examples: list[dict]) -> dict[str, dict[str, dict]]:
     letter; each group `{"n", "em", "cer"}`, the groups of a kind in order."""
 
     def band(n: int) -> str:
-        lo, hi = next(b for b in CHAR_BANDS if n >= b[0] and (b[1] is None or n <= b[1]))
+        lo, hi = next((b for b in CHAR_BANDS if n >= b[0] and (b[1] is None or n <= b[1])), CHAR_BANDS[0])
         return f"{lo}-{hi}" if hi else f"{lo}+"
 
     keys = {

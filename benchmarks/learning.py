@@ -273,6 +273,7 @@ def train(cfg, minutes, threads, quiet, rank: int = 0, world: int = 1) -> dict:
     train_time = eval_time = 0.0
     flops = 0.0  # training FLOPs so far, of the padded batches as they ran (model.estimate_flops)
     losses: list[float] = []
+    last_read: list[dict] = []
 
     def record(step: int) -> None:
         nonlocal eval_time
@@ -289,6 +290,7 @@ def train(cfg, minutes, threads, quiet, rank: int = 0, world: int = 1) -> dict:
             row["loss"] = round(sum(losses) / len(losses), 4)
             losses.clear()
         figures, examples = evaluate(evaluator, max_new)
+        last_read[:] = examples  # the breakdown at the end is of the last reading
         row.update({k: round(v, 4) for k, v in figures.items()})
         (out / "predictions.jsonl").write_text("".join(json.dumps(e) + "\n" for e in examples))
         eval_time += time.perf_counter() - t
@@ -349,8 +351,7 @@ def train(cfg, minutes, threads, quiet, rank: int = 0, world: int = 1) -> dict:
         "final": curve[-1],
         "best_em": max(r["em"] for r in curve),
     }
-    read = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
-    summary["breakdown"] = breakdown(read)  # where the last reading missed
+    summary["breakdown"] = breakdown(last_read)  # where the last reading missed
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "table.md").write_text(table(curve) + "\n" + breakdown_table(summary["breakdown"]))
     plot(curve, out / "curve.png")
